@@ -1,0 +1,126 @@
+"""The composition root: routes, middleware, and the lifespan that owns the database engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from strawberry import Schema
+
+from gateway import db, migrate
+from gateway.domain import ErrorCode
+from gateway.errors import SettingsError
+from gateway.graphql_http import DATABASE_UNAVAILABLE, error_body, graphql_endpoints
+from gateway.logs import configure_logging, exception_summary
+from gateway.middleware import RequestContextMiddleware
+from gateway.settings import Settings, load_settings
+
+log = structlog.get_logger("tillit.app")
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+class State(TypedDict):
+    settings: Settings
+    engine: AsyncEngine
+    head_revision: str
+
+
+async def healthz(request: Request) -> Response:
+    """Alive: the process answers. Says nothing about the database."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready: the database answers and its schema is at the revision this code expects."""
+    engine: AsyncEngine = request.state.engine
+    expected: str = request.state.head_revision
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), engine.connect() as connection:
+            current = await db.schema_revision(connection)
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("readiness.database_unreachable", error_type=type(exc).__name__)
+        return JSONResponse(
+            {"status": "unavailable", "reason": "database unreachable"}, status_code=503
+        )
+    if current != expected:
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "reason": "database schema is not at the expected revision; run `tillit migrate`",
+                "expected_revision": expected,
+                "current_revision": current,
+            },
+            status_code=503,
+        )
+    return JSONResponse({"status": "ready", "revision": current})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
+    message = "No such route." if exc.status_code == 404 else str(exc.detail)
+    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("http.unexpected_error", **exception_summary(exc))
+    return JSONResponse(
+        error_body(ErrorCode.INTERNAL_SERVER_ERROR, "Internal server error."), status_code=500
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database_url: str | None = None,
+    schema: Schema | None = None,
+) -> Starlette:
+    """Build the ASGI app. The engine is made in the lifespan, not here: nothing connects yet."""
+    url = database_url or (
+        settings.database_url.get_secret_value() if settings.database_url else None
+    )
+    if url is None:
+        raise SettingsError("No database: set DATABASE_URL, or start through `tillit serve`.")
+    if schema is None:
+        from schema import schema as default_schema
+
+        schema = default_schema
+    execute, ide = graphql_endpoints(schema)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        engine = db.create_engine(url, settings)
+        try:
+            yield {"settings": settings, "engine": engine, "head_revision": migrate.head_revision()}
+        finally:
+            await engine.dispose()
+
+    return Starlette(
+        debug=False,
+        routes=[
+            Route("/graphql", execute, methods=["POST"]),
+            Route("/graphql", ide, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_environment() -> Starlette:
+    """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.effective_log_format)
+    return create_app(settings)

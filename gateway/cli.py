@@ -1,0 +1,337 @@
+"""The `tillit` command line: serve, migrate, load the policy, demo data, clients and tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway import db
+from gateway import migrate as migrations
+from gateway.auth import mint_member_token
+from gateway.clients import IssuedClient, create_client, ensure_client
+from gateway.demo import load_demo
+from gateway.domain import Capability, Role
+from gateway.embedded import resolve_database_url
+from gateway.errors import PolicyFileError, SettingsError, TillitError
+from gateway.graphql_http import DATABASE_UNAVAILABLE
+from gateway.logs import configure_logging
+from gateway.members import member_exists
+from gateway.purposes import DEFAULT_POLICY_FILE, load_purposes, read_policy_file
+from gateway.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="tillit",
+    help="Tillit: a consent-gated GraphQL gateway in front of member profiles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="The purpose policy.", no_args_is_help=True)
+clients_app = typer.Typer(help="API clients.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(clients_app, name="clients")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+DEMO_APP = "demo-app"
+DEMO_AUDITOR = "demo-auditor"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), code=2) from None
+    configure_logging(settings.log_level, settings.effective_log_format)
+    return settings
+
+
+def _database_url(settings: Settings) -> str:
+    try:
+        return resolve_database_url(settings)
+    except DATABASE_UNAVAILABLE:
+        raise fail("cannot reach the database; check DATABASE_URL") from None
+
+
+@asynccontextmanager
+async def _engine(settings: Settings, url: str) -> Any:
+    engine = db.create_engine(url, settings, pool_size=2)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def run_with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run `work` against the configured database (starting the embedded one if needed)."""
+    settings = _settings()
+    url = _database_url(settings)
+
+    async def main() -> T:
+        async with _engine(settings, url) as engine:
+            return await work(engine)
+
+    try:
+        return asyncio.run(main())
+    except TillitError as exc:
+        raise fail(exc.message) from None
+    except DATABASE_UNAVAILABLE:
+        raise fail("cannot reach the database; check DATABASE_URL") from None
+
+
+def in_transaction(
+    work: Callable[[AsyncConnection], Awaitable[T]],
+) -> Callable[[AsyncEngine], Awaitable[T]]:
+    async def run(engine: AsyncEngine) -> T:
+        async with engine.begin() as connection:
+            return await work(connection)
+
+    return run
+
+
+# -- migrate ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def migrate(
+    to: Annotated[str, typer.Option(help="Revision to upgrade to.")] = "head",
+    down_to: Annotated[
+        str | None,
+        typer.Option("--down-to", help="Downgrade to this revision instead (`base`: empty)."),
+    ] = None,
+) -> None:
+    """Upgrade the database schema to head (or downgrade it)."""
+
+    async def work(engine: AsyncEngine) -> str | None:
+        if down_to is not None:
+            await migrations.downgrade(engine, down_to)
+        else:
+            await migrations.upgrade(engine, to)
+        async with engine.connect() as connection:
+            return await migrations.current_revision(connection)
+
+    revision = run_with_database(work)
+    out.print(f"database at revision {revision or 'base (empty)'}")
+
+
+# -- policy ----------------------------------------------------------------------------------------
+
+
+@policy_app.command("load")
+def policy_load(
+    file: Annotated[Path, typer.Argument(help="Policy file (TOML).")] = DEFAULT_POLICY_FILE,
+    check: Annotated[
+        bool, typer.Option("--check", help="Validate only; do not touch the database.")
+    ] = False,
+) -> None:
+    """Validate the purpose policy file and load it into the database (idempotent)."""
+    try:
+        purposes = read_policy_file(file)
+    except PolicyFileError as exc:
+        raise fail(f"invalid policy file: {exc}") from None
+    if check:
+        out.print(f"{file}: valid, {len(purposes)} purposes")
+        return
+    summary = run_with_database(in_transaction(lambda c: load_purposes(c, purposes)))
+    for label, keys in (
+        ("created", summary.created),
+        ("updated", summary.updated),
+        ("unchanged", summary.unchanged),
+        ("retired", summary.retired),
+    ):
+        if keys:
+            out.print(f"{label}: {', '.join(keys)}")
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+
+def _print_client(client: IssuedClient) -> None:
+    out.print(
+        f"client [bold]{client.name}[/bold] ({client.role.value}) id {client.id}", highlight=False
+    )
+    if client.purposes:
+        out.print(f"  purposes: {', '.join(client.purposes)}", highlight=False)
+    if client.capabilities:
+        out.print(
+            f"  capabilities: {', '.join(c.value for c in client.capabilities)}", highlight=False
+        )
+    out.print(f"  key: [bold]{client.key}[/bold]  (shown once; store it now)", highlight=False)
+
+
+@clients_app.command("create")
+def clients_create(
+    name: Annotated[str, typer.Option(help="A unique, human-readable name.")],
+    role: Annotated[Role, typer.Option(help="app, auditor or admin.")] = Role.APP,
+    purpose: Annotated[
+        list[str] | None,
+        typer.Option("--purpose", help="A purpose the client may act under (repeat)."),
+    ] = None,
+    capability: Annotated[
+        list[Capability] | None,
+        typer.Option("--capability", help="capture_consent, enrich or cleanse (repeat)."),
+    ] = None,
+) -> None:
+    """Register an API client and print its key, once."""
+    client = run_with_database(
+        in_transaction(
+            lambda c: create_client(
+                c, name=name, role=role, purposes=purpose or (), capabilities=capability or ()
+            )
+        )
+    )
+    _print_client(client)
+
+
+# -- token -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def token(
+    member_id: Annotated[str, typer.Argument(help="The member's id (UUID).")],
+    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds.")] = None,
+) -> None:
+    """Mint a member token (for development and testing)."""
+    try:
+        subject = uuid.UUID(member_id)
+    except ValueError:
+        raise fail("a member id is a UUID") from None
+
+    async def work(engine: AsyncEngine) -> bool:
+        async with engine.connect() as connection:
+            return await member_exists(connection, subject)
+
+    if not run_with_database(work):
+        raise fail("no member has this id")
+    settings = _settings()
+    lifetime = dt.timedelta(seconds=ttl or settings.member_token_ttl_seconds)
+    print(mint_member_token(subject, settings.signing_secret, lifetime))
+
+
+# -- demo ------------------------------------------------------------------------------------------
+
+
+async def _setup_demo(connection: AsyncConnection, members: int, seed: int, clients: bool) -> None:
+    summary = await load_demo(connection, count=members, seed=seed)
+    out.print(
+        f"demo: {summary.members} members ({summary.members_added} new), "
+        f"{summary.consent_events} consent events, {summary.enrichment_records} enriched values, "
+        f"{summary.cleansing_records} cleansing records"
+    )
+    if clients:
+        purposes = ["membership_service", "personalized_offers", "customer_insight", "data_quality"]
+        _print_client(
+            await ensure_client(
+                connection,
+                name=DEMO_APP,
+                role=Role.APP,
+                purposes=purposes,
+                capabilities=list(Capability),
+            )
+        )
+        _print_client(await ensure_client(connection, name=DEMO_AUDITOR, role=Role.AUDITOR))
+    settings = load_settings()
+    member_token = mint_member_token(
+        summary.first_member_id,
+        settings.signing_secret,
+        dt.timedelta(seconds=settings.member_token_ttl_seconds),
+    )
+    out.print(f"member {summary.first_member_id} token:", highlight=False)
+    print(member_token)
+
+
+@app.command()
+def demo(
+    members: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many members.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 1,
+    clients: Annotated[bool, typer.Option(help="Also (re)create the demo clients.")] = True,
+) -> None:
+    """Load synthetic demo members (idempotent), the demo clients and print a member token."""
+    run_with_database(in_transaction(lambda c: _setup_demo(c, members, seed, clients)))
+
+
+# -- serve -----------------------------------------------------------------------------------------
+
+
+async def _prepare(engine: AsyncEngine, demo_members: int | None) -> None:
+    await migrations.upgrade(engine)
+    purposes = read_policy_file(DEFAULT_POLICY_FILE)
+    async with engine.begin() as connection:
+        await load_purposes(connection, purposes)
+        if demo_members:
+            await _setup_demo(connection, demo_members, 1, True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [TILLIT_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [TILLIT_PORT].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes [TILLIT_WORKERS].")] = None,
+    prepare: Annotated[
+        bool, typer.Option("--prepare", help="Migrate and load the policy before serving.")
+    ] = False,
+    demo_members: Annotated[
+        int | None,
+        typer.Option("--demo", help="Also load this many demo members (implies --prepare)."),
+    ] = None,
+) -> None:
+    """Serve the gateway (GraphiQL at /graphql in dev mode)."""
+    import uvicorn
+
+    settings = _settings()
+    url = _database_url(settings)
+    if prepare or demo_members:
+        try:
+            run_with_database(lambda engine: _prepare(engine, demo_members))
+        except PolicyFileError as exc:
+            raise fail(f"invalid policy file: {exc}") from None
+    # Workers are separate processes: they read the settings, and this URL, from the environment.
+    os.environ["DATABASE_URL"] = url
+    bind_host, bind_port = host or settings.host, port or settings.port
+    out.print(f"serving on http://{bind_host}:{bind_port}/graphql  (Ctrl-C stops)", highlight=False)
+    uvicorn.run(
+        "gateway.app:create_app_from_environment",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=workers or settings.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TILLIT_DEV", "").lower() in ("1", "true", "yes"):
+            raise
+        # Outside dev mode a traceback could quote row values; say what failed and where to look.
+        err.print(
+            f"[red]error:[/red] unexpected {type(exc).__name__}; rerun with TILLIT_DEV=true "
+            "on a development copy to see the traceback",
+            highlight=False,
+        )
+        sys.exit(1)

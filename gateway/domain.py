@@ -1,0 +1,183 @@
+"""The vocabulary of the domain: legal bases, consent methods, data categories, roles and codes.
+
+These are plain enums shared by the policy file, the database constraints, the access decision and
+the GraphQL schema, so that every layer spells a value the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+
+
+class LegalBasis(enum.StrEnum):
+    """GDPR Art. 6(1) grounds a purpose may rest on."""
+
+    CONSENT = "CONSENT"
+    CONTRACT = "CONTRACT"
+    LEGITIMATE_INTEREST = "LEGITIMATE_INTEREST"
+    LEGAL_OBLIGATION = "LEGAL_OBLIGATION"
+
+
+class ConsentMethod(enum.StrEnum):
+    """How a consent was captured; EXPLICIT is stronger than CONDITIONAL."""
+
+    EXPLICIT = "EXPLICIT"
+    CONDITIONAL = "CONDITIONAL"
+
+    @property
+    def strength(self) -> int:
+        return _METHOD_STRENGTH[self]
+
+    def satisfies(self, required: ConsentMethod) -> bool:
+        """True when a consent captured this way is at least as strong as `required`."""
+        return self.strength >= required.strength
+
+
+_METHOD_STRENGTH = {ConsentMethod.CONDITIONAL: 1, ConsentMethod.EXPLICIT: 2}
+
+
+class Category(enum.StrEnum):
+    """The data category of a member field. Every member field belongs to exactly one."""
+
+    CONTACT = "contact"
+    MEMBERSHIP = "membership"
+    ADDRESS = "address"
+    STATUS = "status"
+    ENRICHED_DEMOGRAPHICS = "enriched.demographics"
+    ENRICHED_LIFESTYLE = "enriched.lifestyle"
+
+    @property
+    def is_enriched(self) -> bool:
+        return self.value.startswith("enriched.")
+
+
+class Role(enum.StrEnum):
+    """What kind of API client a caller is."""
+
+    APP = "app"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class Capability(enum.StrEnum):
+    """Writes an app client may perform beyond reading, granted one by one."""
+
+    CAPTURE_CONSENT = "capture_consent"
+    ENRICH = "enrich"
+    CLEANSE = "cleanse"
+
+
+class ConsentEventKind(enum.StrEnum):
+    GRANTED = "GRANTED"
+    WITHDRAWN = "WITHDRAWN"
+    EXPIRED = "EXPIRED"
+
+
+class MembershipStatus(enum.StrEnum):
+    ACTIVE = "ACTIVE"
+    CLOSED = "CLOSED"
+
+
+class Tier(enum.StrEnum):
+    BASIC = "BASIC"
+    SILVER = "SILVER"
+    GOLD = "GOLD"
+    PLATINUM = "PLATINUM"
+
+
+class ActorKind(enum.StrEnum):
+    """Who performed an audited operation."""
+
+    CLIENT = "CLIENT"
+    MEMBER = "MEMBER"
+    SYSTEM = "SYSTEM"
+    ANONYMOUS = "ANONYMOUS"
+
+
+class AccessOutcome(enum.StrEnum):
+    """The outcome of one access event, as auditors filter it."""
+
+    RELEASED = "RELEASED"
+    PARTIAL = "PARTIAL"
+    DENIED = "DENIED"
+    NOT_FOUND = "NOT_FOUND"
+    WRITTEN = "WRITTEN"
+
+
+class EnrichedField(enum.StrEnum):
+    """Member fields whose values come from third parties (enrichment records)."""
+
+    INCOME_BAND = "income_band"
+    HOUSEHOLD_SIZE = "household_size"
+    LIFESTYLE_SEGMENT = "lifestyle_segment"
+    INTERESTS = "interests"
+
+    @property
+    def category(self) -> Category:
+        return _ENRICHED_CATEGORY[self]
+
+
+_ENRICHED_CATEGORY = {
+    EnrichedField.INCOME_BAND: Category.ENRICHED_DEMOGRAPHICS,
+    EnrichedField.HOUSEHOLD_SIZE: Category.ENRICHED_DEMOGRAPHICS,
+    EnrichedField.LIFESTYLE_SEGMENT: Category.ENRICHED_LIFESTYLE,
+    EnrichedField.INTERESTS: Category.ENRICHED_LIFESTYLE,
+}
+
+
+class CleansableField(enum.StrEnum):
+    """Existing member fields that cleansing against a public register may correct."""
+
+    STREET = "street"
+    POSTAL_CODE = "postal_code"
+    CITY = "city"
+    COUNTRY = "country"
+    DECEASED = "deceased"
+
+
+class ErrorCode(enum.StrEnum):
+    """`extensions.code` of every error Tillit returns on purpose."""
+
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    UNKNOWN_PURPOSE = "UNKNOWN_PURPOSE"
+    PURPOSE_NOT_PERMITTED = "PURPOSE_NOT_PERMITTED"
+    CATEGORY_NOT_IN_PURPOSE = "CATEGORY_NOT_IN_PURPOSE"
+    CONSENT_REQUIRED = "CONSENT_REQUIRED"
+    CONSENT_WITHDRAWN = "CONSENT_WITHDRAWN"
+    CONSENT_EXPIRED = "CONSENT_EXPIRED"
+    CONSENT_METHOD_INSUFFICIENT = "CONSENT_METHOD_INSUFFICIENT"
+    NOTICE_OUTDATED = "NOTICE_OUTDATED"
+    OBJECTED = "OBJECTED"
+    MEMBERSHIP_INACTIVE = "MEMBERSHIP_INACTIVE"
+    NOT_FOUND = "NOT_FOUND"
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    BAD_REQUEST = "BAD_REQUEST"
+    GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+    GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+    AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalizedText:
+    nb: str
+    en: str
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    """A registered purpose, as the policy defines it."""
+
+    key: str
+    legal_basis: LegalBasis
+    categories: frozenset[Category]
+    title: LocalizedText
+    description: LocalizedText
+    notice_version: str
+    accepted_notice_versions: frozenset[str] = field(default_factory=frozenset)
+    required_consent_method: ConsentMethod | None = None
+    consent_lifetime: dt.timedelta | None = None
+    retired: bool = False

@@ -1,0 +1,412 @@
+"""The relational model. The first migration creates exactly these tables and constraints.
+
+Constraints live in the database too (CHECKs on every enum, foreign keys, unique keys), so that a
+script, a second service or a hand-typed statement cannot store what the gateway would refuse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Interval,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gateway.domain import (
+    AccessOutcome,
+    ActorKind,
+    Capability,
+    Category,
+    CleansableField,
+    ConsentEventKind,
+    ConsentMethod,
+    EnrichedField,
+    LegalBasis,
+    MembershipStatus,
+    Role,
+    Tier,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def one_of(column: str, values: type[enum.Enum]) -> str:
+    """SQL for `column IN (...)` over an enum's values, for CHECK constraints."""
+    quoted = ", ".join(f"'{member.value}'" for member in values)
+    return f"{column} IN ({quoted})"
+
+
+def subset_of(column: str, values: type[enum.Enum]) -> str:
+    """SQL for an array column whose elements all come from an enum."""
+    quoted = ", ".join(f"'{member.value}'" for member in values)
+    return f"{column} <@ ARRAY[{quoted}]::text[]"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: DateTime(timezone=True),
+        uuid.UUID: UUID(as_uuid=True),
+        dict[str, Any]: JSONB,
+    }
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+
+
+def _created_at() -> Mapped[dt.datetime]:
+    return mapped_column(server_default=func.now())
+
+
+class Purpose(Base):
+    """A registered purpose, loaded from the policy file; never deleted, only retired."""
+
+    __tablename__ = "purposes"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    legal_basis: Mapped[str] = mapped_column(String(32))
+    title_nb: Mapped[str] = mapped_column(Text)
+    title_en: Mapped[str] = mapped_column(Text)
+    description_nb: Mapped[str] = mapped_column(Text)
+    description_en: Mapped[str] = mapped_column(Text)
+    required_consent_method: Mapped[str | None] = mapped_column(String(16))
+    notice_version: Mapped[str] = mapped_column(String(32))
+    accepted_notice_versions: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    consent_lifetime: Mapped[dt.timedelta | None] = mapped_column(Interval)
+    retired: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("key ~ '^[a-z][a-z0-9_]*$'", name="key_format"),
+        CheckConstraint(one_of("legal_basis", LegalBasis), name="legal_basis"),
+        CheckConstraint(
+            "required_consent_method IS NULL OR "
+            + one_of("required_consent_method", ConsentMethod),
+            name="required_consent_method",
+        ),
+        # A consent purpose names the method it needs and how long a consent lasts; others do not.
+        CheckConstraint(
+            "(legal_basis = 'CONSENT') = (required_consent_method IS NOT NULL)",
+            name="method_iff_consent",
+        ),
+        CheckConstraint(
+            "(legal_basis = 'CONSENT') = (consent_lifetime IS NOT NULL)",
+            name="lifetime_iff_consent",
+        ),
+        CheckConstraint(
+            "consent_lifetime IS NULL OR consent_lifetime > interval '0'", name="lifetime_positive"
+        ),
+        CheckConstraint(
+            "notice_version = ANY (accepted_notice_versions)", name="current_notice_accepted"
+        ),
+    )
+
+
+class PurposeCategory(Base):
+    """The data categories a purpose may use."""
+
+    __tablename__ = "purpose_categories"
+
+    purpose_key: Mapped[str] = mapped_column(
+        ForeignKey("purposes.key", ondelete="CASCADE"), primary_key=True
+    )
+    category: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+    __table_args__ = (CheckConstraint(one_of("category", Category), name="category"),)
+
+
+class Member(Base):
+    """The data subject, with the base fields processed under the membership contract."""
+
+    __tablename__ = "members"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    # contact
+    first_name: Mapped[str] = mapped_column(Text)
+    last_name: Mapped[str] = mapped_column(Text)
+    email: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(Text)
+    # address
+    street: Mapped[str | None] = mapped_column(Text)
+    postal_code: Mapped[str | None] = mapped_column(Text)
+    city: Mapped[str | None] = mapped_column(Text)
+    country: Mapped[str | None] = mapped_column(String(2))
+    # membership
+    tier: Mapped[str] = mapped_column(String(16), server_default=Tier.BASIC.value)
+    points: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    member_since: Mapped[dt.date] = mapped_column(Date, server_default=func.current_date())
+    membership_status: Mapped[str] = mapped_column(
+        String(16), server_default=MembershipStatus.ACTIVE.value
+    )
+    # status
+    deceased: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(one_of("tier", Tier), name="tier"),
+        CheckConstraint(one_of("membership_status", MembershipStatus), name="membership_status"),
+        CheckConstraint("points >= 0", name="points_not_negative"),
+        CheckConstraint("email LIKE '%_@_%'", name="email_shape"),
+        CheckConstraint("country IS NULL OR country ~ '^[A-Z]{2}$'", name="country_iso"),
+        Index("uq_members_email_lower", func.lower(text("email")), unique=True),
+    )
+
+
+class Client(Base):
+    """An API caller: an app, an auditor or an admin, identified by a hashed API key."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    # The public half of the key, used to find the row; the whole key is only stored hashed.
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    capabilities: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{}'::text[]")
+    )
+    created_at: Mapped[dt.datetime] = _created_at()
+    disabled_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(one_of("role", Role), name="role"),
+        CheckConstraint(subset_of("capabilities", Capability), name="capabilities"),
+        CheckConstraint("length(key_hash) = 64", name="key_hash_sha256"),
+        CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
+    )
+
+
+class ClientPurpose(Base):
+    """The purposes a client may act under."""
+
+    __tablename__ = "client_purposes"
+
+    client_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True
+    )
+    purpose_key: Mapped[str] = mapped_column(ForeignKey("purposes.key"), primary_key=True)
+
+
+class ConsentEvent(Base):
+    """One event in the append-only consent history of a (member, purpose).
+
+    The current state of a consent is the latest event by `seq`. A grant's id is its receipt id.
+    """
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    purpose_key: Mapped[str] = mapped_column(ForeignKey("purposes.key"))
+    kind: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str | None] = mapped_column(String(16))
+    notice_version: Mapped[str | None] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(64))
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    captured_by_client_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("clients.id"))
+    evidence: Mapped[str | None] = mapped_column(Text)
+    evidence_sha256: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    expires_at: Mapped[dt.datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+
+    __table_args__ = (
+        CheckConstraint(one_of("kind", ConsentEventKind), name="kind"),
+        CheckConstraint(f"method IS NULL OR {one_of('method', ConsentMethod)}", name="method"),
+        CheckConstraint("actor_kind IN ('CLIENT', 'MEMBER', 'SYSTEM')", name="actor_kind"),
+        # A grant says how, on which notice, and until when; withdrawals and expiries do not.
+        CheckConstraint(
+            "(kind = 'GRANTED') = (method IS NOT NULL AND notice_version IS NOT NULL "
+            "AND expires_at IS NOT NULL)",
+            name="grant_is_complete",
+        ),
+        CheckConstraint("expires_at IS NULL OR expires_at > occurred_at", name="expires_after"),
+        CheckConstraint(
+            "(actor_kind = 'CLIENT') = (captured_by_client_id IS NOT NULL)", name="client_actor"
+        ),
+        CheckConstraint("length(btrim(channel)) > 0", name="channel_not_blank"),
+        UniqueConstraint("member_id", "purpose_key", "idempotency_key"),
+        Index("ix_consent_events_member_purpose_seq", "member_id", "purpose_key", "seq"),
+        Index(
+            "ix_consent_events_expires_at", "expires_at", postgresql_where=text("kind = 'GRANTED'")
+        ),
+    )
+
+
+class EnrichmentRecord(Base):
+    """A value appended from a third party, with its provenance and the consent it relies on."""
+
+    __tablename__ = "enrichment_records"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    field: Mapped[str] = mapped_column(String(32))
+    category: Mapped[str] = mapped_column(String(32))
+    value: Mapped[Any] = mapped_column(JSONB)
+    source: Mapped[str] = mapped_column(String(100))
+    obtained_at: Mapped[dt.datetime]
+    purpose_key: Mapped[str] = mapped_column(ForeignKey("purposes.key"))
+    consent_event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("consent_events.id"))
+    recorded_by_client_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("clients.id"))
+    recorded_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(one_of("field", EnrichedField), name="field"),
+        CheckConstraint(
+            "category IN ('enriched.demographics', 'enriched.lifestyle')", name="category"
+        ),
+        CheckConstraint("length(btrim(source)) > 0", name="source_not_blank"),
+        UniqueConstraint("member_id", "field"),
+    )
+
+
+class CleansingRecord(Base):
+    """A correction of existing data against a register, under legitimate interest."""
+
+    __tablename__ = "cleansing_records"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    purpose_key: Mapped[str] = mapped_column(ForeignKey("purposes.key"))
+    field: Mapped[str] = mapped_column(String(32))
+    old_value: Mapped[Any] = mapped_column(JSONB)
+    new_value: Mapped[Any] = mapped_column(JSONB)
+    source: Mapped[str] = mapped_column(String(100))
+    recorded_by_client_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("clients.id"))
+    recorded_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(one_of("field", CleansableField), name="field"),
+        CheckConstraint("length(btrim(source)) > 0", name="source_not_blank"),
+        Index("ix_cleansing_records_member_id", "member_id"),
+    )
+
+
+class MemberNotice(Base):
+    """A notice owed to a member (information duty, GDPR Art. 13/14), e.g. after a cleansing."""
+
+    __tablename__ = "member_notices"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    cleansing_record_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("cleansing_records.id"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = _created_at()
+    due_at: Mapped[dt.datetime]
+    delivered_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('CLEANSING')", name="kind"),
+        CheckConstraint(
+            "(kind = 'CLEANSING') = (cleansing_record_id IS NOT NULL)", name="cleansing_has_record"
+        ),
+        CheckConstraint("due_at >= created_at", name="due_after_created"),
+        Index(
+            "ix_member_notices_undelivered_due",
+            "due_at",
+            postgresql_where=text("delivered_at IS NULL"),
+        ),
+    )
+
+
+class Objection(Base):
+    """A member's objection (GDPR Art. 21) to processing under a legitimate-interest purpose."""
+
+    __tablename__ = "objections"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    purpose_key: Mapped[str] = mapped_column(ForeignKey("purposes.key"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    objected_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    lifted_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("lifted_at IS NULL OR lifted_at >= objected_at", name="lifted_after"),
+        # At most one objection in force per member and purpose.
+        Index(
+            "uq_objections_in_force",
+            "member_id",
+            "purpose_key",
+            unique=True,
+            postgresql_where=text("lifted_at IS NULL"),
+        ),
+    )
+
+
+class AccessEvent(Base):
+    """One row per member touched by an operation: who, when, why, and what was released."""
+
+    __tablename__ = "access_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    request_id: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(100))
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("clients.id"))
+    # No foreign keys to members: the log must outlive a member's row (erasure) and must record
+    # attempts on ids that do not exist.
+    actor_member_id: Mapped[uuid.UUID | None]
+    member_id: Mapped[uuid.UUID | None]
+    # Free text, not a foreign key: attempts under unknown purposes are recorded as declared.
+    purpose: Mapped[str | None] = mapped_column(String(64))
+    legal_basis: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    fields_requested: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    fields_released: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    # {field: reason code} for every withheld field.
+    fields_withheld: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    consent_ids: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(UUID(as_uuid=True)), server_default="{}"
+    )
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+    __table_args__ = (
+        CheckConstraint(one_of("actor_kind", ActorKind), name="actor_kind"),
+        CheckConstraint(one_of("outcome", AccessOutcome), name="outcome"),
+        CheckConstraint(
+            f"legal_basis IS NULL OR {one_of('legal_basis', LegalBasis)}", name="legal_basis"
+        ),
+        CheckConstraint("(actor_kind = 'CLIENT') = (client_id IS NOT NULL)", name="client_actor"),
+        CheckConstraint(
+            "(actor_kind = 'MEMBER') = (actor_member_id IS NOT NULL)", name="member_actor"
+        ),
+        CheckConstraint("jsonb_typeof(fields_withheld) = 'object'", name="withheld_is_object"),
+        Index("ix_access_events_member_occurred", "member_id", "occurred_at"),
+        Index("ix_access_events_occurred", "occurred_at"),
+        Index("ix_access_events_client_occurred", "client_id", "occurred_at"),
+    )

