@@ -6,6 +6,7 @@ convention. Secrets are `SecretStr`, so they print as `**********`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,10 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def default_data_dir() -> Path:
+    # As root, the embedded PostgreSQL runs as a system user that must be able to traverse every
+    # parent folder; /var/lib is already traversable, while /root would have to be opened up.
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/tillit")
     return Path(platformdirs.user_data_dir("tillit", appauthor=False))
 
 
