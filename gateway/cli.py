@@ -80,10 +80,15 @@ async def _engine(settings: Settings, url: str) -> Any:
         await engine.dispose()
 
 
-def run_with_database(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+def run_with_database(
+    work: Callable[[AsyncEngine], Awaitable[T]],
+    *,
+    settings: Settings | None = None,
+    url: str | None = None,
+) -> T:
     """Run `work` against the configured database (starting the embedded one if needed)."""
-    settings = _settings()
-    url = _database_url(settings)
+    settings = settings or _settings()
+    url = url or _database_url(settings)
 
     async def main() -> T:
         async with _engine(settings, url) as engine:
@@ -300,7 +305,9 @@ def serve(
     url = _database_url(settings)
     if prepare or demo_members:
         try:
-            run_with_database(lambda engine: _prepare(engine, demo_members))
+            run_with_database(
+                lambda engine: _prepare(engine, demo_members), settings=settings, url=url
+            )
         except PolicyFileError as exc:
             raise fail(f"invalid policy file: {exc}") from None
     # Workers are separate processes: they read the settings, and this URL, from the environment.

