@@ -133,6 +133,7 @@ def graphql_endpoints(
         engine: AsyncEngine = request.state.engine
         settings: Settings = request.state.settings
         outcome: dict[str, Any] = {}
+        executed = False
         try:
             async with engine.begin() as connection:
                 principal = await authenticate(
@@ -163,6 +164,10 @@ def graphql_endpoints(
                     for failure in failures:
                         log.error("graphql.unexpected_error", **exception_summary(failure))
                     raise _Rollback
+                executed = True
+                # The access events go in with the operation's other writes; the commit below
+                # makes them durable before any of the data they describe is sent.
+                await context.audit.flush(connection)
         except Unauthenticated as exc:
             return error_response(
                 401, exc.code, exc.message, **{"WWW-Authenticate": 'Bearer realm="tillit"'}
@@ -172,8 +177,11 @@ def graphql_endpoints(
             return JSONResponse(
                 {"data": None, "errors": [e for e, _ in outcome["errors"]]}, status_code=500
             )
-        except DATABASE_UNAVAILABLE as exc:
-            log.error("graphql.database_unavailable", **exception_summary(exc))
+        except Exception as exc:
+            if not executed and not isinstance(exc, DATABASE_UNAVAILABLE):
+                raise
+            # The audit write or the commit failed, or the database is gone: release nothing.
+            log.error("graphql.audit_unavailable", **exception_summary(exc))
             unavailable = AuditUnavailable()
             return error_response(
                 503, unavailable.code, unavailable.message, **{"Retry-After": "1"}

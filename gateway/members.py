@@ -6,12 +6,13 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import models
-from gateway.domain import MembershipStatus, Tier
+from gateway.domain import CleansableField, EnrichedField, MembershipStatus, Tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +90,107 @@ async def fetch_members(
 async def member_exists(connection: AsyncConnection, member_id: uuid.UUID) -> bool:
     found = await connection.scalar(select(models.Member.id).where(models.Member.id == member_id))
     return found is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichedValue:
+    """A third-party value with its provenance."""
+
+    field: EnrichedField
+    value: Any
+    source: str
+    obtained_at: dt.datetime
+    purpose: str
+    consent_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A cleansing change to a member field: what it was, what it became, from where, when."""
+
+    field: CleansableField
+    old_value: Any
+    new_value: Any
+    source: str
+    recorded_at: dt.datetime
+
+
+async def fetch_enrichment(
+    connection: AsyncConnection, member_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[EnrichedField, EnrichedValue]]:
+    if not member_ids:
+        return {}
+    r = models.EnrichmentRecord
+    rows = await connection.execute(
+        select(
+            r.member_id,
+            r.field,
+            r.value,
+            r.source,
+            r.obtained_at,
+            r.purpose_key,
+            r.consent_event_id,
+        ).where(r.member_id.in_(list(member_ids)))
+    )
+    values: dict[uuid.UUID, dict[EnrichedField, EnrichedValue]] = {}
+    for row in rows:
+        enriched = EnrichedField(row.field)
+        values.setdefault(row.member_id, {})[enriched] = EnrichedValue(
+            enriched, row.value, row.source, row.obtained_at, row.purpose_key, row.consent_event_id
+        )
+    return values
+
+
+async def fetch_objections(
+    connection: AsyncConnection, member_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, frozenset[str]]:
+    """member → purposes objected to and not lifted."""
+    if not member_ids:
+        return {}
+    o = models.Objection
+    rows = await connection.execute(
+        select(o.member_id, o.purpose_key).where(
+            o.member_id.in_(list(member_ids)), o.lifted_at.is_(None)
+        )
+    )
+    objections: dict[uuid.UUID, set[str]] = {}
+    for member_id, purpose_key in rows:
+        objections.setdefault(member_id, set()).add(purpose_key)
+    return {member_id: frozenset(keys) for member_id, keys in objections.items()}
+
+
+ADDRESS_FIELDS = (
+    CleansableField.STREET,
+    CleansableField.POSTAL_CODE,
+    CleansableField.CITY,
+    CleansableField.COUNTRY,
+)
+
+
+async def fetch_address_corrections(
+    connection: AsyncConnection, member_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Correction]]:
+    """member → cleansing changes to the address, newest first."""
+    if not member_ids:
+        return {}
+    c = models.CleansingRecord
+    rows = await connection.execute(
+        select(c.member_id, c.field, c.old_value, c.new_value, c.source, c.recorded_at)
+        .where(
+            c.member_id.in_(list(member_ids)),
+            c.field.in_([f.value for f in ADDRESS_FIELDS]),
+        )
+        .order_by(c.member_id, c.recorded_at.desc())
+    )
+    corrections: dict[uuid.UUID, list[Correction]] = {}
+    for row in rows:
+        corrections.setdefault(row.member_id, []).append(
+            Correction(
+                CleansableField(row.field),
+                row.old_value,
+                row.new_value,
+                row.source,
+                row.recorded_at,
+            )
+        )
+    return corrections

@@ -34,6 +34,7 @@ class ConsentState:
     method: ConsentMethod | None
     notice_version: str | None
     expires_at: dt.datetime | None
+    changed_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,14 @@ def _consent_failure(
             "The consent was given on a privacy notice this purpose no longer accepts.",
         )
     return None, consent.grant_id
+
+
+def consent_problem(
+    purpose: Purpose, consent: ConsentState | None, now: dt.datetime
+) -> ErrorCode | None:
+    """Why this consent does not (now) let the purpose release data, or None when it does."""
+    failure, _ = _consent_failure(purpose, consent, now)
+    return failure.code if failure else None
 
 
 def decide(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit import AuditTrail
 from gateway.auth import Principal
 from gateway.domain import Purpose
 from gateway.purposes import fetch_purposes
@@ -28,6 +29,7 @@ class Context:
     settings: Settings
     now: dt.datetime
     loaders: Loaders
+    audit: AuditTrail
     _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
 
     @classmethod
@@ -39,13 +41,15 @@ class Context:
         request_id: str,
         settings: Settings,
     ) -> Context:
+        now = dt.datetime.now(dt.UTC)
         return cls(
             connection=connection,
             principal=principal,
             request_id=request_id,
             settings=settings,
-            now=dt.datetime.now(dt.UTC),
+            now=now,
             loaders=Loaders(connection),
+            audit=AuditTrail(request_id=request_id, principal=principal, now=now),
         )
 
     async def purposes(self) -> dict[str, Purpose]:

@@ -1,17 +1,62 @@
-"""Reading member profiles under a declared purpose."""
+"""Reading member profiles under a declared purpose: decide, load what was released, audit."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.domain import Category
-from gateway.errors import BadUserInput, NotFound
-from gateway.members import MemberRecord
-from gateway.policy import MemberState, Withheld, decide, purpose_for
+from gateway.audit import AccessRecord, outcome_of
+from gateway.domain import (
+    Category,
+    ConsentEventKind,
+    ConsentMethod,
+    EnrichedField,
+    ErrorCode,
+    LegalBasis,
+    Purpose,
+)
+from gateway.errors import BadUserInput, NotFound, TillitError
+from gateway.members import Address, Correction, MemberRecord
+from gateway.policy import (
+    ConsentState,
+    Decision,
+    MemberState,
+    Withheld,
+    consent_problem,
+    decide,
+    purpose_for,
+)
 from resolvers.context import Context
+
+MAX_IDS = 100
+_ENRICHED = {f.value: f for f in EnrichedField}
+
+
+@dataclass(frozen=True, slots=True)
+class AddressView:
+    street: str | None
+    postal_code: str | None
+    city: str | None
+    country: str | None
+    corrections: Sequence[Correction]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentStatusView:
+    """Where a member stands with one consent purpose, for an app deciding whether to ask."""
+
+    purpose: str
+    state: str
+    method: ConsentMethod | None
+    notice_version: str | None
+    changed_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    required_method: ConsentMethod
+    current_notice_version: str
+    problem: ErrorCode | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,35 +69,173 @@ class MemberView:
     withheld: Mapping[str, Withheld]
 
 
-def parse_member_id(raw: str) -> uuid.UUID:
+def parse_member_id(raw: str, argument: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise BadUserInput("A member id is a UUID.", argument="id") from None
+        raise BadUserInput("A member id is a UUID.", argument=argument) from None
 
 
-def _value(record: MemberRecord, name: str) -> Any:
-    # Enriched values arrive with the consent-gated reads (2/7); until then none are stored here.
-    return getattr(record, name, None)
+def parse_member_ids(raw: Sequence[str]) -> list[uuid.UUID]:
+    if not raw:
+        raise BadUserInput("Give at least one member id.", argument="ids")
+    if len(raw) > MAX_IDS:
+        raise BadUserInput(f"Give at most {MAX_IDS} member ids per call.", argument="ids")
+    ids = [parse_member_id(value, "ids") for value in raw]
+    if len(set(ids)) != len(ids):
+        raise BadUserInput("The same member id is given twice.", argument="ids")
+    return ids
+
+
+def consent_statuses(
+    purposes: Mapping[str, Purpose], consents: Mapping[str, ConsentState], now: dt.datetime
+) -> list[ConsentStatusView]:
+    """The member's standing with every consent purpose in force, including those never asked."""
+    statuses = []
+    for purpose in purposes.values():
+        if purpose.legal_basis is not LegalBasis.CONSENT:
+            continue
+        consent = consents.get(purpose.key)
+        state = consent.kind.value if consent else "NOT_GIVEN"
+        if (
+            consent is not None
+            and consent.kind is ConsentEventKind.GRANTED
+            and consent.expires_at is not None
+            and consent.expires_at <= now
+        ):
+            state = ConsentEventKind.EXPIRED.value
+        statuses.append(
+            ConsentStatusView(
+                purpose=purpose.key,
+                state=state,
+                method=consent.method if consent else None,
+                notice_version=consent.notice_version if consent else None,
+                changed_at=consent.changed_at if consent else None,
+                expires_at=consent.expires_at if consent else None,
+                required_method=purpose.required_consent_method or ConsentMethod.EXPLICIT,
+                current_notice_version=purpose.notice_version,
+                problem=consent_problem(purpose, consent, now),
+            )
+        )
+    return statuses
+
+
+def _base_value(record: MemberRecord, name: str, corrections: Sequence[Correction]) -> Any:
+    if name == "address":
+        address: Address = record.address
+        return AddressView(
+            address.street, address.postal_code, address.city, address.country, corrections
+        )
+    return getattr(record, name)
+
+
+async def read_members(
+    context: Context,
+    *,
+    member_ids: Sequence[str],
+    purpose: str,
+    fields: Mapping[str, Category],
+    operation: str,
+) -> list[MemberView | TillitError]:
+    """Decide and load the requested fields of each member; one access event per member.
+
+    This is the one place profile reads are decided and audited. Operation-level refusals
+    (caller, purpose) raise; a member that does not exist is a NotFound in its position.
+    """
+    ids = parse_member_ids(member_ids)
+    purposes = await context.purposes()
+    try:
+        declared = purpose_for(context.principal, purpose, purposes)
+    except TillitError as refused:
+        context.audit.denied(
+            operation=operation, member_ids=ids, purpose=purpose, code=refused.code, fields=fields
+        )
+        raise
+    loaders = context.loaders
+    records = await loaders.member.load_many(ids)
+    existing = [record.id for record in records if record is not None]
+    basis = declared.legal_basis
+    wants_consents = basis is LegalBasis.CONSENT or "consents" in fields
+    consents = await loaders.consents.load_many(existing) if wants_consents else []
+    objections = (
+        await loaders.objections.load_many(existing)
+        if basis is LegalBasis.LEGITIMATE_INTEREST
+        else []
+    )
+    consents_of = dict(zip(existing, consents, strict=False))
+    objections_of = dict(zip(existing, objections, strict=False))
+
+    decisions: dict[uuid.UUID, Decision] = {}
+    for record in records:
+        if record is None:
+            continue
+        state = MemberState(
+            membership_active=record.membership_active,
+            consents=consents_of.get(record.id, {}),
+            objections=objections_of.get(record.id, frozenset()),
+        )
+        decisions[record.id] = decide(declared, fields, state, context.now)
+
+    enriched_ids = [m for m, d in decisions.items() if any(f in _ENRICHED for f in d.released)]
+    address_ids = [m for m, d in decisions.items() if "address" in d.released]
+    enrichment = dict(
+        zip(enriched_ids, await loaders.enrichment.load_many(enriched_ids), strict=True)
+    )
+    corrections = dict(
+        zip(address_ids, await loaders.address_corrections.load_many(address_ids), strict=True)
+    )
+
+    requested = tuple(sorted(fields))
+    results: list[MemberView | TillitError] = []
+    for member_id, record in zip(ids, records, strict=True):
+        if record is None:
+            context.audit.denied(
+                operation=operation,
+                member_ids=[member_id],
+                purpose=declared.key,
+                code=ErrorCode.NOT_FOUND,
+                fields=fields,
+                legal_basis=basis,
+            )
+            results.append(NotFound("No member has this id.", argument="id"))
+            continue
+        decision = decisions[member_id]
+        values: dict[str, Any] = {}
+        for name in decision.released:
+            if name in _ENRICHED:
+                found = enrichment.get(member_id, {}).get(_ENRICHED[name])
+                values[name] = found.value if found else None
+            elif name == "consents":
+                values[name] = consent_statuses(
+                    purposes, consents_of.get(member_id, {}), context.now
+                )
+            else:
+                values[name] = _base_value(record, name, corrections.get(member_id, ()))
+        context.audit.record(
+            AccessRecord(
+                operation=operation,
+                member_id=member_id,
+                purpose=declared.key,
+                legal_basis=basis,
+                outcome=outcome_of(decision.released, decision.withheld),
+                fields_requested=requested,
+                fields_released=tuple(sorted(decision.released)),
+                fields_withheld={f: w.code.value for f, w in sorted(decision.withheld.items())},
+                consent_ids=decision.consent_ids,
+            )
+        )
+        results.append(MemberView(member_id, declared.key, values, decision.withheld))
+    return results
 
 
 async def read_member(
     context: Context, *, member_id: str, purpose: str, fields: Mapping[str, Category]
 ) -> MemberView:
-    """The requested fields of one member that `purpose` releases to the caller.
-
-    This is the one place a profile read is decided: the access event for it is written here too.
-    """
-    declared = purpose_for(context.principal, purpose, await context.purposes())
+    """One member; see read_members."""
     subject = parse_member_id(member_id)
-    record = await context.loaders.member.load(subject)
-    if record is None:
-        raise NotFound("No member has this id.", argument="id")
-    state = MemberState(membership_active=record.membership_active)
-    decision = decide(declared, fields, state, context.now)
-    return MemberView(
-        id=record.id,
-        purpose=declared.key,
-        values={name: _value(record, name) for name in decision.released},
-        withheld=decision.withheld,
+    [result] = await read_members(
+        context, member_ids=[str(subject)], purpose=purpose, fields=fields, operation="member"
     )
+    if isinstance(result, TillitError):
+        raise result
+    return result

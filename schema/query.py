@@ -9,7 +9,7 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 
 from gateway.domain import Category
 from resolvers.context import Context
-from resolvers.members import read_member
+from resolvers.members import read_member, read_members
 from resolvers.purposes import list_purposes
 from schema.categories import categories_of, graphql_names_of
 from schema.types import Member, Purpose
@@ -62,3 +62,23 @@ class Query:
         )
         # Member's fields resolve from the view: gated ones through the access decision's result.
         return cast(Member, view)
+
+    @strawberry.field(
+        description="Up to 100 members' profiles under `purpose`, in the order asked. An unknown "
+        "id is null in its position, with a NOT_FOUND error at that path."
+    )
+    async def members(
+        self,
+        info: Info,
+        ids: list[strawberry.ID],
+        purpose: str,
+    ) -> list[Member | None]:
+        views = await read_members(
+            info.context,
+            member_ids=ids,
+            purpose=purpose,
+            fields=requested_member_fields(info),
+            operation="members",
+        )
+        # A TillitError in a position becomes a located error for that item (graphql-core).
+        return cast(list[Member | None], views)

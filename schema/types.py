@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
+from typing import Any
 
 import strawberry
 
 from gateway import domain
 from gateway.domain import Category
+from gateway.members import Correction
 from schema.categories import categorized, gated, ungated
 from schema.enums import ConsentMethod, DataCategory, LegalBasis, MembershipStatus, Tier
 
@@ -49,12 +52,74 @@ class Purpose:
         return root.consent_lifetime.days if root.consent_lifetime else None
 
 
+@strawberry.type(
+    description="A change cleansing made to the address, from a public register "
+    "(legitimate interest; the member is told)."
+)
+class AddressCorrection:
+    field: str = strawberry.field(description="`street`, `postal_code`, `city` or `country`.")
+    source: str = strawberry.field(description="Where the correction came from.")
+    recorded_at: dt.datetime
+
+    @strawberry.field(description="The value before the correction.")
+    def old_value(self, root: strawberry.Parent[Correction]) -> str | None:
+        return None if root.old_value is None else str(root.old_value)
+
+    @strawberry.field(description="The value after the correction.")
+    def new_value(self, root: strawberry.Parent[Correction]) -> str | None:
+        return None if root.new_value is None else str(root.new_value)
+
+
 @strawberry.type(description="A postal address.")
 class Address:
     street: str | None
     postal_code: str | None
     city: str | None
     country: str | None = strawberry.field(description="ISO 3166-1 alpha-2 code.")
+    corrections: list[AddressCorrection] = strawberry.field(
+        description="What cleansing changed in this address, newest first."
+    )
+
+
+@strawberry.enum(description="Where a member stands with a consent purpose.")
+class ConsentStanding(enum.Enum):
+    NOT_GIVEN = "NOT_GIVEN"
+    GRANTED = "GRANTED"
+    WITHDRAWN = "WITHDRAWN"
+    EXPIRED = "EXPIRED"
+
+
+@strawberry.type(description="A member's current consent for one consent purpose.")
+class ConsentStatus:
+    purpose: str = strawberry.field(description="The purpose's key.")
+    method: ConsentMethod | None = strawberry.field(description="How the consent was given.")
+    notice_version: str | None = strawberry.field(
+        description="The privacy-notice version the member consented on."
+    )
+    changed_at: dt.datetime | None = strawberry.field(description="When the state last changed.")
+    expires_at: dt.datetime | None = strawberry.field(description="When a grant lapses.")
+    required_method: ConsentMethod = strawberry.field(
+        description="The weakest method the purpose accepts."
+    )
+    current_notice_version: str = strawberry.field(
+        description="The purpose's privacy-notice version now."
+    )
+
+    @strawberry.field(description="GRANTED, WITHDRAWN, EXPIRED or NOT_GIVEN.")
+    def state(self, root: strawberry.Parent[Any]) -> ConsentStanding:
+        return ConsentStanding(root.state)
+
+    @strawberry.field(
+        description="Whether this consent lets the purpose use the member's data now."
+    )
+    def valid(self, root: strawberry.Parent[Any]) -> bool:
+        return root.problem is None
+
+    @strawberry.field(
+        description="Why not, as an error code (e.g. NOTICE_OUTDATED): ask the member again."
+    )
+    def problem(self, root: strawberry.Parent[Any]) -> str | None:
+        return None if root.problem is None else str(root.problem.value)
 
 
 @categorized
@@ -90,4 +155,9 @@ class Member:
     )
     interests: list[str] | None = gated(
         Category.ENRICHED_LIFESTYLE, "Interests, from a data broker."
+    )
+    # consent standing, so that an app can decide to ask
+    consents: list[ConsentStatus] | None = gated(
+        Category.MEMBERSHIP,
+        "The member's standing with every consent purpose, so an app can decide to ask.",
     )
