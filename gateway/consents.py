@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import models
@@ -35,7 +36,7 @@ async def fetch_consent_states(
             e.expires_at,
         )
         .where(e.member_id.in_(list(member_ids)))
-        .distinct(e.member_id, e.purpose_key)
+        .ext(distinct_on(e.member_id, e.purpose_key))
         .order_by(e.member_id, e.purpose_key, e.seq.desc())
     )
     states: dict[uuid.UUID, dict[str, ConsentState]] = {}

@@ -72,7 +72,7 @@ class Query:
         info: Info,
         ids: list[strawberry.ID],
         purpose: str,
-    ) -> list[Member | None]:
+    ) -> list[Member | None] | None:
         views = await read_members(
             info.context,
             member_ids=ids,
@@ -81,4 +81,4 @@ class Query:
             operation="members",
         )
         # A TillitError in a position becomes a located error for that item (graphql-core).
-        return cast(list[Member | None], views)
+        return cast(list[Member | None] | None, views)

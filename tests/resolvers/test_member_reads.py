@@ -1,0 +1,575 @@
+"""Consent-gated, purpose-bound, audited profile reads, end to end over HTTP.
+
+Each test reads through POST /graphql and checks both the answer and the access event it left.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.auth import mint_member_token
+from tests.conftest import TEST_SECRET, Api, add_client, add_member, row_counts
+
+ALL_PURPOSES = ("membership_service", "personalized_offers", "customer_insight", "data_quality")
+NOW = dt.datetime.now(dt.UTC)
+
+ONE = """
+query($id: ID!, $purpose: String!) {
+  member(id: $id, purpose: $purpose) {
+    id firstName email points incomeBand householdSize lifestyleSegment interests
+  }
+}
+"""
+MANY = """
+query($ids: [ID!]!, $purpose: String!) {
+  members(ids: $ids, purpose: $purpose) { id email tier lifestyleSegment }
+}
+"""
+
+
+async def grant(
+    engine: AsyncEngine,
+    member_id: uuid.UUID,
+    purpose: str,
+    *,
+    method: str = "EXPLICIT",
+    notice: str = "2026-01",
+    granted_at: dt.datetime | None = None,
+    expires_at: dt.datetime | None = None,
+) -> uuid.UUID:
+    at = granted_at or NOW - dt.timedelta(days=1)
+    async with engine.begin() as connection:
+        grant_id = await connection.scalar(
+            text(
+                "INSERT INTO consent_events (member_id, purpose_key, kind, method, "
+                "notice_version, channel, actor_kind, occurred_at, expires_at) VALUES "
+                "(:m, :p, 'GRANTED', :method, :notice, 'test', 'MEMBER', :at, :exp) RETURNING id"
+            ),
+            {
+                "m": member_id,
+                "p": purpose,
+                "method": method,
+                "notice": notice,
+                "at": at,
+                "exp": expires_at or at + dt.timedelta(days=365),
+            },
+        )
+    assert isinstance(grant_id, uuid.UUID)
+    return grant_id
+
+
+async def withdraw(engine: AsyncEngine, member_id: uuid.UUID, purpose: str) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind) "
+                "VALUES (:m, :p, 'WITHDRAWN', 'test', 'MEMBER')"
+            ),
+            {"m": member_id, "p": purpose},
+        )
+
+
+async def enrich(engine: AsyncEngine, member_id: uuid.UUID, grant_id: uuid.UUID) -> None:
+    values = {
+        "income_band": ("enriched.demographics", "500-750k"),
+        "household_size": ("enriched.demographics", 3),
+        "lifestyle_segment": ("enriched.lifestyle", "active_outdoor"),
+        "interests": ("enriched.lifestyle", ["outdoor", "travel"]),
+    }
+    async with engine.begin() as connection:
+        for field, (category, value) in values.items():
+            await connection.execute(
+                text(
+                    "INSERT INTO enrichment_records (member_id, field, category, value, source, "
+                    "obtained_at, purpose_key, consent_event_id) VALUES "
+                    "(:m, :f, :c, CAST(:v AS jsonb), 'Broker', now(), 'personalized_offers', :g)"
+                ),
+                {"m": member_id, "f": field, "c": category, "v": json.dumps(value), "g": grant_id},
+            )
+
+
+async def access_events(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT * FROM access_events ORDER BY id"))
+        return [dict(row._mapping) for row in rows]
+
+
+@pytest.fixture
+async def app_key(db: AsyncEngine) -> str:
+    return (await add_client(db, purposes=ALL_PURPOSES)).key
+
+
+def codes(body: dict[str, Any]) -> dict[tuple[Any, ...], str]:
+    return {tuple(e["path"]): e["extensions"]["code"] for e in body.get("errors", [])}
+
+
+async def read(api: Api, key: str, member_id: uuid.UUID | str, purpose: str) -> dict[str, Any]:
+    response = await api.graphql(ONE, {"id": str(member_id), "purpose": purpose}, token=key)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_consented_member_releases_enriched_fields_and_audits_the_consent(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db)
+    grant_id = await grant(db, member_id, "personalized_offers")
+    await enrich(db, member_id, grant_id)
+
+    body = await read(api, app_key, member_id, "personalized_offers")
+
+    member = body["data"]["member"]
+    assert member["points"] == 1200
+    assert member["incomeBand"] == "500-750k"
+    assert member["householdSize"] == 3
+    assert member["lifestyleSegment"] == "active_outdoor"
+    assert member["interests"] == ["outdoor", "travel"]
+    # contact is not a category of personalized_offers
+    assert codes(body) == {
+        ("member", "firstName"): "CATEGORY_NOT_IN_PURPOSE",
+        ("member", "email"): "CATEGORY_NOT_IN_PURPOSE",
+    }
+    [audited] = await access_events(db)
+    assert audited["member_id"] == member_id
+    assert audited["operation"] == "member"
+    assert audited["purpose"] == "personalized_offers"
+    assert audited["legal_basis"] == "CONSENT"
+    assert audited["actor_kind"] == "CLIENT"
+    assert audited["outcome"] == "PARTIAL"
+    assert audited["fields_requested"] == [
+        "email",
+        "first_name",
+        "household_size",
+        "income_band",
+        "interests",
+        "lifestyle_segment",
+        "points",
+    ]
+    assert audited["fields_released"] == [
+        "household_size",
+        "income_band",
+        "interests",
+        "lifestyle_segment",
+        "points",
+    ]
+    assert audited["fields_withheld"] == {
+        "email": "CATEGORY_NOT_IN_PURPOSE",
+        "first_name": "CATEGORY_NOT_IN_PURPOSE",
+    }
+    assert audited["consent_ids"] == [grant_id]
+    assert audited["request_id"]
+
+
+async def test_partial_read_releases_base_and_withholds_enriched(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db, first_name="Ola")
+
+    body = await read(api, app_key, member_id, "membership_service")
+
+    member = body["data"]["member"]
+    assert member["firstName"] == "Ola"
+    assert member["incomeBand"] is None
+    assert set(codes(body).values()) == {"CATEGORY_NOT_IN_PURPOSE"}
+    assert len(codes(body)) == 4
+    [audited] = await access_events(db)
+    assert audited["legal_basis"] == "CONTRACT"
+    assert audited["outcome"] == "PARTIAL"
+    assert audited["fields_released"] == ["email", "first_name", "points"]
+    assert audited["consent_ids"] == []
+
+
+CONSENT_CASES = {
+    "CONSENT_REQUIRED": {},
+    "CONSENT_WITHDRAWN": {"withdrawn": True},
+    "CONSENT_EXPIRED": {
+        "granted_at": NOW - dt.timedelta(days=400),
+        "expires_at": NOW - dt.timedelta(days=35),
+    },
+    "CONSENT_METHOD_INSUFFICIENT": {"method": "CONDITIONAL"},
+    "NOTICE_OUTDATED": {"notice": "2025-01"},
+}
+
+
+@pytest.mark.parametrize("code", list(CONSENT_CASES))
+async def test_each_consent_reason_withholds_enriched_fields_with_what_would_help(
+    api: Api, db: AsyncEngine, app_key: str, code: str
+) -> None:
+    case = dict(CONSENT_CASES[code])
+    member_id = await add_member(db)
+    withdrawn = case.pop("withdrawn", False)
+    if code != "CONSENT_REQUIRED":
+        grant_id = await grant(db, member_id, "personalized_offers", **case)
+        await enrich(db, member_id, grant_id)
+    if withdrawn:
+        await withdraw(db, member_id, "personalized_offers")
+
+    response = await api.graphql(
+        'query($id: ID!) { member(id: $id, purpose: "personalized_offers") '
+        "{ points lifestyleSegment } }",
+        {"id": str(member_id)},
+        token=app_key,
+    )
+
+    body = response.json()
+    assert body["data"]["member"] == {"points": None, "lifestyleSegment": None}
+    for error in body["errors"]:
+        assert error["extensions"] == {
+            "code": code,
+            "purpose": "personalized_offers",
+            "requiredMethod": "EXPLICIT",
+            "noticeVersion": "2026-01",
+        }
+    [audited] = await access_events(db)
+    assert audited["outcome"] == "DENIED"
+    assert audited["fields_withheld"] == {"lifestyle_segment": code, "points": code}
+    assert audited["fields_released"] == []
+
+
+async def test_withdrawn_then_granted_again_releases(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db)
+    await grant(db, member_id, "personalized_offers")
+    await withdraw(db, member_id, "personalized_offers")
+    second = await grant(db, member_id, "personalized_offers", granted_at=NOW)
+
+    body = await read(api, app_key, member_id, "personalized_offers")
+
+    assert body["data"]["member"]["points"] == 1200
+    [audited] = await access_events(db)
+    assert audited["consent_ids"] == [second]
+
+
+async def test_withdrawal_takes_effect_on_the_next_request(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db)
+    await grant(db, member_id, "personalized_offers")
+    before = await read(api, app_key, member_id, "personalized_offers")
+
+    await withdraw(db, member_id, "personalized_offers")
+    after = await read(api, app_key, member_id, "personalized_offers")
+
+    assert before["data"]["member"]["points"] == 1200
+    assert after["data"]["member"]["points"] is None
+    assert codes(after)[("member", "points")] == "CONSENT_WITHDRAWN"
+
+
+async def test_conditional_consent_satisfies_a_purpose_that_accepts_it(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db)
+    grant_id = await grant(db, member_id, "customer_insight", method="CONDITIONAL")
+    await enrich(db, member_id, grant_id)
+
+    response = await api.graphql(
+        'query($id: ID!) { member(id: $id, purpose: "customer_insight") '
+        "{ incomeBand lifestyleSegment } }",
+        {"id": str(member_id)},
+        token=app_key,
+    )
+
+    body = response.json()
+    assert body["data"]["member"] == {"incomeBand": "500-750k", "lifestyleSegment": None}
+    assert codes(body) == {("member", "lifestyleSegment"): "CATEGORY_NOT_IN_PURPOSE"}
+
+
+ADDRESS = """
+query($id: ID!) { member(id: $id, purpose: "data_quality") {
+  deceased address { city corrections { field oldValue newValue source } } } }
+"""
+
+
+async def test_legitimate_interest_releases_until_the_member_objects(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db, city="Bergen")
+    async with db.begin() as connection:
+        record = await connection.scalar(
+            text(
+                "INSERT INTO cleansing_records (member_id, purpose_key, field, old_value, "
+                "new_value, source) VALUES (:m, 'data_quality', 'city', '\"Oslo\"', '\"Bergen\"', "
+                "'Folkeregisteret') RETURNING id"
+            ),
+            {"m": member_id},
+        )
+    assert record is not None
+
+    released = (await api.graphql(ADDRESS, {"id": str(member_id)}, token=app_key)).json()
+    async with db.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO objections (member_id, purpose_key) VALUES (:m, 'data_quality')"),
+            {"m": member_id},
+        )
+    objected = (await api.graphql(ADDRESS, {"id": str(member_id)}, token=app_key)).json()
+
+    assert released["data"]["member"] == {
+        "deceased": False,
+        "address": {
+            "city": "Bergen",
+            "corrections": [
+                {
+                    "field": "city",
+                    "oldValue": "Oslo",
+                    "newValue": "Bergen",
+                    "source": "Folkeregisteret",
+                }
+            ],
+        },
+    }
+    assert objected["data"]["member"] == {"deceased": None, "address": None}
+    assert set(codes(objected).values()) == {"OBJECTED"}
+    first, second = await access_events(db)
+    assert first["legal_basis"] == second["legal_basis"] == "LEGITIMATE_INTEREST"
+    assert first["outcome"] == "RELEASED"
+    assert second["outcome"] == "DENIED"
+    assert second["fields_withheld"] == {"address": "OBJECTED", "deceased": "OBJECTED"}
+
+
+async def test_closed_membership_withholds_contract_fields(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db, membership_status="CLOSED")
+
+    body = await read(api, app_key, member_id, "membership_service")
+
+    assert body["data"]["member"]["email"] is None
+    assert codes(body)[("member", "email")] == "MEMBERSHIP_INACTIVE"
+
+
+async def test_consent_standing_tells_an_app_whom_to_ask(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db)
+    await grant(db, member_id, "customer_insight", method="CONDITIONAL")
+    await grant(db, member_id, "personalized_offers", notice="2025-01")
+
+    response = await api.graphql(
+        'query($id: ID!) { member(id: $id, purpose: "membership_service") '
+        "{ consents { purpose state valid problem method requiredMethod currentNoticeVersion } } }",
+        {"id": str(member_id)},
+        token=app_key,
+    )
+
+    standing = {c["purpose"]: c for c in response.json()["data"]["member"]["consents"]}
+    assert set(standing) == {"customer_insight", "personalized_offers"}
+    assert standing["customer_insight"]["state"] == "GRANTED"
+    assert standing["customer_insight"]["valid"] is True
+    assert standing["personalized_offers"]["valid"] is False
+    assert standing["personalized_offers"]["problem"] == "NOTICE_OUTDATED"
+    assert standing["personalized_offers"]["requiredMethod"] == "EXPLICIT"
+
+
+async def test_members_mixes_released_denied_and_unknown_by_position(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    consenting = await add_member(db)
+    grant_id = await grant(db, consenting, "personalized_offers")
+    await enrich(db, consenting, grant_id)
+    refusing = await add_member(db)
+    unknown = uuid.uuid4()
+
+    response = await api.graphql(
+        MANY,
+        {"ids": [str(consenting), str(unknown), str(refusing)], "purpose": "personalized_offers"},
+        token=app_key,
+    )
+
+    body = response.json()
+    first, missing, third = body["data"]["members"]
+    assert first == {
+        "id": str(consenting),
+        "email": None,
+        "tier": "GOLD",
+        "lifestyleSegment": "active_outdoor",
+    }
+    assert missing is None
+    assert third == {"id": str(refusing), "email": None, "tier": None, "lifestyleSegment": None}
+    assert codes(body) == {
+        ("members", 0, "email"): "CATEGORY_NOT_IN_PURPOSE",
+        ("members", 1): "NOT_FOUND",
+        ("members", 2, "email"): "CATEGORY_NOT_IN_PURPOSE",
+        ("members", 2, "tier"): "CONSENT_REQUIRED",
+        ("members", 2, "lifestyleSegment"): "CONSENT_REQUIRED",
+    }
+    audited = {row["member_id"]: row for row in await access_events(db)}
+    assert set(audited) == {consenting, unknown, refusing}
+    assert audited[consenting]["outcome"] == "PARTIAL"
+    assert audited[consenting]["consent_ids"] == [grant_id]
+    assert audited[unknown]["outcome"] == "NOT_FOUND"
+    assert audited[unknown]["fields_released"] == []
+    assert audited[refusing]["outcome"] == "DENIED"
+    assert audited[refusing]["fields_withheld"] == {
+        "email": "CATEGORY_NOT_IN_PURPOSE",
+        "lifestyle_segment": "CONSENT_REQUIRED",
+        "tier": "CONSENT_REQUIRED",
+    }
+    assert {row["operation"] for row in audited.values()} == {"members"}
+    assert len({row["request_id"] for row in audited.values()}) == 1
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([], "at least one"),
+        (["same", "same"], "twice"),
+        (["not-a-uuid"], "UUID"),
+        ([str(uuid.uuid4()) for _ in range(101)], "at most 100"),
+    ],
+    ids=["empty", "duplicate", "wrong-form", "too-many"],
+)
+async def test_bad_id_lists_are_refused_and_write_nothing(
+    api: Api, db: AsyncEngine, app_key: str, ids: list[str], message: str
+) -> None:
+    if ids == ["same", "same"]:
+        same = str(await add_member(db))
+        ids = [same, same]
+    before = await row_counts(db)
+
+    response = await api.graphql(MANY, {"ids": ids, "purpose": "membership_service"}, token=app_key)
+
+    body = response.json()
+    assert body["data"] == {"members": None}
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert message in body["errors"][0]["message"]
+    assert await row_counts(db) == before
+
+
+@pytest.mark.parametrize(
+    ("purpose", "code"),
+    [("telemarketing", "UNKNOWN_PURPOSE"), ("data_quality", "PURPOSE_NOT_PERMITTED")],
+)
+async def test_refused_purpose_is_audited_for_the_targeted_member(
+    api: Api, db: AsyncEngine, purpose: str, code: str
+) -> None:
+    key = (await add_client(db, purposes=("membership_service",))).key
+    member_id = await add_member(db)
+
+    body = await read(api, key, member_id, purpose)
+
+    assert body["data"] == {"member": None}
+    assert body["errors"][0]["extensions"]["code"] == code
+    [audited] = await access_events(db)
+    assert audited["member_id"] == member_id
+    assert audited["purpose"] == purpose
+    assert audited["outcome"] == "DENIED"
+    assert audited["fields_released"] == []
+    assert set(audited["fields_withheld"].values()) == {code}
+
+
+async def test_member_token_on_another_member_is_refused_and_audited(
+    api: Api, db: AsyncEngine
+) -> None:
+    me = await add_member(db)
+    other = await add_member(db)
+    token = mint_member_token(me, TEST_SECRET, dt.timedelta(minutes=5))
+
+    body = await read(api, token, other, "membership_service")
+
+    assert body["data"] == {"member": None}
+    assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    [audited] = await access_events(db)
+    assert audited["actor_kind"] == "MEMBER"
+    assert audited["actor_member_id"] == me
+    assert audited["member_id"] == other
+    assert audited["outcome"] == "DENIED"
+
+
+async def test_unknown_member_is_audited_as_not_found(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    unknown = uuid.uuid4()
+
+    body = await read(api, app_key, unknown, "membership_service")
+
+    assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    [audited] = await access_events(db)
+    assert audited["member_id"] == unknown
+    assert audited["outcome"] == "NOT_FOUND"
+
+
+TRIGGERS = {
+    # the multi-row INSERT of the access events fails
+    "insert": "CREATE TRIGGER refuse_audit BEFORE INSERT ON access_events "
+    "FOR EACH STATEMENT EXECUTE FUNCTION refuse_audit()",
+    # the INSERT succeeds, the COMMIT fails
+    "commit": "CREATE CONSTRAINT TRIGGER refuse_audit AFTER INSERT ON access_events "
+    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+}
+
+
+@pytest.mark.parametrize("failing", list(TRIGGERS))
+async def test_audit_failure_releases_nothing_and_commits_nothing(
+    api: Api, db: AsyncEngine, app_key: str, failing: str
+) -> None:
+    member_id = await add_member(db, first_name="Sensitive")
+    async with db.begin() as connection:
+        await connection.execute(
+            text(
+                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'audit store refuses'; END $$"
+            )
+        )
+        await connection.execute(text(TRIGGERS[failing]))
+    try:
+        before = await row_counts(db)
+        response = await api.graphql(
+            ONE, {"id": str(member_id), "purpose": "membership_service"}, token=app_key
+        )
+        after = await row_counts(db)
+    finally:
+        async with db.begin() as connection:
+            await connection.execute(text("DROP TRIGGER refuse_audit ON access_events"))
+            await connection.execute(text("DROP FUNCTION refuse_audit()"))
+
+    assert response.status_code == 503
+    body = response.json()
+    assert "data" not in body
+    assert body["errors"][0]["extensions"]["code"] == "AUDIT_UNAVAILABLE"
+    assert "Sensitive" not in response.text
+    assert "@example.org" not in response.text
+    assert after == before
+
+
+async def test_members_runs_as_many_statements_for_100_ids_as_for_2(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    ids = [await add_member(db) for _ in range(100)]
+    for member_id in ids[::2]:
+        grant_id = await grant(db, member_id, "personalized_offers")
+        await enrich(db, member_id, grant_id)
+    query = """
+    query($ids: [ID!]!) { members(ids: $ids, purpose: "personalized_offers") {
+      id tier incomeBand lifestyleSegment consents { purpose state } } }
+    """
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split()[0])
+
+    async def statements_for(subset: list[uuid.UUID]) -> int:
+        statements.clear()
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            response = await api.graphql(query, {"ids": [str(i) for i in subset]}, token=app_key)
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+        assert response.status_code == 200
+        assert len(response.json()["data"]["members"]) == len(subset)
+        return len(statements)
+
+    two = await statements_for(ids[:2])
+    hundred = await statements_for(ids)
+
+    assert two == hundred
+    assert len(await access_events(db)) == 102
