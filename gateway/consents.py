@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import models
-from gateway.domain import ConsentEventKind, ConsentMethod
+from gateway.domain import ActorKind, ConsentEventKind, ConsentMethod
 from gateway.policy import ConsentState
 
 
@@ -51,3 +54,209 @@ async def fetch_consent_states(
             changed_at=row.occurred_at,
         )
     return states
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEventRecord:
+    """One stored consent event, as a receipt or a history entry shows it."""
+
+    id: uuid.UUID
+    seq: int
+    member_id: uuid.UUID
+    purpose: str
+    kind: ConsentEventKind
+    method: ConsentMethod | None
+    notice_version: str | None
+    channel: str
+    actor_kind: ActorKind
+    captured_by_client_id: uuid.UUID | None
+    evidence_sha256: str | None
+    occurred_at: dt.datetime
+    expires_at: dt.datetime | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who records a consent event: the member, an app client at a touchpoint, or the system."""
+
+    kind: ActorKind
+    client_id: uuid.UUID | None = None
+
+
+_EVENT_COLUMNS = (
+    models.ConsentEvent.id,
+    models.ConsentEvent.seq,
+    models.ConsentEvent.member_id,
+    models.ConsentEvent.purpose_key,
+    models.ConsentEvent.kind,
+    models.ConsentEvent.method,
+    models.ConsentEvent.notice_version,
+    models.ConsentEvent.channel,
+    models.ConsentEvent.actor_kind,
+    models.ConsentEvent.captured_by_client_id,
+    models.ConsentEvent.evidence_sha256,
+    models.ConsentEvent.occurred_at,
+    models.ConsentEvent.expires_at,
+    models.ConsentEvent.idempotency_key,
+)
+
+
+def _event(row: Any) -> ConsentEventRecord:
+    return ConsentEventRecord(
+        id=row.id,
+        seq=row.seq,
+        member_id=row.member_id,
+        purpose=row.purpose_key,
+        kind=ConsentEventKind(row.kind),
+        method=ConsentMethod(row.method) if row.method else None,
+        notice_version=row.notice_version,
+        channel=row.channel,
+        actor_kind=ActorKind(row.actor_kind),
+        captured_by_client_id=row.captured_by_client_id,
+        evidence_sha256=row.evidence_sha256,
+        occurred_at=row.occurred_at,
+        expires_at=row.expires_at,
+        idempotency_key=row.idempotency_key,
+    )
+
+
+async def lock_consent(connection: AsyncConnection, member_id: uuid.UUID, purpose: str) -> None:
+    """Serialise changes to one (member, purpose) until this transaction ends.
+
+    With the lock held from before the insert until the commit, the order of `seq` is the order
+    of commits: the newest event by `seq` is the last one committed.
+    """
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"consent:{member_id}:{purpose}"},
+    )
+
+
+async def event_by_idempotency_key(
+    connection: AsyncConnection, member_id: uuid.UUID, purpose: str, key: str
+) -> ConsentEventRecord | None:
+    e = models.ConsentEvent
+    row = (
+        await connection.execute(
+            select(*_EVENT_COLUMNS).where(
+                e.member_id == member_id, e.purpose_key == purpose, e.idempotency_key == key
+            )
+        )
+    ).first()
+    return _event(row) if row else None
+
+
+async def current_event(
+    connection: AsyncConnection, member_id: uuid.UUID, purpose: str
+) -> ConsentEventRecord | None:
+    e = models.ConsentEvent
+    row = (
+        await connection.execute(
+            select(*_EVENT_COLUMNS)
+            .where(e.member_id == member_id, e.purpose_key == purpose)
+            .order_by(e.seq.desc())
+            .limit(1)
+        )
+    ).first()
+    return _event(row) if row else None
+
+
+async def append_event(
+    connection: AsyncConnection,
+    *,
+    member_id: uuid.UUID,
+    purpose: str,
+    kind: ConsentEventKind,
+    actor: Actor,
+    channel: str,
+    occurred_at: dt.datetime,
+    method: ConsentMethod | None = None,
+    notice_version: str | None = None,
+    expires_at: dt.datetime | None = None,
+    evidence: str | None = None,
+    evidence_sha256: str | None = None,
+    idempotency_key: str | None = None,
+) -> ConsentEventRecord:
+    """Append one event to the history. Never updates or deletes. Does not commit."""
+    row = (
+        await connection.execute(
+            insert(models.ConsentEvent)
+            .values(
+                member_id=member_id,
+                purpose_key=purpose,
+                kind=kind.value,
+                method=method.value if method else None,
+                notice_version=notice_version,
+                channel=channel,
+                actor_kind=actor.kind.value,
+                captured_by_client_id=actor.client_id,
+                evidence=evidence,
+                evidence_sha256=evidence_sha256,
+                occurred_at=occurred_at,
+                expires_at=expires_at,
+                idempotency_key=idempotency_key,
+            )
+            .returning(*_EVENT_COLUMNS)
+        )
+    ).one()
+    return _event(row)
+
+
+async def fetch_history(
+    connection: AsyncConnection, member_id: uuid.UUID
+) -> list[ConsentEventRecord]:
+    """Every consent event of a member, oldest first."""
+    e = models.ConsentEvent
+    rows = await connection.execute(
+        select(*_EVENT_COLUMNS).where(e.member_id == member_id).order_by(e.seq)
+    )
+    return [_event(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    member_id: uuid.UUID
+    purpose: str
+    consent_id: uuid.UUID
+    expires_at: dt.datetime
+
+
+async def fetch_expiring(
+    connection: AsyncConnection, *, now: dt.datetime, within: dt.timedelta
+) -> list[Expiring]:
+    """Grants still in force that lapse within `within`: the members to ask for renewal."""
+    e = models.ConsentEvent
+    newest = (
+        select(e.member_id, e.purpose_key, e.id, e.kind, e.expires_at)
+        .ext(distinct_on(e.member_id, e.purpose_key))
+        .order_by(e.member_id, e.purpose_key, e.seq.desc())
+        .subquery()
+    )
+    rows = await connection.execute(
+        select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at)
+        .where(
+            newest.c.kind == ConsentEventKind.GRANTED.value,
+            newest.c.expires_at > now,
+            newest.c.expires_at <= now + within,
+        )
+        .order_by(newest.c.expires_at)
+    )
+    return [Expiring(r.member_id, r.purpose_key, r.id, r.expires_at) for r in rows]
+
+
+async def fetch_lapsed(connection: AsyncConnection, *, now: dt.datetime) -> list[Expiring]:
+    """Grants that are the newest event of their (member, purpose) but past their expiry."""
+    e = models.ConsentEvent
+    newest = (
+        select(e.member_id, e.purpose_key, e.id, e.kind, e.expires_at)
+        .ext(distinct_on(e.member_id, e.purpose_key))
+        .order_by(e.member_id, e.purpose_key, e.seq.desc())
+        .subquery()
+    )
+    rows = await connection.execute(
+        select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at).where(
+            newest.c.kind == ConsentEventKind.GRANTED.value, newest.c.expires_at <= now
+        )
+    )
+    return [Expiring(r.member_id, r.purpose_key, r.id, r.expires_at) for r in rows]

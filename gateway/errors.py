@@ -7,7 +7,8 @@
     ├── PurposeNotPermitted     the caller may not act under the declared purpose
     ├── NotFound                the member (or other object) does not exist
     ├── BadUserInput            arguments that cannot be acted on
-    ├── FieldWithheld           one field not released by the access decision (code varies)
+    ├── Refused                 refused by the decision or the policy (code varies)
+    │   └── FieldWithheld       one field not released by the access decision
     └── AuditUnavailable        the access event could not be recorded, so nothing is released
 
     PolicyFileError             the purpose policy file is invalid (line and reason)
@@ -67,12 +68,16 @@ class BadUserInput(TillitError):
     default_message = "The arguments are not valid."
 
 
-class FieldWithheld(TillitError):
-    """One member field the access decision did not release; the code says why."""
+class Refused(TillitError):
+    """The access decision or the policy refuses the operation; the code says why."""
 
     def __init__(self, code: ErrorCode, message: str, **extensions: Any) -> None:
         super().__init__(message, **extensions)
         self.code = code
+
+
+class FieldWithheld(Refused):
+    """One member field the access decision did not release; the code says why."""
 
 
 class AuditUnavailable(TillitError):

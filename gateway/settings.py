@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         le=30 * 24 * 3600,
         description="Lifetime of tokens `tillit token` mints.",
     )
+    controller_name: str = Field(
+        default="Kundeklubben",
+        min_length=1,
+        max_length=200,
+        description="The data controller named on consent receipts.",
+    )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per worker.")
     db_statement_timeout_ms: int = Field(
         default=5000, ge=100, description="PostgreSQL statement_timeout for request connections."

@@ -10,6 +10,7 @@ from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import ExecutionContext
 
+from schema.mutation import Mutation
 from schema.query import Query
 
 SDL_PATH = Path(__file__).resolve().parent / "schema.graphql"
@@ -26,6 +27,7 @@ class TillitSchema(strawberry.Schema):
 def build_schema(**kwargs: Any) -> TillitSchema:
     return TillitSchema(
         query=Query,
+        mutation=Mutation,
         # Factories: a fresh extension per request; the caches themselves are module-level LRUs.
         extensions=[lambda: ParserCache(maxsize=256), lambda: ValidationCache(maxsize=256)],
         **kwargs,

@@ -431,7 +431,7 @@ def upgrade() -> None:
             "ck_access_events_actor_kind",
         ),
         _check(
-            "outcome IN ('RELEASED', 'PARTIAL', 'DENIED', 'NOT_FOUND', 'WRITTEN')",
+            "outcome IN ('RELEASED', 'PARTIAL', 'DENIED', 'NOT_FOUND', 'WRITTEN', 'UNCHANGED')",
             "ck_access_events_outcome",
         ),
         _check(

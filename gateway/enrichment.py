@@ -1,0 +1,189 @@
+"""Enrichment: third-party values, accepted only on a valid consent, purged when none covers
+them any more."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, or_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway import models
+from gateway.consents import fetch_consent_states
+from gateway.domain import Category, EnrichedField, LegalBasis, Purpose
+from gateway.errors import BadUserInput, Refused
+from gateway.members import fetch_enrichment
+from gateway.policy import ConsentState, MemberState, consent_problem, decide
+
+MAX_SOURCE = 100
+
+
+def validate_value(field: EnrichedField, value: Any) -> Any:
+    """The value in its stored form, or BadUserInput saying what is wrong with it."""
+    name = field.value
+
+    def text_value(limit: int) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise BadUserInput(f"`{name}` must be a non-empty text.", field=name)
+        if len(value) > limit:
+            raise BadUserInput(f"`{name}` is longer than {limit} characters.", field=name)
+        return value.strip()
+
+    if field is EnrichedField.INCOME_BAND:
+        return text_value(32)
+    if field is EnrichedField.LIFESTYLE_SEGMENT:
+        return text_value(64)
+    if field is EnrichedField.HOUSEHOLD_SIZE:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 20:
+            raise BadUserInput("`household_size` is a whole number from 1 to 20.", field=name)
+        return value
+    if not isinstance(value, list) or not 1 <= len(value) <= 20:
+        raise BadUserInput("`interests` is a list of 1 to 20 texts.", field=name)
+    items = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or len(item) > 40:
+            raise BadUserInput(
+                "Each interest is a non-empty text of at most 40 characters.", field=name
+            )
+        items.append(item.strip())
+    return sorted(set(items))
+
+
+def validate_source(source: str) -> str:
+    if not source or not source.strip():
+        raise BadUserInput("`source` must name where the values come from.", argument="source")
+    if len(source) > MAX_SOURCE:
+        raise BadUserInput(f"`source` is longer than {MAX_SOURCE} characters.", argument="source")
+    return source.strip()
+
+
+def enrichment_refusal(
+    purpose: Purpose, fields: Iterable[EnrichedField], state: MemberState, now: dt.datetime
+) -> tuple[Refused | None, uuid.UUID | None]:
+    """Why these values may not be stored for this member under this purpose, or the consent
+    they rest on. The same access decision as a read: purpose, category, consent."""
+    if purpose.legal_basis is not LegalBasis.CONSENT:
+        raise BadUserInput(
+            f"Enrichment needs a consent purpose; {purpose.key} rests on "
+            f"{purpose.legal_basis.value}.",
+            purpose=purpose.key,
+        )
+    decision = decide(purpose, {f.value: f.category for f in fields}, state, now)
+    for name, withheld in sorted(decision.withheld.items()):
+        return Refused(
+            withheld.code, withheld.message, purpose=purpose.key, field=name, **withheld.hints
+        ), None
+    return None, decision.consent_ids[0]
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentRow:
+    member_id: uuid.UUID
+    field: EnrichedField
+    value: Any
+    source: str
+    obtained_at: dt.datetime
+    purpose: str
+    consent_id: uuid.UUID
+
+
+async def upsert_values(
+    connection: AsyncConnection, rows: Sequence[EnrichmentRow], *, client_id: uuid.UUID | None
+) -> list[tuple[uuid.UUID, EnrichedField]]:
+    """Store values (one per member and field), skipping those already stored as they are.
+    Returns the (member, field) pairs that changed."""
+    if not rows:
+        return []
+    r = models.EnrichmentRecord
+    statement = insert(r).values(
+        [
+            {
+                "member_id": row.member_id,
+                "field": row.field.value,
+                "category": row.field.category.value,
+                "value": row.value,
+                "source": row.source,
+                "obtained_at": row.obtained_at,
+                "purpose_key": row.purpose,
+                "consent_event_id": row.consent_id,
+                "recorded_by_client_id": client_id,
+            }
+            for row in rows
+        ]
+    )
+    changed = statement.on_conflict_do_update(
+        index_elements=[r.member_id, r.field],
+        set_={
+            "value": statement.excluded.value,
+            "source": statement.excluded.source,
+            "obtained_at": statement.excluded.obtained_at,
+            "purpose_key": statement.excluded.purpose_key,
+            "consent_event_id": statement.excluded.consent_event_id,
+            "recorded_by_client_id": statement.excluded.recorded_by_client_id,
+            "recorded_at": func.now(),
+        },
+        where=or_(
+            r.value.is_distinct_from(statement.excluded.value),
+            r.source.is_distinct_from(statement.excluded.source),
+            r.consent_event_id.is_distinct_from(statement.excluded.consent_event_id),
+        ),
+    ).returning(r.member_id, r.field)
+    return [(m, EnrichedField(f)) for m, f in await connection.execute(changed)]
+
+
+def covering_purposes(
+    category: Category,
+    purposes: Mapping[str, Purpose],
+    consents: Mapping[str, ConsentState],
+    now: dt.datetime,
+) -> list[tuple[Purpose, uuid.UUID]]:
+    """The consent purposes whose valid consent covers a category, with the grant relied on."""
+    covering = []
+    for purpose in purposes.values():
+        if purpose.legal_basis is not LegalBasis.CONSENT or category not in purpose.categories:
+            continue
+        consent = consents.get(purpose.key)
+        if (
+            consent is not None
+            and consent.grant_id
+            and consent_problem(purpose, consent, now) is None
+        ):
+            covering.append((purpose, consent.grant_id))
+    return covering
+
+
+async def purge_uncovered(
+    connection: AsyncConnection,
+    *,
+    member_id: uuid.UUID,
+    purposes: Mapping[str, Purpose],
+    now: dt.datetime,
+) -> list[EnrichedField]:
+    """Delete the member's enriched values that no valid consent covers any more; values another
+    consent still covers are moved onto that consent. Returns what was deleted."""
+    states = (await fetch_consent_states(connection, [member_id])).get(member_id, {})
+    values = (await fetch_enrichment(connection, [member_id])).get(member_id, {})
+    purged: list[EnrichedField] = []
+    r = models.EnrichmentRecord
+    for field, value in sorted(values.items()):
+        covering = covering_purposes(field.category, purposes, states, now)
+        if not covering:
+            purged.append(field)
+            continue
+        if value.consent_id not in {grant for _, grant in covering}:
+            purpose, grant = covering[0]
+            await connection.execute(
+                update(r)
+                .where(r.member_id == member_id, r.field == field.value)
+                .values(purpose_key=purpose.key, consent_event_id=grant)
+            )
+    if purged:
+        await connection.execute(
+            delete(r).where(r.member_id == member_id, r.field.in_([f.value for f in purged]))
+        )
+    return purged

@@ -1,0 +1,216 @@
+"""Granting and withdrawing consent, by the member or by an app capturing it for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from gateway.audit import AccessRecord
+from gateway.auth import ClientPrincipal
+from gateway.consent_changes import grant_consent, withdraw_consent
+from gateway.domain import (
+    AccessOutcome,
+    Capability,
+    Category,
+    ConsentMethod,
+    LegalBasis,
+    LocalizedText,
+    Purpose,
+)
+from gateway.errors import NotFound, TillitError
+from resolvers.actors import (
+    actor_of,
+    audit_refusal,
+    authorize_write,
+    known_purpose,
+    target_of,
+)
+from resolvers.context import Context
+
+RECEIPT_VERSION = "tillit-consent-receipt/1 (Kantara CR 1.1, ISO/IEC TS 27560 fields)"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptView:
+    """A consent receipt the member can keep."""
+
+    receipt_id: uuid.UUID
+    version: str
+    jurisdiction: str
+    controller: str
+    member_id: uuid.UUID
+    purpose: str
+    purpose_title: LocalizedText
+    purpose_description: LocalizedText
+    legal_basis: LegalBasis
+    data_categories: list[Category]
+    method: ConsentMethod
+    notice_version: str
+    granted_at: dt.datetime
+    expires_at: dt.datetime
+    channel: str
+    collected_by: str
+    evidence_sha256: str | None
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalView:
+    withdrawn: bool
+    message: str
+    member_id: uuid.UUID
+    purpose: str
+    event_id: uuid.UUID | None
+    withdrawn_at: dt.datetime | None
+    purged_fields: list[str]
+    replayed: bool
+
+
+async def _member_must_exist(context: Context, member_id: uuid.UUID) -> None:
+    if await context.loaders.member.load(member_id) is None:
+        raise NotFound("No member has this id.", argument="memberId")
+
+
+def _collected_by(context: Context) -> str:
+    principal = context.principal
+    return f"client:{principal.name}" if isinstance(principal, ClientPrincipal) else "member"
+
+
+async def grant(
+    context: Context,
+    *,
+    member_id: str | None,
+    purpose: str,
+    method: ConsentMethod,
+    notice_version: str,
+    channel: str,
+    evidence: str | None,
+    evidence_sha256: str | None,
+    idempotency_key: str | None,
+) -> ReceiptView:
+    operation = "grantConsent"
+    target = None
+    declared: Purpose | None = None
+    try:
+        target = target_of(context.principal, member_id)
+        authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
+        declared = await known_purpose(context, purpose)
+        await _member_must_exist(context, target)
+        result = await grant_consent(
+            context.connection,
+            member_id=target,
+            purpose=declared,
+            method=method,
+            notice_version=notice_version,
+            channel=channel,
+            actor=actor_of(context.principal),
+            evidence=evidence,
+            evidence_sha256=evidence_sha256,
+            idempotency_key=idempotency_key,
+        )
+    except TillitError as error:
+        audit_refusal(context, operation=operation, member_id=target, purpose=purpose, error=error)
+        raise
+    event = result.event
+    context.audit.record(
+        AccessRecord(
+            operation=operation,
+            member_id=target,
+            purpose=declared.key,
+            legal_basis=LegalBasis.CONSENT,
+            outcome=AccessOutcome.WRITTEN if result.created else AccessOutcome.UNCHANGED,
+            consent_ids=(event.id,),
+            details={
+                "change": "GRANTED",
+                "method": method.value,
+                "channel": event.channel,
+                "replayed": not result.created,
+            },
+        )
+    )
+    assert event.method is not None
+    assert event.notice_version is not None
+    assert event.expires_at is not None
+    return ReceiptView(
+        receipt_id=event.id,
+        version=RECEIPT_VERSION,
+        jurisdiction="NO",
+        controller=context.settings.controller_name,
+        member_id=target,
+        purpose=declared.key,
+        purpose_title=declared.title,
+        purpose_description=declared.description,
+        legal_basis=declared.legal_basis,
+        data_categories=sorted(declared.categories, key=list(Category).index),
+        method=event.method,
+        notice_version=event.notice_version,
+        granted_at=event.occurred_at,
+        expires_at=event.expires_at,
+        channel=event.channel,
+        collected_by=_collected_by(context),
+        evidence_sha256=event.evidence_sha256,
+        replayed=not result.created,
+    )
+
+
+async def withdraw(
+    context: Context,
+    *,
+    member_id: str | None,
+    purpose: str,
+    channel: str,
+    idempotency_key: str | None,
+) -> WithdrawalView:
+    operation = "withdrawConsent"
+    target = None
+    try:
+        target = target_of(context.principal, member_id)
+        authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
+        declared = await known_purpose(context, purpose)
+        await _member_must_exist(context, target)
+        result = await withdraw_consent(
+            context.connection,
+            member_id=target,
+            purpose=declared,
+            channel=channel,
+            actor=actor_of(context.principal),
+            purposes=await context.purposes(),
+            idempotency_key=idempotency_key,
+        )
+    except TillitError as error:
+        audit_refusal(context, operation=operation, member_id=target, purpose=purpose, error=error)
+        raise
+    event = result.event
+    purged = [field.value for field in result.purged]
+    context.audit.record(
+        AccessRecord(
+            operation=operation,
+            member_id=target,
+            purpose=declared.key,
+            legal_basis=LegalBasis.CONSENT,
+            outcome=AccessOutcome.WRITTEN if result.created else AccessOutcome.UNCHANGED,
+            consent_ids=(event.id,) if event else (),
+            details={
+                "change": "WITHDRAWN" if event else "NONE_IN_FORCE",
+                "purged": purged,
+                "replayed": event is not None and not result.created,
+            },
+        )
+    )
+    if event is None:
+        message = "No consent to this purpose was in force; nothing changed."
+    elif purged:
+        message = f"Consent withdrawn; deleted: {', '.join(purged)}."
+    else:
+        message = "Consent withdrawn."
+    return WithdrawalView(
+        withdrawn=event is not None,
+        message=message,
+        member_id=target,
+        purpose=declared.key,
+        event_id=event.id if event else None,
+        withdrawn_at=event.occurred_at if event else None,
+        purged_fields=purged,
+        replayed=event is not None and not result.created,
+    )
