@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit import AccessRecord
-from gateway.consents import lock_consent
+from gateway.consents import fetch_consent_states, lock_consent
 from gateway.domain import AccessOutcome, Capability, EnrichedField, LegalBasis
 from gateway.enrichment import (
     EnrichmentRow,
@@ -73,10 +73,10 @@ async def record(
         # Hold the consent still while we rely on it: a concurrent withdrawal waits for us and
         # then purges what we wrote, or we wait for it and are refused.
         await lock_consent(context.connection, target, declared.key)
-        context.loaders.consents.clear(target)
+        # Read after the lock, not from the request's loader: the state we rely on is current.
+        states = await fetch_consent_states(context.connection, [target])
         state = MemberState(
-            membership_active=record_.membership_active,
-            consents=await context.loaders.consents.load(target),
+            membership_active=record_.membership_active, consents=states.get(target, {})
         )
         refusal, consent_id = enrichment_refusal(declared, cleaned, state, context.now)
         if refusal is not None:
