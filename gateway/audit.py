@@ -8,16 +8,16 @@ fails, the endpoint answers AUDIT_UNAVAILABLE and sends no member data (fail clo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import models
-from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal
+from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal, SystemPrincipal
 from gateway.domain import AccessOutcome, ActorKind, ErrorCode, LegalBasis
 
 
@@ -49,6 +49,8 @@ def _actor(principal: Principal) -> dict[str, Any]:
         return {"actor_kind": ActorKind.CLIENT.value, "client_id": principal.id}
     if isinstance(principal, MemberPrincipal):
         return {"actor_kind": ActorKind.MEMBER.value, "actor_member_id": principal.member_id}
+    if isinstance(principal, SystemPrincipal):
+        return {"actor_kind": ActorKind.SYSTEM.value}
     assert isinstance(principal, Anonymous)
     return {"actor_kind": ActorKind.ANONYMOUS.value}
 
@@ -119,6 +121,58 @@ class AuditTrail:
         """Write the held events in one statement; returns how many."""
         rows = self.rows()
         if rows:
-            await connection.execute(insert(models.AccessEvent).values(rows))
+            columns: dict[str, list[Any]] = {
+                name: [row.get(name) for row in rows] for name in _INSERT_COLUMNS
+            }
+            columns["fields_withheld"] = [json.dumps(v) for v in columns["fields_withheld"]]
+            columns["details"] = [json.dumps(v, default=str) for v in columns["details"]]
+            # Text arrays cannot hold arrays: each row's field lists travel as one JSON text.
+            for name in ("fields_requested", "fields_released", "consent_ids"):
+                columns[name] = [json.dumps([str(x) for x in v]) for v in columns[name]]
+            await connection.execute(_INSERT, columns)
         self.records.clear()
         return len(rows)
+
+
+_INSERT_COLUMNS = (
+    "occurred_at",
+    "request_id",
+    "operation",
+    "actor_kind",
+    "client_id",
+    "actor_member_id",
+    "member_id",
+    "purpose",
+    "legal_basis",
+    "outcome",
+    "fields_requested",
+    "fields_released",
+    "fields_withheld",
+    "consent_ids",
+    "details",
+)
+# Raw SQL because this runs on every request: one statement over arrays (unnest) for any number of
+# events, compiled once, with no bind-parameter limit (a 100-member read writes 100 events).
+_INSERT = text(
+    """
+    INSERT INTO access_events (occurred_at, request_id, operation, actor_kind, client_id,
+        actor_member_id, member_id, purpose, legal_basis, outcome, fields_requested,
+        fields_released, fields_withheld, consent_ids, details)
+    SELECT t.occurred_at, t.request_id, t.operation, t.actor_kind, t.client_id,
+        t.actor_member_id, t.member_id, t.purpose, t.legal_basis, t.outcome,
+        ARRAY(SELECT jsonb_array_elements_text(CAST(t.requested AS jsonb))),
+        ARRAY(SELECT jsonb_array_elements_text(CAST(t.released AS jsonb))),
+        CAST(t.withheld AS jsonb),
+        ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(t.consents AS jsonb)) AS uuid)),
+        CAST(t.details AS jsonb)
+    FROM unnest(
+        CAST(:occurred_at AS timestamptz[]), CAST(:request_id AS text[]),
+        CAST(:operation AS text[]), CAST(:actor_kind AS text[]), CAST(:client_id AS uuid[]),
+        CAST(:actor_member_id AS uuid[]), CAST(:member_id AS uuid[]), CAST(:purpose AS text[]),
+        CAST(:legal_basis AS text[]), CAST(:outcome AS text[]),
+        CAST(:fields_requested AS text[]), CAST(:fields_released AS text[]),
+        CAST(:fields_withheld AS text[]), CAST(:consent_ids AS text[]), CAST(:details AS text[])
+    ) AS t(occurred_at, request_id, operation, actor_kind, client_id, actor_member_id, member_id,
+           purpose, legal_basis, outcome, requested, released, withheld, consents, details)
+    """
+)

@@ -54,7 +54,14 @@ class MemberPrincipal:
     member_id: uuid.UUID
 
 
-Principal = Anonymous | ClientPrincipal | MemberPrincipal
+@dataclass(frozen=True, slots=True)
+class SystemPrincipal:
+    """Tillit itself, acting from the command line or a scheduled job (never over HTTP)."""
+
+    job: str
+
+
+Principal = Anonymous | ClientPrincipal | MemberPrincipal | SystemPrincipal
 
 
 # -- API keys -------------------------------------------------------------------------------------

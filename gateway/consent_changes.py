@@ -23,6 +23,7 @@ from gateway.consents import (
     lock_consent,
 )
 from gateway.domain import (
+    ActorKind,
     ConsentEventKind,
     ConsentMethod,
     EnrichedField,
@@ -203,3 +204,47 @@ async def withdraw_consent(
     )
     purged = await purge_uncovered(connection, member_id=member_id, purposes=purposes, now=now)
     return Withdrawal(event, created=True, purged=tuple(purged))
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    member_id: uuid.UUID
+    purpose: str
+    event: ConsentEventRecord
+    purged: tuple[EnrichedField, ...]
+
+
+async def expire_lapsed_consent(
+    connection: AsyncConnection,
+    *,
+    member_id: uuid.UUID,
+    purpose: Purpose,
+    purposes: Mapping[str, Purpose],
+) -> Expiry | None:
+    """Close a grant past its lifetime: append an EXPIRED event to the history and purge the
+    values no valid consent covers any more. None if it was renewed or withdrawn meanwhile.
+
+    Reads stop releasing at the expiry instant without this; it makes the history say so and
+    deletes what may no longer be kept.
+    """
+    await lock_consent(connection, member_id, purpose.key)
+    now = dt.datetime.now(dt.UTC)
+    current = await current_event(connection, member_id, purpose.key)
+    if (
+        current is None
+        or current.kind is not ConsentEventKind.GRANTED
+        or current.expires_at is None
+        or current.expires_at > now
+    ):
+        return None
+    event = await append_event(
+        connection,
+        member_id=member_id,
+        purpose=purpose.key,
+        kind=ConsentEventKind.EXPIRED,
+        actor=Actor(ActorKind.SYSTEM),
+        channel="expiry",
+        occurred_at=now,
+    )
+    purged = await purge_uncovered(connection, member_id=member_id, purposes=purposes, now=now)
+    return Expiry(member_id, purpose.key, event, tuple(purged))

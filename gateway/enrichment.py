@@ -4,13 +4,13 @@ them any more."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, or_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import models
@@ -92,48 +92,53 @@ class EnrichmentRow:
     consent_id: uuid.UUID
 
 
+# Raw SQL because bulk import is the hot path: one statement over arrays (unnest) takes any number
+# of rows without hitting the bind-parameter limit, and skips rows already stored as they are.
+_UPSERT = text(
+    """
+    INSERT INTO enrichment_records AS r
+        (member_id, field, category, value, source, obtained_at, purpose_key, consent_event_id,
+         recorded_by_client_id)
+    SELECT m, f, c, CAST(v AS jsonb), s, o, p, g, CAST(:client AS uuid)
+    FROM unnest(CAST(:members AS uuid[]), CAST(:fields AS text[]), CAST(:categories AS text[]),
+                CAST(:values AS text[]), CAST(:sources AS text[]),
+                CAST(:obtained AS timestamptz[]), CAST(:purposes AS text[]),
+                CAST(:grants AS uuid[])) AS t(m, f, c, v, s, o, p, g)
+    ON CONFLICT (member_id, field) DO UPDATE SET
+        value = EXCLUDED.value, source = EXCLUDED.source, obtained_at = EXCLUDED.obtained_at,
+        purpose_key = EXCLUDED.purpose_key, consent_event_id = EXCLUDED.consent_event_id,
+        recorded_by_client_id = EXCLUDED.recorded_by_client_id, recorded_at = now()
+    WHERE (r.value, r.source, r.consent_event_id)
+          IS DISTINCT FROM (EXCLUDED.value, EXCLUDED.source, EXCLUDED.consent_event_id)
+    RETURNING r.member_id, r.field
+    """
+)
+
+
 async def upsert_values(
     connection: AsyncConnection, rows: Sequence[EnrichmentRow], *, client_id: uuid.UUID | None
 ) -> list[tuple[uuid.UUID, EnrichedField]]:
-    """Store values (one per member and field), skipping those already stored as they are.
-    Returns the (member, field) pairs that changed."""
-    if not rows:
+    """Store values (one per member and field; the last given wins), skipping those already
+    stored as they are. Returns the (member, field) pairs that changed. One statement."""
+    latest = {(row.member_id, row.field): row for row in rows}
+    if not latest:
         return []
-    r = models.EnrichmentRecord
-    statement = insert(r).values(
-        [
-            {
-                "member_id": row.member_id,
-                "field": row.field.value,
-                "category": row.field.category.value,
-                "value": row.value,
-                "source": row.source,
-                "obtained_at": row.obtained_at,
-                "purpose_key": row.purpose,
-                "consent_event_id": row.consent_id,
-                "recorded_by_client_id": client_id,
-            }
-            for row in rows
-        ]
-    )
-    changed = statement.on_conflict_do_update(
-        index_elements=[r.member_id, r.field],
-        set_={
-            "value": statement.excluded.value,
-            "source": statement.excluded.source,
-            "obtained_at": statement.excluded.obtained_at,
-            "purpose_key": statement.excluded.purpose_key,
-            "consent_event_id": statement.excluded.consent_event_id,
-            "recorded_by_client_id": statement.excluded.recorded_by_client_id,
-            "recorded_at": func.now(),
+    unique = list(latest.values())
+    result = await connection.execute(
+        _UPSERT,
+        {
+            "client": client_id,
+            "members": [row.member_id for row in unique],
+            "fields": [row.field.value for row in unique],
+            "categories": [row.field.category.value for row in unique],
+            "values": [json.dumps(row.value) for row in unique],
+            "sources": [row.source for row in unique],
+            "obtained": [row.obtained_at for row in unique],
+            "purposes": [row.purpose for row in unique],
+            "grants": [row.consent_id for row in unique],
         },
-        where=or_(
-            r.value.is_distinct_from(statement.excluded.value),
-            r.source.is_distinct_from(statement.excluded.source),
-            r.consent_event_id.is_distinct_from(statement.excluded.consent_event_id),
-        ),
-    ).returning(r.member_id, r.field)
-    return [(m, EnrichedField(f)) for m, f in await connection.execute(changed)]
+    )
+    return [(member_id, EnrichedField(field)) for member_id, field in result]
 
 
 def covering_purposes(

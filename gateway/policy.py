@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.auth import Anonymous, MemberPrincipal, Principal
+from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal
 from gateway.domain import (
     Category,
     ConsentEventKind,
@@ -67,7 +67,7 @@ def purpose_for(caller: Principal, purpose_key: str, purposes: Mapping[str, Purp
         raise Unauthenticated()
     if isinstance(caller, MemberPrincipal):
         raise Forbidden("Members read their own data through `me`.")
-    if caller.role is not Role.APP:
+    if not isinstance(caller, ClientPrincipal) or caller.role is not Role.APP:
         raise Forbidden("Only app clients read member profiles.")
     purpose = purposes.get(purpose_key)
     if purpose is None or purpose.retired:

@@ -8,6 +8,7 @@ the policy file loaded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -22,9 +23,11 @@ import structlog
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from typer.testing import CliRunner, Result
 
 from gateway import migrate
 from gateway.app import create_app
+from gateway.cli import app as cli_app
 from gateway.clients import IssuedClient, create_client
 from gateway.db import create_engine, normalize_url
 from gateway.domain import Capability, Role
@@ -184,6 +187,25 @@ async def add_member(engine: AsyncEngine, **values: Any) -> uuid.UUID:
         )
     assert isinstance(member_id, uuid.UUID)
     return member_id
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> dict[str, str]:
+    env = {"DATABASE_URL": database_url, "TILLIT_MEMBER_TOKEN_SECRET": TEST_SECRET}
+    monkeypatch.delenv("TILLIT_DEV", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+async def tillit(*args: str) -> Result:
+    """Run the CLI in a thread: it runs its own event loop, as it does from a shell."""
+    return await asyncio.to_thread(CliRunner().invoke, cli_app, list(args))
+
+
+async def scalar(engine: AsyncEngine, sql: str) -> object:
+    async with engine.connect() as connection:
+        return await connection.scalar(text(sql))
 
 
 class Api:

@@ -15,30 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from typer.testing import CliRunner, Result
 
 from gateway.auth import ClientPrincipal, authenticate, verify_member_token
-from gateway.cli import app
-from tests.conftest import TEST_SECRET, add_member, row_counts
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> dict[str, str]:
-    env = {"DATABASE_URL": database_url, "TILLIT_MEMBER_TOKEN_SECRET": TEST_SECRET}
-    monkeypatch.delenv("TILLIT_DEV", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
-
-
-async def tillit(*args: str) -> Result:
-    """Run the CLI in a thread: it runs its own event loop, as it does from a shell."""
-    return await asyncio.to_thread(CliRunner().invoke, app, list(args))
-
-
-async def scalar(engine: AsyncEngine, sql: str) -> object:
-    async with engine.connect() as connection:
-        return await connection.scalar(text(sql))
+from tests.conftest import TEST_SECRET, add_member, row_counts, scalar, tillit
 
 
 async def test_migrate_reports_the_head_revision(db: AsyncEngine, cli_env: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -59,7 +60,9 @@ def grant_vars(member_id: uuid.UUID | None, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 async def capture_key(db: AsyncEngine) -> str:
     client = await add_client(
-        db, name="signup-app", purposes=("membership_service", "personalized_offers"),
+        db,
+        name="signup-app",
+        purposes=("membership_service", "personalized_offers"),
         capabilities=(Capability.CAPTURE_CONSENT,),
     )
     return client.key
@@ -97,7 +100,11 @@ async def test_member_grants_consent_and_gets_a_receipt(api: Api, db: AsyncEngin
     assert receipt["jurisdiction"] == "NO"
     assert receipt["purposeTitle"]["nb"] == "Personlige tilbud"
     assert "eksterne kilder" in receipt["purposeDescription"]["nb"]
-    assert receipt["dataCategories"] == ["MEMBERSHIP", "ENRICHED_DEMOGRAPHICS", "ENRICHED_LIFESTYLE"]
+    assert receipt["dataCategories"] == [
+        "MEMBERSHIP",
+        "ENRICHED_DEMOGRAPHICS",
+        "ENRICHED_LIFESTYLE",
+    ]
     assert receipt["evidenceSha256"] == hashlib.sha256(WORDING.encode()).hexdigest()
     granted = dt.datetime.fromisoformat(receipt["grantedAt"])
     expires = dt.datetime.fromisoformat(receipt["expiresAt"])
@@ -143,8 +150,17 @@ async def test_app_captures_consent_for_a_member_with_the_channel(
         ({"member": str(uuid.uuid4())}, "NOT_FOUND"),
         ({"member": "not-a-uuid"}, "BAD_USER_INPUT"),
     ],
-    ids=["conditional-for-explicit", "old-notice", "no-notice", "unknown-purpose",
-         "contract-purpose", "no-evidence", "oversized-evidence", "unknown-member", "bad-id"],
+    ids=[
+        "conditional-for-explicit",
+        "old-notice",
+        "no-notice",
+        "unknown-purpose",
+        "contract-purpose",
+        "no-evidence",
+        "oversized-evidence",
+        "unknown-member",
+        "bad-id",
+    ],
 )
 async def test_bad_grants_are_refused_and_change_nothing(
     api: Api, db: AsyncEngine, capture_key: str, overrides: dict[str, Any], code: str
@@ -169,7 +185,8 @@ async def test_conditional_consent_is_accepted_where_the_purpose_allows_it(
     member_id = await add_member(db)
 
     response = await api.graphql(
-        GRANT, grant_vars(None, purpose="customer_insight", method="CONDITIONAL"),
+        GRANT,
+        grant_vars(None, purpose="customer_insight", method="CONDITIONAL"),
         token=member_token(member_id),
     )
 
@@ -233,9 +250,7 @@ async def test_withdrawal_is_immediate_and_purges_values_no_consent_covers(
         left = dict(
             (
                 await connection.execute(
-                    text(
-                        "SELECT field, purpose_key FROM enrichment_records WHERE member_id = :m"
-                    ),
+                    text("SELECT field, purpose_key FROM enrichment_records WHERE member_id = :m"),
                     {"m": member_id},
                 )
             ).all()
@@ -281,14 +296,15 @@ async def test_app_withdraws_for_a_member_as_easily_as_it_granted(
     assert kinds == ["GRANTED", "WITHDRAWN"]
 
 
-async def test_expired_consent_stops_releasing_without_any_job(
-    api: Api, db: AsyncEngine
-) -> None:
+async def test_expired_consent_stops_releasing_without_any_job(api: Api, db: AsyncEngine) -> None:
     member_id = await add_member(db)
     now = dt.datetime.now(dt.UTC)
     await grant(
-        db, member_id, "personalized_offers",
-        granted_at=now - dt.timedelta(days=365), expires_at=now - dt.timedelta(seconds=1),
+        db,
+        member_id,
+        "personalized_offers",
+        granted_at=now - dt.timedelta(days=365),
+        expires_at=now - dt.timedelta(seconds=1),
     )
     reader = (await add_client(db, name="reader", purposes=("personalized_offers",))).key
 
@@ -320,9 +336,7 @@ async def test_fifty_concurrent_grants_and_withdrawals_serialise(
         if kind == "grant":
             response = await busy_api.graphql(GRANT, grant_vars(None), token=token)
             return {"kind": "GRANTED", "wrote": True, **response.json()}
-        response = await busy_api.graphql(
-            WITHDRAW, {"purpose": "personalized_offers"}, token=token
-        )
+        response = await busy_api.graphql(WITHDRAW, {"purpose": "personalized_offers"}, token=token)
         body = response.json()
         return {"kind": "WITHDRAWN", "wrote": body["data"]["withdrawConsent"]["withdrawn"], **body}
 
@@ -333,9 +347,7 @@ async def test_fifty_concurrent_grants_and_withdrawals_serialise(
     assert len(events) == sum(r["wrote"] for r in results)  # no event lost
     kinds = [e["kind"] for e in events]
     # Serialised: a withdrawal only ever follows a grant (withdrawing nothing writes nothing).
-    assert all(
-        not (a == "WITHDRAWN" and b == "WITHDRAWN") for a, b in zip(kinds, kinds[1:], strict=False)
-    )
+    assert all(not (a == "WITHDRAWN" and b == "WITHDRAWN") for a, b in itertools.pairwise(kinds))
     assert kinds[0] == "GRANTED"
     # seq order is commit order, and occurred_at agrees with it
     times = [e["occurred_at"] for e in events]

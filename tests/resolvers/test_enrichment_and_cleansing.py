@@ -48,7 +48,9 @@ VALUES = {
 @pytest.fixture
 async def broker_key(db: AsyncEngine) -> str:
     client = await add_client(
-        db, name="broker-feed", purposes=("personalized_offers", "customer_insight"),
+        db,
+        name="broker-feed",
+        purposes=("personalized_offers", "customer_insight"),
         capabilities=(Capability.ENRICH,),
     )
     return client.key
@@ -72,7 +74,9 @@ async def stored(db: AsyncEngine, member_id: uuid.UUID) -> dict[str, dict[str, A
 
 def enrich_vars(member_id: uuid.UUID, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
-        "member": str(member_id), "purpose": "personalized_offers", "values": VALUES,
+        "member": str(member_id),
+        "purpose": "personalized_offers",
+        "values": VALUES,
         "source": "Broker AS",
     }
     values.update(overrides)
@@ -123,10 +127,16 @@ async def test_the_same_enrichment_twice_changes_nothing(
         ("expired", {}, "CONSENT_EXPIRED"),
         ("conditional", {}, "CONSENT_METHOD_INSUFFICIENT"),
         ("old-notice", {}, "NOTICE_OUTDATED"),
-        ("granted", {"purpose": "customer_insight",
-                     "values": {"incomeBand": "x"}}, "CONSENT_REQUIRED"),
-        ("insight", {"purpose": "customer_insight",
-                     "values": {"lifestyleSegment": "x"}}, "CATEGORY_NOT_IN_PURPOSE"),
+        (
+            "granted",
+            {"purpose": "customer_insight", "values": {"incomeBand": "x"}},
+            "CONSENT_REQUIRED",
+        ),
+        (
+            "insight",
+            {"purpose": "customer_insight", "values": {"lifestyleSegment": "x"}},
+            "CATEGORY_NOT_IN_PURPOSE",
+        ),
         ("granted", {"purpose": "data_quality"}, "PURPOSE_NOT_PERMITTED"),
         ("granted", {"purpose": "nope"}, "UNKNOWN_PURPOSE"),
         ("granted", {"values": {}}, "BAD_USER_INPUT"),
@@ -136,14 +146,31 @@ async def test_the_same_enrichment_twice_changes_nothing(
         ("granted", {"source": " "}, "BAD_USER_INPUT"),
         ("granted", {"member": str(uuid.uuid4())}, "NOT_FOUND"),
     ],
-    ids=["no-consent", "withdrawn", "expired", "conditional", "old-notice",
-         "other-purpose-consent", "category-outside-purpose", "purpose-not-permitted",
-         "unknown-purpose", "no-values", "household-zero", "oversized", "empty-list",
-         "blank-source", "unknown-member"],
+    ids=[
+        "no-consent",
+        "withdrawn",
+        "expired",
+        "conditional",
+        "old-notice",
+        "other-purpose-consent",
+        "category-outside-purpose",
+        "purpose-not-permitted",
+        "unknown-purpose",
+        "no-values",
+        "household-zero",
+        "oversized",
+        "empty-list",
+        "blank-source",
+        "unknown-member",
+    ],
 )
 async def test_enrichment_is_refused_without_a_valid_covering_consent(
-    api: Api, db: AsyncEngine, broker_key: str, setup: str | None,
-    overrides: dict[str, Any], code: str,
+    api: Api,
+    db: AsyncEngine,
+    broker_key: str,
+    setup: str | None,
+    overrides: dict[str, Any],
+    code: str,
 ) -> None:
     member_id = await add_member(db)
     now = dt.datetime.now(dt.UTC)
@@ -152,8 +179,13 @@ async def test_enrichment_is_refused_without_a_valid_covering_consent(
     if setup == "withdrawn":
         await withdraw(db, member_id, "personalized_offers")
     if setup == "expired":
-        await grant(db, member_id, "personalized_offers", granted_at=now - dt.timedelta(days=400),
-                    expires_at=now - dt.timedelta(days=1))
+        await grant(
+            db,
+            member_id,
+            "personalized_offers",
+            granted_at=now - dt.timedelta(days=400),
+            expires_at=now - dt.timedelta(days=1),
+        )
     if setup == "conditional":
         await grant(db, member_id, "personalized_offers", method="CONDITIONAL")
     if setup == "old-notice":
@@ -207,8 +239,11 @@ async def test_cleansing_corrects_the_field_and_owes_a_notice(
         record = (await connection.execute(text("SELECT * FROM cleansing_records"))).one()
         notice = (await connection.execute(text("SELECT * FROM member_notices"))).one()
     assert city == "Bergen"
-    assert (record.old_value, record.new_value, record.source) == ("Oslo", "Bergen",
-                                                                   "Folkeregisteret")
+    assert (record.old_value, record.new_value, record.source) == (
+        "Oslo",
+        "Bergen",
+        "Folkeregisteret",
+    )
     assert notice.cleansing_record_id == record.id
     assert notice.delivered_at is None
     [audited] = await access_events(db)
@@ -222,7 +257,8 @@ async def test_deceased_flag_is_cleansed_as_a_boolean(
     member_id = await add_member(db)
 
     response = await api.graphql(
-        CLEANSE, {"member": str(member_id), "field": "deceased", "value": "TRUE"},
+        CLEANSE,
+        {"member": str(member_id), "field": "deceased", "value": "TRUE"},
         token=register_key,
     )
 
@@ -238,12 +274,21 @@ async def test_deceased_flag_is_cleansed_as_a_boolean(
         ({"field": "city", "value": "x" * 201}, "BAD_USER_INPUT"),
         ({"field": "country", "value": "Norway"}, "BAD_USER_INPUT"),
         ({"field": "deceased", "value": "maybe"}, "BAD_USER_INPUT"),
-        ({"field": "city", "value": "Bergen", "purpose": "personalized_offers"},
-         "PURPOSE_NOT_PERMITTED"),
+        (
+            {"field": "city", "value": "Bergen", "purpose": "personalized_offers"},
+            "PURPOSE_NOT_PERMITTED",
+        ),
         ({"field": "city", "value": "Bergen", "member": str(uuid.uuid4())}, "NOT_FOUND"),
     ],
-    ids=["unknown-field", "empty", "oversized", "bad-country", "bad-boolean",
-         "purpose-not-permitted", "unknown-member"],
+    ids=[
+        "unknown-field",
+        "empty",
+        "oversized",
+        "bad-country",
+        "bad-boolean",
+        "purpose-not-permitted",
+        "unknown-member",
+    ],
 )
 async def test_bad_cleansing_is_refused_and_changes_nothing(
     api: Api, db: AsyncEngine, register_key: str, variables: dict[str, Any], code: str
@@ -251,8 +296,9 @@ async def test_bad_cleansing_is_refused_and_changes_nothing(
     member_id = await add_member(db, city="Oslo")
     before = await row_counts(db)
 
-    response = await api.graphql(CLEANSE, {"member": str(member_id), **variables},
-                                 token=register_key)
+    response = await api.graphql(
+        CLEANSE, {"member": str(member_id), **variables}, token=register_key
+    )
 
     assert response.json()["errors"][0]["extensions"]["code"] == code
     after = await row_counts(db)
@@ -293,9 +339,11 @@ async def test_objection_stops_cleansing_end_to_end(
 
 @pytest.mark.parametrize(
     ("purpose", "code"),
-    [("personalized_offers", "OBJECTION_NOT_APPLICABLE"),
-     ("membership_service", "OBJECTION_NOT_APPLICABLE"),
-     ("nope", "UNKNOWN_PURPOSE")],
+    [
+        ("personalized_offers", "OBJECTION_NOT_APPLICABLE"),
+        ("membership_service", "OBJECTION_NOT_APPLICABLE"),
+        ("nope", "UNKNOWN_PURPOSE"),
+    ],
 )
 async def test_objection_applies_only_to_legitimate_interest(
     api: Api, db: AsyncEngine, purpose: str, code: str

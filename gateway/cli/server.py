@@ -1,34 +1,34 @@
-"""The `tillit` command line: serve, migrate, load the policy, demo data, clients and tokens."""
+"""The `tillit` commands that run and set up the gateway: serve, migrate, policy, clients,
+token and demo."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
-import sys
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway import db
 from gateway import migrate as migrations
 from gateway.auth import mint_member_token
+from gateway.cli.support import (
+    database_url,
+    fail,
+    in_transaction,
+    out,
+    run_with_database,
+    settings_or_exit,
+)
 from gateway.clients import IssuedClient, create_client, ensure_client
 from gateway.demo import load_demo
 from gateway.domain import Capability, Role
-from gateway.embedded import resolve_database_url
-from gateway.errors import PolicyFileError, SettingsError, TillitError
-from gateway.graphql_http import DATABASE_UNAVAILABLE
-from gateway.logs import configure_logging
+from gateway.errors import PolicyFileError
 from gateway.members import member_exists
 from gateway.purposes import DEFAULT_POLICY_FILE, load_purposes, read_policy_file
-from gateway.settings import Settings, load_settings
+from gateway.settings import load_settings
 
 app = typer.Typer(
     name="tillit",
@@ -42,74 +42,8 @@ clients_app = typer.Typer(help="API clients.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(clients_app, name="clients")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-T = TypeVar("T")
-
 DEMO_APP = "demo-app"
 DEMO_AUDITOR = "demo-auditor"
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise fail(str(exc), code=2) from None
-    configure_logging(settings.log_level, settings.effective_log_format)
-    return settings
-
-
-def _database_url(settings: Settings) -> str:
-    try:
-        return resolve_database_url(settings)
-    except DATABASE_UNAVAILABLE:
-        raise fail("cannot reach the database; check DATABASE_URL") from None
-
-
-@asynccontextmanager
-async def _engine(settings: Settings, url: str) -> Any:
-    engine = db.create_engine(url, settings, pool_size=2)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
-def run_with_database(
-    work: Callable[[AsyncEngine], Awaitable[T]],
-    *,
-    settings: Settings | None = None,
-    url: str | None = None,
-) -> T:
-    """Run `work` against the configured database (starting the embedded one if needed)."""
-    settings = settings or _settings()
-    url = url or _database_url(settings)
-
-    async def main() -> T:
-        async with _engine(settings, url) as engine:
-            return await work(engine)
-
-    try:
-        return asyncio.run(main())
-    except TillitError as exc:
-        raise fail(exc.message) from None
-    except DATABASE_UNAVAILABLE:
-        raise fail("cannot reach the database; check DATABASE_URL") from None
-
-
-def in_transaction(
-    work: Callable[[AsyncConnection], Awaitable[T]],
-) -> Callable[[AsyncEngine], Awaitable[T]]:
-    async def run(engine: AsyncEngine) -> T:
-        async with engine.begin() as connection:
-            return await work(connection)
-
-    return run
 
 
 # -- migrate ---------------------------------------------------------------------------------------
@@ -226,7 +160,7 @@ def token(
 
     if not run_with_database(work):
         raise fail("no member has this id")
-    settings = _settings()
+    settings = settings_or_exit()
     lifetime = dt.timedelta(seconds=ttl or settings.member_token_ttl_seconds)
     print(mint_member_token(subject, settings.signing_secret, lifetime))
 
@@ -301,8 +235,8 @@ def serve(
     """Serve the gateway (GraphiQL at /graphql in dev mode)."""
     import uvicorn
 
-    settings = _settings()
-    url = _database_url(settings)
+    settings = settings_or_exit()
+    url = database_url(settings)
     if prepare or demo_members:
         try:
             run_with_database(
@@ -325,20 +259,3 @@ def serve(
         server_header=False,
         proxy_headers=False,
     )
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:
-        if os.environ.get("TILLIT_DEV", "").lower() in ("1", "true", "yes"):
-            raise
-        # Outside dev mode a traceback could quote row values; say what failed and where to look.
-        err.print(
-            f"[red]error:[/red] unexpected {type(exc).__name__}; rerun with TILLIT_DEV=true "
-            "on a development copy to see the traceback",
-            highlight=False,
-        )
-        sys.exit(1)

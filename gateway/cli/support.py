@@ -1,0 +1,107 @@
+"""What the `tillit` commands share: consoles, errors, settings, the database, durations."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import typer
+from dateutil.relativedelta import relativedelta
+from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway import db
+from gateway.embedded import resolve_database_url
+from gateway.errors import SettingsError, TillitError
+from gateway.graphql_http import DATABASE_UNAVAILABLE
+from gateway.logs import configure_logging
+from gateway.settings import Settings, load_settings
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), code=2) from None
+    configure_logging(settings.log_level, settings.effective_log_format)
+    return settings
+
+
+def database_url(settings: Settings) -> str:
+    try:
+        return resolve_database_url(settings)
+    except DATABASE_UNAVAILABLE:
+        raise fail("cannot reach the database; check DATABASE_URL") from None
+
+
+@asynccontextmanager
+async def engine_for(settings: Settings, url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(url, settings, pool_size=2)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def run_with_database(
+    work: Callable[[AsyncEngine], Awaitable[T]],
+    *,
+    settings: Settings | None = None,
+    url: str | None = None,
+) -> T:
+    """Run `work` against the configured database (starting the embedded one if needed)."""
+    settings = settings or settings_or_exit()
+    url = url or database_url(settings)
+
+    async def main() -> T:
+        async with engine_for(settings, url) as engine:
+            return await work(engine)
+
+    try:
+        return asyncio.run(main())
+    except TillitError as exc:
+        raise fail(exc.message) from None
+    except DATABASE_UNAVAILABLE:
+        raise fail("cannot reach the database; check DATABASE_URL") from None
+
+
+def in_transaction(
+    work: Callable[[AsyncConnection], Awaitable[T]],
+) -> Callable[[AsyncEngine], Awaitable[T]]:
+    async def run(engine: AsyncEngine) -> T:
+        async with engine.begin() as connection:
+            return await work(connection)
+
+    return run
+
+
+_DURATION = re.compile(r"^(\d{1,5})([hdwmy])$")
+
+
+def parse_duration(raw: str, *, now: dt.datetime) -> dt.timedelta:
+    """`12h`, `30d`, `2w`, `6m` (months), `1y`, measured from `now`."""
+    match = _DURATION.match(raw.strip().lower())
+    if match is None:
+        raise typer.BadParameter("use a number and a unit: h, d, w, m (months) or y, e.g. 30d")
+    amount, unit = int(match.group(1)), match.group(2)
+    step = {
+        "h": relativedelta(hours=amount),
+        "d": relativedelta(days=amount),
+        "w": relativedelta(weeks=amount),
+        "m": relativedelta(months=amount),
+        "y": relativedelta(years=amount),
+    }[unit]
+    return (now + step) - now
