@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Subquery, insert, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -222,17 +222,22 @@ class Expiring:
     expires_at: dt.datetime
 
 
-async def fetch_expiring(
-    connection: AsyncConnection, *, now: dt.datetime, within: dt.timedelta
-) -> list[Expiring]:
-    """Grants still in force that lapse within `within`: the members to ask for renewal."""
+def _newest_events() -> Subquery:
+    """The newest event of every (member, purpose): the current state of every consent."""
     e = models.ConsentEvent
-    newest = (
+    return (
         select(e.member_id, e.purpose_key, e.id, e.kind, e.expires_at)
         .ext(distinct_on(e.member_id, e.purpose_key))
         .order_by(e.member_id, e.purpose_key, e.seq.desc())
         .subquery()
     )
+
+
+async def fetch_expiring(
+    connection: AsyncConnection, *, now: dt.datetime, within: dt.timedelta
+) -> list[Expiring]:
+    """Grants still in force that lapse within `within`: the members to ask for renewal."""
+    newest = _newest_events()
     rows = await connection.execute(
         select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at)
         .where(
@@ -247,13 +252,7 @@ async def fetch_expiring(
 
 async def fetch_lapsed(connection: AsyncConnection, *, now: dt.datetime) -> list[Expiring]:
     """Grants that are the newest event of their (member, purpose) but past their expiry."""
-    e = models.ConsentEvent
-    newest = (
-        select(e.member_id, e.purpose_key, e.id, e.kind, e.expires_at)
-        .ext(distinct_on(e.member_id, e.purpose_key))
-        .order_by(e.member_id, e.purpose_key, e.seq.desc())
-        .subquery()
-    )
+    newest = _newest_events()
     rows = await connection.execute(
         select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at).where(
             newest.c.kind == ConsentEventKind.GRANTED.value, newest.c.expires_at <= now

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal
 from gateway.consents import Actor
@@ -70,6 +72,33 @@ async def known_purpose(context: Context, key: str) -> Purpose:
 def client_may_use(principal: Principal, purpose: Purpose) -> None:
     if isinstance(principal, ClientPrincipal) and purpose.key not in principal.purposes:
         raise PurposeNotPermitted(purpose=purpose.key)
+
+
+@dataclass
+class WriteScope:
+    """The member a write turned out to target, once known (for auditing a refusal)."""
+
+    target: uuid.UUID | None = None
+
+
+@asynccontextmanager
+async def audited_write(
+    context: Context, *, operation: str, purpose: str | None, fields: Iterable[str] = ()
+) -> AsyncIterator[WriteScope]:
+    """Run a write; if it is refused after its target member is known, audit the refusal."""
+    scope = WriteScope()
+    try:
+        yield scope
+    except TillitError as error:
+        audit_refusal(
+            context,
+            operation=operation,
+            member_id=scope.target,
+            purpose=purpose,
+            error=error,
+            fields=fields,
+        )
+        raise
 
 
 def audit_refusal(

@@ -12,9 +12,9 @@ from gateway.auth import Anonymous, MemberPrincipal
 from gateway.cleansing import object_to, parse_field, parse_value, record_cleansing
 from gateway.domain import AccessOutcome, Capability, LegalBasis
 from gateway.enrichment import validate_source
-from gateway.errors import Forbidden, TillitError, Unauthenticated
+from gateway.errors import Forbidden, Unauthenticated
 from resolvers.actors import (
-    audit_refusal,
+    audited_write,
     authorize_write,
     client_may_use,
     known_purpose,
@@ -52,9 +52,10 @@ async def cleanse(
     purpose: str,
 ) -> CleansingView:
     operation = "recordCleansing"
-    target = None
-    try:
-        target = target_of(context.principal, member_id)
+    async with audited_write(
+        context, operation=operation, purpose=purpose, fields=[field[:32]]
+    ) as scope:
+        scope.target = target = target_of(context.principal, member_id)
         authorize_write(context.principal, target, Capability.CLEANSE, members_may=False)
         declared = await known_purpose(context, purpose)
         client_may_use(context.principal, declared)
@@ -70,16 +71,6 @@ async def cleanse(
             client_id=getattr(context.principal, "id", None),
             now=context.now,
         )
-    except TillitError as error:
-        audit_refusal(
-            context,
-            operation=operation,
-            member_id=target,
-            purpose=purpose,
-            error=error,
-            fields=[field[:32]],
-        )
-        raise
     changed = result.record_id is not None
     context.audit.record(
         AccessRecord(
@@ -114,7 +105,8 @@ async def object_to_processing(
     operation = "objectToProcessing"
     principal = context.principal
     target = principal.member_id if isinstance(principal, MemberPrincipal) else None
-    try:
+    async with audited_write(context, operation=operation, purpose=purpose) as scope:
+        scope.target = target
         if isinstance(principal, Anonymous):
             raise Unauthenticated()
         if target is None:
@@ -127,9 +119,7 @@ async def object_to_processing(
             reason=reason,
             now=context.now,
         )
-    except TillitError as error:
-        audit_refusal(context, operation=operation, member_id=target, purpose=purpose, error=error)
-        raise
+    assert target is not None
     context.audit.record(
         AccessRecord(
             operation=operation,

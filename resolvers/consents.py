@@ -18,10 +18,11 @@ from gateway.domain import (
     LocalizedText,
     Purpose,
 )
-from gateway.errors import NotFound, TillitError
+from gateway.errors import NotFound
 from resolvers.actors import (
+    WriteScope,
     actor_of,
-    audit_refusal,
+    audited_write,
     authorize_write,
     known_purpose,
     target_of,
@@ -67,9 +68,16 @@ class WithdrawalView:
     replayed: bool
 
 
-async def _member_must_exist(context: Context, member_id: uuid.UUID) -> None:
-    if await context.loaders.member.load(member_id) is None:
+async def _consent_subject(
+    context: Context, scope: WriteScope, member_id: str | None, purpose: str
+) -> tuple[uuid.UUID, Purpose]:
+    """The member and purpose of a consent change, once the caller may make it."""
+    scope.target = target = target_of(context.principal, member_id)
+    authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
+    declared = await known_purpose(context, purpose)
+    if await context.loaders.member.load(target) is None:
         raise NotFound("No member has this id.", argument="memberId")
+    return target, declared
 
 
 def _collected_by(context: Context) -> str:
@@ -90,13 +98,8 @@ async def grant(
     idempotency_key: str | None,
 ) -> ReceiptView:
     operation = "grantConsent"
-    target = None
-    declared: Purpose | None = None
-    try:
-        target = target_of(context.principal, member_id)
-        authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
-        declared = await known_purpose(context, purpose)
-        await _member_must_exist(context, target)
+    async with audited_write(context, operation=operation, purpose=purpose) as scope:
+        target, declared = await _consent_subject(context, scope, member_id, purpose)
         result = await grant_consent(
             context.connection,
             member_id=target,
@@ -109,9 +112,6 @@ async def grant(
             evidence_sha256=evidence_sha256,
             idempotency_key=idempotency_key,
         )
-    except TillitError as error:
-        audit_refusal(context, operation=operation, member_id=target, purpose=purpose, error=error)
-        raise
     event = result.event
     context.audit.record(
         AccessRecord(
@@ -163,12 +163,8 @@ async def withdraw(
     idempotency_key: str | None,
 ) -> WithdrawalView:
     operation = "withdrawConsent"
-    target = None
-    try:
-        target = target_of(context.principal, member_id)
-        authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
-        declared = await known_purpose(context, purpose)
-        await _member_must_exist(context, target)
+    async with audited_write(context, operation=operation, purpose=purpose) as scope:
+        target, declared = await _consent_subject(context, scope, member_id, purpose)
         result = await withdraw_consent(
             context.connection,
             member_id=target,
@@ -178,9 +174,6 @@ async def withdraw(
             purposes=await context.purposes(),
             idempotency_key=idempotency_key,
         )
-    except TillitError as error:
-        audit_refusal(context, operation=operation, member_id=target, purpose=purpose, error=error)
-        raise
     event = result.event
     purged = [field.value for field in result.purged]
     context.audit.record(

@@ -18,10 +18,10 @@ from gateway.enrichment import (
     validate_source,
     validate_value,
 )
-from gateway.errors import BadUserInput, NotFound, TillitError
+from gateway.errors import BadUserInput, NotFound
 from gateway.policy import MemberState
 from resolvers.actors import (
-    audit_refusal,
+    audited_write,
     authorize_write,
     client_may_use,
     known_purpose,
@@ -51,10 +51,9 @@ async def record(
     """Store the given values with their provenance, all or none: refused unless the member
     holds a valid consent for `purpose` that covers each value's category."""
     operation = "recordEnrichment"
-    target = None
     fields = sorted(f.value for f in values)
-    try:
-        target = target_of(context.principal, member_id)
+    async with audited_write(context, operation=operation, purpose=purpose, fields=fields) as scope:
+        scope.target = target = target_of(context.principal, member_id)
         authorize_write(context.principal, target, Capability.ENRICH, members_may=False)
         declared = await known_purpose(context, purpose)
         client_may_use(context.principal, declared)
@@ -90,16 +89,6 @@ async def record(
             ],
             client_id=getattr(context.principal, "id", None),
         )
-    except TillitError as error:
-        audit_refusal(
-            context,
-            operation=operation,
-            member_id=target,
-            purpose=purpose,
-            error=error,
-            fields=fields,
-        )
-        raise
     written = sorted(field.value for _, field in changed)
     context.audit.record(
         AccessRecord(
