@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from alembic import command
@@ -12,6 +13,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+_PARTITION = re.compile(r"^access_events_\d{4}_\d{2}$")
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """What Alembic compares: not the monthly partitions, which the database function manages."""
+    return not (type_ == "table" and name is not None and _PARTITION.match(name))
 
 
 def alembic_config() -> Config:

@@ -22,7 +22,9 @@ from sqlalchemy import (
     Index,
     Integer,
     Interval,
+    LargeBinary,
     MetaData,
+    Sequence,
     String,
     Text,
     UniqueConstraint,
@@ -30,7 +32,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import base as postgresql_base
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 from gateway.domain import (
     AccessOutcome,
@@ -367,13 +371,32 @@ class Objection(Base):
     )
 
 
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (`xid8`)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+# So that reflection (Alembic's comparison of models and database) knows the type.
+postgresql_base.ischema_names["xid8"] = Xid8
+
+
 class AccessEvent(Base):
-    """One row per member touched by an operation: who, when, why, and what was released."""
+    """One row per member touched by an operation: who, when, why, and what was released.
+
+    Partitioned by month of `occurred_at` (see migration 0002); append-only in the database.
+    """
 
     __tablename__ = "access_events"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    occurred_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    # A sequence, not an identity: PostgreSQL 15 has no identity columns on partitioned tables.
+    id: Mapped[int] = mapped_column(
+        BigInteger, Sequence("access_events_id_seq"), primary_key=True
+    )
+    occurred_at: Mapped[dt.datetime] = mapped_column(primary_key=True, server_default=func.now())
     request_id: Mapped[str] = mapped_column(String(128))
     operation: Mapped[str] = mapped_column(String(100))
     actor_kind: Mapped[str] = mapped_column(String(16))
@@ -394,6 +417,8 @@ class AccessEvent(Base):
         ARRAY(UUID(as_uuid=True)), server_default="{}"
     )
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    # The inserting transaction: the sealer seals only events whose transaction has ended.
+    txid: Mapped[int] = mapped_column(Xid8, server_default=text("pg_current_xact_id()"))
 
     __table_args__ = (
         CheckConstraint(one_of("actor_kind", ActorKind), name="actor_kind"),
@@ -409,4 +434,50 @@ class AccessEvent(Base):
         Index("ix_access_events_member_occurred", "member_id", "occurred_at"),
         Index("ix_access_events_occurred", "occurred_at"),
         Index("ix_access_events_client_occurred", "client_id", "occurred_at"),
+        Index("ix_access_events_txid", "txid"),
+    )
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint: a batch of sealed events (or a retention), chained to the previous."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime]
+    first_position: Mapped[int] = mapped_column(BigInteger)
+    last_position: Mapped[int] = mapped_column(BigInteger)
+    event_count: Mapped[int] = mapped_column(Integer)
+    horizon: Mapped[int] = mapped_column(Xid8)
+    batch_root: Mapped[bytes] = mapped_column(LargeBinary)
+    previous_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    checkpoint_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('SEAL', 'RETENTION')", name="kind"),
+        CheckConstraint("length(batch_root) = 32", name="batch_root"),
+        CheckConstraint("length(previous_hash) = 32", name="previous_hash"),
+        CheckConstraint("length(checkpoint_hash) = 32", name="checkpoint_hash"),
+        CheckConstraint("last_position = first_position + event_count - 1", name="positions"),
+    )
+
+
+class AuditSeal(Base):
+    """An event's place in the sealed log and its hash."""
+
+    __tablename__ = "audit_seals"
+
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    occurred_at: Mapped[dt.datetime]
+    event_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    checkpoint_id: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("length(event_hash) = 32", name="event_hash"),
+        Index("ix_audit_seals_checkpoint", "checkpoint_id"),
     )

@@ -130,9 +130,42 @@ TABLES = [table.name for table in reversed(Base.metadata.sorted_tables)]
 async def db(engine: AsyncEngine) -> AsyncEngine:
     """The session's database, emptied and with the repository's policy loaded."""
     async with engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        await empty_tables(connection)
         await load_purposes(connection, read_policy_file())
     return engine
+
+
+AUDIT_TABLES = ("access_events", "audit_seals", "audit_checkpoints")
+
+
+async def empty_tables(connection: AsyncConnection) -> None:
+    """TRUNCATE everything. The audit tables refuse TRUNCATE whatever the replication role, so
+    the suite's superuser lifts their guards inside this transaction and restores them."""
+    partitions = list(
+        (
+            await connection.execute(
+                text(
+                    "SELECT inhrelid::regclass::text FROM pg_inherits "
+                    "WHERE inhparent = 'access_events'::regclass"
+                )
+            )
+        ).scalars()
+    )
+    guarded = [*AUDIT_TABLES, *partitions]
+    for table in guarded:
+        await connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+    await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    for table in AUDIT_TABLES:
+        await connection.execute(
+            text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_change")
+        )
+        await connection.execute(
+            text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_truncate")
+        )
+    for partition in partitions:
+        await connection.execute(
+            text(f"ALTER TABLE {partition} ENABLE ALWAYS TRIGGER access_events_no_truncate")
+        )
 
 
 @pytest.fixture

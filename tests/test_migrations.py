@@ -52,7 +52,11 @@ async def test_migrated_schema_matches_the_models(fresh: AsyncEngine) -> None:
     def diff(sync_connection: object) -> list[object]:
         context = MigrationContext.configure(
             sync_connection,  # type: ignore[arg-type]
-            opts={"compare_type": True, "compare_server_default": True},
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_name": migrate.include_name,
+            },
         )
         return list(compare_metadata(context, Base.metadata))
 
