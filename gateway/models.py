@@ -393,9 +393,7 @@ class AccessEvent(Base):
     __tablename__ = "access_events"
 
     # A sequence, not an identity: PostgreSQL 15 has no identity columns on partitioned tables.
-    id: Mapped[int] = mapped_column(
-        BigInteger, Sequence("access_events_id_seq"), primary_key=True
-    )
+    id: Mapped[int] = mapped_column(BigInteger, Sequence("access_events_id_seq"), primary_key=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(primary_key=True, server_default=func.now())
     request_id: Mapped[str] = mapped_column(String(128))
     operation: Mapped[str] = mapped_column(String(100))

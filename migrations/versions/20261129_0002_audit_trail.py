@@ -119,8 +119,12 @@ def upgrade() -> None:
 
     # -- access_events, partitioned by month; rows of the first revision move over ---------------
     op.execute("ALTER TABLE access_events RENAME TO access_events_0001")
-    for index in ("pk_access_events", "ix_access_events_occurred",
-                  "ix_access_events_member_occurred", "ix_access_events_client_occurred"):
+    for index in (
+        "pk_access_events",
+        "ix_access_events_occurred",
+        "ix_access_events_member_occurred",
+        "ix_access_events_client_occurred",
+    ):
         op.execute(f"ALTER INDEX {index} RENAME TO {index}_0001")
     op.execute("ALTER SEQUENCE access_events_id_seq RENAME TO access_events_0001_id_seq")
     op.execute("CREATE SEQUENCE access_events_id_seq AS bigint")
@@ -215,10 +219,8 @@ def upgrade() -> None:
     op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON enrichment_records TO {role}")
     op.execute(f"GRANT SELECT, INSERT ON {', '.join(AUDIT_TABLES)} TO {role}")
     op.execute(f"GRANT USAGE ON SEQUENCE access_events_id_seq, consent_events_seq_seq TO {role}")
-    op.execute(f"REVOKE ALL ON FUNCTION tillit_ensure_audit_partitions(date, integer) FROM PUBLIC")
-    op.execute(
-        f"GRANT EXECUTE ON FUNCTION tillit_ensure_audit_partitions(date, integer) TO {role}"
-    )
+    op.execute("REVOKE ALL ON FUNCTION tillit_ensure_audit_partitions(date, integer) FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION tillit_ensure_audit_partitions(date, integer) TO {role}")
 
 
 def downgrade() -> None:
@@ -243,9 +245,7 @@ def downgrade() -> None:
     op.execute("ALTER TABLE access_events_flat RENAME TO access_events")
     op.execute("ALTER TABLE access_events DROP COLUMN txid")
     op.execute("ALTER TABLE access_events ALTER COLUMN id DROP DEFAULT")
-    op.execute(
-        "ALTER TABLE access_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY"
-    )
+    op.execute("ALTER TABLE access_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY")
     op.execute(
         "SELECT setval(pg_get_serial_sequence('access_events', 'id'), "
         "coalesce((SELECT max(id) FROM access_events), 0) + 1, false)"
