@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import SettingsError
+from gateway.signing import DEV_AUDIT_SEED, InvalidKey, Signer, Verifier
 
 # The development signing key. It is public (it is in this file), so it is refused outside dev mode.
 DEV_MEMBER_TOKEN_SECRET = "dev-only-insecure-member-token-secret-change-me"  # noqa: S105
@@ -66,6 +67,22 @@ class Settings(BaseSettings):
         le=30 * 24 * 3600,
         description="Lifetime of tokens `tillit token` mints.",
     )
+    audit_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 Ed25519 private key (32-byte seed) that signs audit checkpoints "
+        "and export manifests; `tillit audit keygen` makes one. Kept outside the database.",
+    )
+    audit_verify_key: str | None = Field(
+        default=None,
+        description="Base64 Ed25519 public key for `tillit audit verify` (default: derived from "
+        "the signing key).",
+    )
+    seal_interval_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="How often the sealer writes a checkpoint (0: no sealer in this process).",
+    )
     controller_name: str = Field(
         default="Kundeklubben",
         min_length=1,
@@ -95,7 +112,37 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_LENGTH} characters; generate one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`."
             )
+        audit_key = self.audit_signing_key.get_secret_value() if self.audit_signing_key else ""
+        if not audit_key:
+            raise ValueError(
+                "TILLIT_AUDIT_SIGNING_KEY is not set; it is required outside dev mode "
+                "(make one with `tillit audit keygen`)."
+            )
+        try:
+            signer = Signer.from_base64(audit_key)
+        except InvalidKey as exc:
+            raise ValueError(str(exc)) from None
+        if signer.key_id == Signer.from_seed(DEV_AUDIT_SEED).key_id:
+            raise ValueError("TILLIT_AUDIT_SIGNING_KEY is the public development key.")
+        if self.audit_verify_key is not None:
+            try:
+                Verifier.from_base64(self.audit_verify_key)
+            except InvalidKey as exc:
+                raise ValueError(str(exc)) from None
         return self
+
+    @property
+    def audit_signer(self) -> Signer:
+        """The checkpoint key in force: the configured one, or in dev mode the development key."""
+        if self.audit_signing_key is not None:
+            return Signer.from_base64(self.audit_signing_key.get_secret_value())
+        return Signer.from_seed(DEV_AUDIT_SEED)
+
+    @property
+    def audit_verifier(self) -> Verifier:
+        if self.audit_verify_key is not None:
+            return Verifier.from_base64(self.audit_verify_key)
+        return self.audit_signer.verifier
 
     @property
     def signing_secret(self) -> str:

@@ -36,8 +36,10 @@ from gateway.logs import configure_logging
 from gateway.models import Base
 from gateway.purposes import load_purposes, read_policy_file
 from gateway.settings import Settings
+from gateway.signing import Signer
 
 TEST_SECRET = secrets.token_urlsafe(48)
+TEST_SIGNER, TEST_AUDIT_KEY = Signer.generate()
 
 
 def plain_dsn(url: str) -> str:
@@ -91,6 +93,8 @@ def make_settings(database_url: str | None = None, **overrides: Any) -> Settings
     values: dict[str, Any] = {
         "dev": False,
         "member_token_secret": TEST_SECRET,
+        "audit_signing_key": TEST_AUDIT_KEY,
+        "seal_interval_seconds": 0,
         "database_url": database_url,
         "db_pool_size": 2,
     }
@@ -138,9 +142,9 @@ async def db(engine: AsyncEngine) -> AsyncEngine:
 AUDIT_TABLES = ("access_events", "audit_seals", "audit_checkpoints")
 
 
-async def empty_tables(connection: AsyncConnection) -> None:
-    """TRUNCATE everything. The audit tables refuse TRUNCATE whatever the replication role, so
-    the suite's superuser lifts their guards inside this transaction and restores them."""
+async def lift_audit_guards(connection: AsyncConnection) -> list[str]:
+    """Disable the append-only triggers, as only a superuser can, inside the caller's
+    transaction (tests that reset the database or play the attacker). Returns the partitions."""
     partitions = list(
         (
             await connection.execute(
@@ -151,21 +155,26 @@ async def empty_tables(connection: AsyncConnection) -> None:
             )
         ).scalars()
     )
-    guarded = [*AUDIT_TABLES, *partitions]
-    for table in guarded:
+    for table in [*AUDIT_TABLES, *partitions]:
         await connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
-    await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    return partitions
+
+
+async def restore_audit_guards(connection: AsyncConnection, partitions: list[str]) -> None:
     for table in AUDIT_TABLES:
-        await connection.execute(
-            text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_change")
-        )
-        await connection.execute(
-            text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_no_truncate")
-        )
+        for trigger in (f"{table}_no_change", f"{table}_no_truncate"):
+            await connection.execute(text(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger}"))
     for partition in partitions:
         await connection.execute(
             text(f"ALTER TABLE {partition} ENABLE ALWAYS TRIGGER access_events_no_truncate")
         )
+
+
+async def empty_tables(connection: AsyncConnection) -> None:
+    """TRUNCATE everything, lifting the audit tables' guards inside this transaction."""
+    partitions = await lift_audit_guards(connection)
+    await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    await restore_audit_guards(connection, partitions)
 
 
 @pytest.fixture
@@ -224,7 +233,12 @@ async def add_member(engine: AsyncEngine, **values: Any) -> uuid.UUID:
 
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str) -> dict[str, str]:
-    env = {"DATABASE_URL": database_url, "TILLIT_MEMBER_TOKEN_SECRET": TEST_SECRET}
+    env = {
+        "DATABASE_URL": database_url,
+        "TILLIT_MEMBER_TOKEN_SECRET": TEST_SECRET,
+        "TILLIT_AUDIT_SIGNING_KEY": TEST_AUDIT_KEY,
+        "TILLIT_SEAL_INTERVAL_SECONDS": "0",
+    }
     monkeypatch.delenv("TILLIT_DEV", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from gateway.errors import SettingsError
 from gateway.settings import DEV_MEMBER_TOKEN_SECRET, load_settings
+from gateway.signing import DEV_AUDIT_SEED, Signer
 
 GOOD_SECRET = "q8Vd2yZlK0tS4xw9mN1rB7cE3hJ6pU5aF0gT2iL8oW4"
+_, AUDIT_KEY = Signer.generate()
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TILLIT_DEV", "TILLIT_MEMBER_TOKEN_SECRET", "DATABASE_URL", "TILLIT_PORT"):
+    for name in (
+        "TILLIT_DEV",
+        "TILLIT_MEMBER_TOKEN_SECRET",
+        "DATABASE_URL",
+        "TILLIT_PORT",
+        "TILLIT_AUDIT_SIGNING_KEY",
+        "TILLIT_AUDIT_VERIFY_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TILLIT_AUDIT_SIGNING_KEY", AUDIT_KEY)
 
 
 def test_missing_secret_outside_dev_mode_refuses_naming_the_variable() -> None:
@@ -85,3 +97,38 @@ def test_invalid_value_is_reported_by_variable_name(monkeypatch: pytest.MonkeyPa
 
     with pytest.raises(SettingsError, match="TILLIT_PORT"):
         load_settings()
+
+
+def test_missing_audit_key_outside_dev_mode_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.delenv("TILLIT_AUDIT_SIGNING_KEY")
+
+    with pytest.raises(SettingsError, match="TILLIT_AUDIT_SIGNING_KEY is not set"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("not base64!", "not base64"),
+        ("c2hvcnQ=", "32 bytes"),
+        (base64.b64encode(DEV_AUDIT_SEED).decode(), "development key"),
+    ],
+)
+def test_bad_or_development_audit_key_outside_dev_mode_refuses(
+    monkeypatch: pytest.MonkeyPatch, key: str, message: str
+) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.setenv("TILLIT_AUDIT_SIGNING_KEY", key)
+
+    with pytest.raises(SettingsError, match=message):
+        load_settings()
+
+
+def test_audit_key_never_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+
+    settings = load_settings()
+
+    assert AUDIT_KEY not in repr(settings)
+    assert settings.audit_verifier.key_id == settings.audit_signer.key_id

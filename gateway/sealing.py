@@ -1,0 +1,418 @@
+"""The sealer: contiguous positions for committed access events, and signed checkpoints over them.
+
+Requests only INSERT access events; nothing on the request path locks a shared row. The sealer, a
+single task per database, periodically:
+
+1. takes the horizon: the oldest transaction still running (`pg_snapshot_xmin`). An event written
+   by a transaction below the horizon has committed (or never will), so no later commit can come
+   before it: such events are final;
+2. gives the final events not yet sealed the next positions, in (txid, id) order, and stores each
+   one's hash (RFC 6962 leaf hash of its canonical JSON);
+3. writes a checkpoint over the batch: its Merkle root (RFC 6962), chained to the previous
+   checkpoint's hash and signed with Ed25519 under a key kept outside the database.
+
+A checkpoint is written even when no event arrived, so that a gap in time shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.signing import Signer
+
+log = structlog.get_logger("tillit.sealer")
+
+# One sealer per database: this advisory lock key (an arbitrary constant, "TILLSEAL").
+SEAL_LOCK = 0x54494C4C5345414C
+MAX_BATCH = 10_000
+GENESIS = bytes(32)
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+CHECKPOINT_DOMAIN = b"tillit-checkpoint-v1\n"
+
+EVENT_COLUMNS = (
+    "id",
+    "occurred_at",
+    "request_id",
+    "operation",
+    "actor_kind",
+    "client_id",
+    "actor_member_id",
+    "member_id",
+    "purpose",
+    "legal_basis",
+    "outcome",
+    "fields_requested",
+    "fields_released",
+    "fields_withheld",
+    "consent_ids",
+    "details",
+)
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def canonical_event(row: Mapping[str, Any]) -> bytes:
+    """The bytes an event's hash covers: every column but the internal txid, as sorted JSON."""
+    document = {
+        "id": int(row["id"]),
+        "occurred_at": _iso(row["occurred_at"]),
+        "request_id": row["request_id"],
+        "operation": row["operation"],
+        "actor_kind": row["actor_kind"],
+        "client_id": _text(row["client_id"]),
+        "actor_member_id": _text(row["actor_member_id"]),
+        "member_id": _text(row["member_id"]),
+        "purpose": row["purpose"],
+        "legal_basis": row["legal_basis"],
+        "outcome": row["outcome"],
+        "fields_requested": list(row["fields_requested"]),
+        "fields_released": list(row["fields_released"]),
+        "fields_withheld": row["fields_withheld"],
+        "consent_ids": [str(c) for c in row["consent_ids"]],
+        "details": row["details"],
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def event_hash(row: Mapping[str, Any]) -> bytes:
+    """RFC 6962 leaf hash of the event."""
+    return hashlib.sha256(b"\x00" + canonical_event(row)).digest()
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """RFC 6962 Merkle tree hash over leaf hashes, in order."""
+    if not leaves:
+        return EMPTY_ROOT
+    if len(leaves) == 1:
+        return leaves[0]
+    split = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return hashlib.sha256(
+        b"\x01" + merkle_root(leaves[:split]) + merkle_root(leaves[split:])
+    ).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    id: int
+    kind: str
+    created_at: dt.datetime
+    first_position: int
+    last_position: int
+    event_count: int
+    horizon: int
+    batch_root: bytes
+    previous_hash: bytes
+    checkpoint_hash: bytes
+    signature: bytes
+    key_id: str
+    details: Mapping[str, Any]
+
+    def canonical(self) -> bytes:
+        return checkpoint_content(
+            id=self.id,
+            kind=self.kind,
+            created_at=self.created_at,
+            first_position=self.first_position,
+            last_position=self.last_position,
+            event_count=self.event_count,
+            horizon=self.horizon,
+            batch_root=self.batch_root,
+            previous_hash=self.previous_hash,
+            details=self.details,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The checkpoint as a manifest or an auditor quotes it."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "created_at": _iso(self.created_at),
+            "last_position": self.last_position,
+            "checkpoint_hash": self.checkpoint_hash.hex(),
+            "key_id": self.key_id,
+        }
+
+
+def checkpoint_content(
+    *,
+    id: int,  # the checkpoint's id, as stored
+    kind: str,
+    created_at: dt.datetime,
+    first_position: int,
+    last_position: int,
+    event_count: int,
+    horizon: int,
+    batch_root: bytes,
+    previous_hash: bytes,
+    details: Mapping[str, Any],
+) -> bytes:
+    document = {
+        "id": id,
+        "kind": kind,
+        "created_at": _iso(created_at),
+        "first_position": first_position,
+        "last_position": last_position,
+        "event_count": event_count,
+        "horizon": str(horizon),
+        "batch_root": batch_root.hex(),
+        "previous_hash": previous_hash.hex(),
+        "details": details,
+    }
+    body = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return CHECKPOINT_DOMAIN + body.encode()
+
+
+_CHECKPOINT_COLUMNS = (
+    "id, kind, created_at, first_position, last_position, event_count, horizon::text AS horizon, "
+    "batch_root, previous_hash, checkpoint_hash, signature, key_id, details"
+)
+
+
+def _checkpoint(row: Any) -> Checkpoint:
+    values = dict(row._mapping)
+    values["horizon"] = int(values["horizon"])
+    return Checkpoint(**values)
+
+
+async def last_checkpoint(connection: AsyncConnection) -> Checkpoint | None:
+    row = (
+        await connection.execute(
+            text(f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY id DESC LIMIT 1")  # noqa: S608  # columns are this module's constant
+        )
+    ).first()
+    return _checkpoint(row) if row else None
+
+
+async def all_checkpoints(connection: AsyncConnection) -> list[Checkpoint]:
+    rows = await connection.execute(
+        text(f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY id")  # noqa: S608  # constant columns
+    )
+    return [_checkpoint(row) for row in rows]
+
+
+async def write_checkpoint(
+    connection: AsyncConnection,
+    signer: Signer,
+    *,
+    kind: str,
+    previous: Checkpoint | None,
+    horizon: int,
+    event_count: int,
+    batch_root: bytes,
+    details: Mapping[str, Any],
+    now: dt.datetime,
+) -> Checkpoint:
+    """Sign and insert the next checkpoint in the chain."""
+    identifier = previous.id + 1 if previous else 1
+    first_position = previous.last_position + 1 if previous else 1
+    last_position = first_position + event_count - 1
+    previous_hash = previous.checkpoint_hash if previous else GENESIS
+    created_at = now.astimezone(dt.UTC)
+    content = checkpoint_content(
+        id=identifier,
+        kind=kind,
+        created_at=created_at,
+        first_position=first_position,
+        last_position=last_position,
+        event_count=event_count,
+        horizon=horizon,
+        batch_root=batch_root,
+        previous_hash=previous_hash,
+        details=details,
+    )
+    checkpoint_hash = hashlib.sha256(content).digest()
+    checkpoint = Checkpoint(
+        id=identifier,
+        kind=kind,
+        created_at=created_at,
+        first_position=first_position,
+        last_position=last_position,
+        event_count=event_count,
+        horizon=horizon,
+        batch_root=batch_root,
+        previous_hash=previous_hash,
+        checkpoint_hash=checkpoint_hash,
+        signature=signer.sign(checkpoint_hash),
+        key_id=signer.key_id,
+        details=details,
+    )
+    await connection.execute(
+        text(
+            "INSERT INTO audit_checkpoints (id, kind, created_at, first_position, last_position, "
+            "event_count, horizon, batch_root, previous_hash, checkpoint_hash, signature, key_id, "
+            "details) VALUES (:id, :kind, :created_at, :first_position, :last_position, "
+            ":event_count, CAST(:horizon AS xid8), :batch_root, :previous_hash, "
+            ":checkpoint_hash, :signature, :key_id, CAST(:details AS jsonb))"
+        ),
+        {
+            **{
+                k: getattr(checkpoint, k)
+                for k in (
+                    "id",
+                    "kind",
+                    "created_at",
+                    "first_position",
+                    "last_position",
+                    "event_count",
+                    "batch_root",
+                    "previous_hash",
+                    "checkpoint_hash",
+                    "signature",
+                    "key_id",
+                )
+            },
+            "horizon": horizon,
+            "details": json.dumps(details, sort_keys=True),
+        },
+    )
+    return checkpoint
+
+
+async def _final_events(
+    connection: AsyncConnection, since: int, horizon: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Unsealed events whose transactions ended: those with since <= txid < horizon, in
+    (txid, id) order, at most about `limit` (never splitting one transaction's events)."""
+    columns = ", ".join(EVENT_COLUMNS)
+    query = (
+        f"SELECT {columns}, txid::text AS txid_text FROM access_events "  # noqa: S608  # constant columns
+        "WHERE txid >= CAST(:since AS xid8) AND txid < CAST(:horizon AS xid8) "
+        "ORDER BY txid, id LIMIT :limit"
+    )
+    params = {"since": since, "horizon": horizon, "limit": limit + 1}
+    rows = [dict(row._mapping) for row in await connection.execute(text(query), params)]
+    if len(rows) <= limit:
+        return rows, horizon
+    boundary = int(rows[limit]["txid_text"])
+    kept = [row for row in rows if int(row["txid_text"]) < boundary]
+    if kept:
+        return kept, boundary
+    # One transaction wrote more than a batch: seal all of it at once.
+    params = {"since": boundary, "horizon": boundary + 1, "limit": 2**62}
+    rows = [dict(row._mapping) for row in await connection.execute(text(query), params)]
+    return rows, boundary + 1
+
+
+async def seal_once(
+    connection: AsyncConnection, signer: Signer, *, max_batch: int = MAX_BATCH
+) -> Checkpoint | None:
+    """Seal the final events and write one checkpoint, inside the caller's transaction.
+
+    Returns None (and writes nothing) when another sealer holds the lock.
+    """
+    locked = await connection.scalar(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEAL_LOCK}
+    )
+    if not locked:
+        return None
+    await connection.execute(text("SELECT tillit_ensure_audit_partitions(CAST(now() AS date), 2)"))
+    horizon = int(
+        await connection.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+    )
+    previous = await last_checkpoint(connection)
+    since = previous.horizon if previous else 0
+    events, sealed_to = await _final_events(connection, since, horizon, max_batch)
+    leaves = [event_hash(event) for event in events]
+    now = dt.datetime.now(dt.UTC)
+    checkpoint = await write_checkpoint(
+        connection,
+        signer,
+        kind="SEAL",
+        previous=previous,
+        horizon=sealed_to,
+        event_count=len(events),
+        batch_root=merkle_root(leaves),
+        details={},
+        now=now,
+    )
+    if events:
+        await connection.execute(
+            text(
+                "INSERT INTO audit_seals (position, event_id, occurred_at, event_hash, "
+                "checkpoint_id) SELECT p, e, o, h, :checkpoint FROM unnest("
+                "CAST(:positions AS bigint[]), CAST(:events AS bigint[]), "
+                "CAST(:occurred AS timestamptz[]), CAST(:hashes AS bytea[])) AS t(p, e, o, h)"
+            ),
+            {
+                "checkpoint": checkpoint.id,
+                "positions": list(range(checkpoint.first_position, checkpoint.last_position + 1)),
+                "events": [event["id"] for event in events],
+                "occurred": [event["occurred_at"] for event in events],
+                "hashes": leaves,
+            },
+        )
+    return checkpoint
+
+
+async def seal_until_current(engine: AsyncEngine, signer: Signer) -> list[Checkpoint]:
+    """Seal in batches until no final event is left unsealed (for the CLI and tests)."""
+    written: list[Checkpoint] = []
+    while True:
+        async with engine.begin() as connection:
+            checkpoint = await seal_once(connection, signer)
+        if checkpoint is None:
+            raise RuntimeError("another sealer holds the lock")
+        written.append(checkpoint)
+        if checkpoint.event_count < MAX_BATCH:
+            return written
+
+
+async def run_sealer(
+    engine: AsyncEngine, signer: Signer, *, interval: float, stop: asyncio.Event
+) -> None:
+    """Seal every `interval` seconds while this process holds the database's sealer lock.
+
+    Every gateway process runs this; the session-level advisory lock lets exactly one of them
+    seal, and another takes over within an interval when that one stops.
+    """
+    while not stop.is_set():
+        try:
+            async with engine.connect() as connection:
+                held = await connection.scalar(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": SEAL_LOCK}
+                )
+                await connection.commit()
+                if held:
+                    log.info("sealer.started")
+                    try:
+                        while not stop.is_set():
+                            async with connection.begin():
+                                checkpoint = await seal_once(connection, signer)
+                            if checkpoint is not None and checkpoint.event_count:
+                                log.info(
+                                    "sealer.sealed",
+                                    checkpoint=checkpoint.id,
+                                    events=checkpoint.event_count,
+                                )
+                            await _wait(stop, interval)
+                    finally:
+                        await connection.execute(
+                            text("SELECT pg_advisory_unlock(:key)"), {"key": SEAL_LOCK}
+                        )
+                        await connection.commit()
+        except Exception as exc:  # the database may be gone; try again later
+            log.warning("sealer.failed", error_type=type(exc).__name__)
+        await _wait(stop, interval)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return

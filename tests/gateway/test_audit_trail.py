@@ -1,0 +1,335 @@
+"""The audit trail: append-only in the database, sealed into signed checkpoints, verifiable."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.audit import AccessRecord, AuditTrail
+from gateway.auth import SystemPrincipal
+from gateway.domain import AccessOutcome, LegalBasis
+from gateway.sealing import EVENT_COLUMNS, event_hash, seal_once, seal_until_current
+from gateway.signing import Signer
+from gateway.verify import VerifyReport, verify_log
+from tests.conftest import TEST_SIGNER, lift_audit_guards, restore_audit_guards
+
+
+async def write_events(engine: AsyncEngine, count: int, *, request: str = "req") -> None:
+    trail = AuditTrail(
+        request_id=request, principal=SystemPrincipal("test"), now=dt.datetime.now(dt.UTC)
+    )
+    for _ in range(count):
+        trail.record(
+            AccessRecord(
+                operation="member",
+                member_id=uuid.uuid4(),
+                purpose="membership_service",
+                legal_basis=LegalBasis.CONTRACT,
+                outcome=AccessOutcome.RELEASED,
+                fields_requested=("email",),
+                fields_released=("email",),
+            )
+        )
+    async with engine.begin() as connection:
+        await trail.flush(connection)
+
+
+async def verify(engine: AsyncEngine, signer: Signer = TEST_SIGNER) -> VerifyReport:
+    async with engine.connect() as connection:
+        return await verify_log(connection, signer.verifier)
+
+
+async def tamper(engine: AsyncEngine, *statements: str) -> None:
+    """Play the attacker: a superuser who lifts the guards, changes rows, and restores them."""
+    async with engine.begin() as connection:
+        partitions = await lift_audit_guards(connection)
+        for statement in statements:
+            await connection.execute(text(statement))
+        await restore_audit_guards(connection, partitions)
+
+
+@pytest.fixture
+async def sealed(db: AsyncEngine) -> AsyncEngine:
+    """Twelve events in three checkpoints of four."""
+    for batch in range(3):
+        await write_events(db, 4, request=f"req-{batch}")
+        await seal_until_current(db, TEST_SIGNER)
+    return db
+
+
+# -- append-only in the database ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def as_gateway(db: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection with the privileges of the role the gateway runs as."""
+    await write_events(db, 2)
+    async with db.connect() as connection:
+        await connection.execute(text("SET ROLE tillit_gateway"))
+        yield connection
+        await connection.rollback()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE access_events SET outcome = 'DENIED'",
+        "DELETE FROM access_events",
+        "TRUNCATE access_events",
+        "UPDATE {partition} SET outcome = 'DENIED'",
+        "DELETE FROM {partition}",
+        "TRUNCATE {partition}",
+        "UPDATE audit_checkpoints SET key_id = 'x'",
+        "DELETE FROM audit_seals",
+        "TRUNCATE audit_checkpoints",
+        "DROP TABLE {partition}",
+        "ALTER TABLE access_events DISABLE TRIGGER USER",
+    ],
+)
+async def test_gateway_role_cannot_change_or_remove_audit_rows(
+    as_gateway: AsyncConnection, statement: str
+) -> None:
+    partition = "access_events_" + dt.datetime.now(dt.UTC).strftime("%Y_%m")
+
+    savepoint = await as_gateway.begin_nested()
+    with pytest.raises(DBAPIError, match=r"permission denied|must be owner|append-only"):
+        await as_gateway.execute(text(statement.format(partition=partition)))
+    await savepoint.rollback()
+
+
+async def test_gateway_role_may_insert_and_read_audit_rows(as_gateway: AsyncConnection) -> None:
+    await as_gateway.execute(
+        text(
+            "INSERT INTO access_events (request_id, operation, actor_kind, outcome) "
+            "VALUES ('r', 'member', 'SYSTEM', 'RELEASED')"
+        )
+    )
+
+    assert await as_gateway.scalar(text("SELECT count(*) FROM access_events")) == 3
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE access_events SET outcome = 'DENIED'",
+        "DELETE FROM access_events",
+        "TRUNCATE access_events",
+        "UPDATE {partition} SET outcome = 'DENIED'",
+        "DELETE FROM {partition}",
+        "TRUNCATE {partition}",
+        "UPDATE audit_seals SET position = position + 100",
+        "DELETE FROM audit_checkpoints",
+        "TRUNCATE audit_seals",
+    ],
+)
+async def test_triggers_refuse_even_a_superuser_in_replica_mode(
+    sealed: AsyncEngine, statement: str
+) -> None:
+    partition = "access_events_" + dt.datetime.now(dt.UTC).strftime("%Y_%m")
+    async with sealed.connect() as connection:
+        await connection.execute(text("SET session_replication_role = replica"))
+        with pytest.raises(DBAPIError, match="append-only"):
+            await connection.execute(text(statement.format(partition=partition)))
+
+
+# -- sealing and verification ---------------------------------------------------------------------
+
+
+async def test_untouched_log_verifies(sealed: AsyncEngine) -> None:
+    report = await verify(sealed)
+
+    assert report.ok, report.problems
+    assert report.checkpoints == 3
+    assert report.events == 12
+    assert report.unsealed == 0
+
+
+async def test_verify_without_checkpoints_fails_instead_of_passing(db: AsyncEngine) -> None:
+    await write_events(db, 3)
+
+    report = await verify(db)
+
+    assert not report.ok
+    assert "no checkpoints yet" in report.problems[0]
+
+
+async def test_checkpoints_are_written_even_when_nothing_happened(db: AsyncEngine) -> None:
+    first = await seal_until_current(db, TEST_SIGNER)
+    second = await seal_until_current(db, TEST_SIGNER)
+
+    assert [c.event_count for c in first + second] == [0, 0]
+    assert second[0].id == first[0].id + 1
+    assert (await verify(db)).ok
+
+
+async def test_positions_are_contiguous_and_checkpoints_chained(sealed: AsyncEngine) -> None:
+    async with sealed.connect() as connection:
+        positions = list(
+            (
+                await connection.execute(text("SELECT position FROM audit_seals ORDER BY 1"))
+            ).scalars()
+        )
+        ranges = (
+            await connection.execute(
+                text("SELECT first_position, last_position FROM audit_checkpoints ORDER BY id")
+            )
+        ).all()
+
+    assert positions == list(range(1, 13))
+    assert [tuple(r) for r in ranges] == [(1, 4), (5, 8), (9, 12)]
+
+
+async def test_a_checkpoint_signed_with_another_key_fails(sealed: AsyncEngine) -> None:
+    stranger, _ = Signer.generate()
+
+    report = await verify(sealed, stranger)
+
+    assert not report.ok
+    assert "checkpoint 1 has no valid signature" in report.problems[0]
+
+
+TAMPERING = {
+    "changed-field": (
+        ["UPDATE access_events SET outcome = 'DENIED' WHERE id = 6"],
+        "event 6 at position 6 was altered",
+    ),
+    "deleted-event": (
+        ["DELETE FROM access_events WHERE id = 7"],
+        "event 7 at position 7 is missing",
+    ),
+    "forged-event": (
+        [
+            "INSERT INTO access_events (request_id, operation, actor_kind, outcome, txid) "
+            "VALUES ('forged', 'member', 'SYSTEM', 'RELEASED', '3'::xid8)"
+        ],
+        "is not in any checkpoint",
+    ),
+    "swapped-events": (
+        [
+            "UPDATE access_events SET request_id = CASE id WHEN 2 THEN 'req-1' "
+            "ELSE 'req-0' END WHERE id IN (2, 5)"
+        ],
+        "event 2 at position 2 was altered",
+    ),
+    "reordered-seals": (
+        [
+            "UPDATE audit_seals SET position = -position WHERE position IN (2, 3)",
+            "UPDATE audit_seals SET position = 3 WHERE position = -2",
+            "UPDATE audit_seals SET position = 2 WHERE position = -3",
+        ],
+        "event 2 at position 3 is out of order",
+    ),
+    "dropped-checkpoint": (
+        ["DELETE FROM audit_checkpoints WHERE id = 2"],
+        "checkpoint 2 is missing",
+    ),
+    "altered-checkpoint": (
+        ["UPDATE audit_checkpoints SET event_count = 3, last_position = 7 WHERE id = 2"],
+        "checkpoint 2 was altered",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+async def test_tampering_is_found_and_named(sealed: AsyncEngine, case: str) -> None:
+    statements, expected = TAMPERING[case]
+    await tamper(sealed, *statements)
+
+    report = await verify(sealed)
+
+    assert not report.ok
+    assert expected in report.problems[0], report.problems
+
+
+async def test_an_event_altered_together_with_its_seal_breaks_the_checkpoint(
+    sealed: AsyncEngine,
+) -> None:
+    await tamper(sealed, "UPDATE access_events SET outcome = 'DENIED' WHERE id = 10")
+    async with sealed.connect() as connection:
+        row = (
+            await connection.execute(
+                text(f"SELECT {', '.join(EVENT_COLUMNS)} FROM access_events WHERE id = 10")
+            )
+        ).one()
+    forged = event_hash(dict(row._mapping))
+    async with sealed.begin() as connection:
+        partitions = await lift_audit_guards(connection)
+        await connection.execute(
+            text("UPDATE audit_seals SET event_hash = :h WHERE position = 10"), {"h": forged}
+        )
+        await restore_audit_guards(connection, partitions)
+
+    report = await verify(sealed)
+
+    assert not report.ok
+    assert "the seals of checkpoint 3 no longer match it" in report.problems[0]
+
+
+async def test_concurrent_writers_while_sealing_leave_a_verifiable_log_without_gaps(
+    db: AsyncEngine,
+) -> None:
+    rng = random.Random(7)
+    writers_done = asyncio.Event()
+
+    async def writer(number: int) -> None:
+        for round_ in range(8):
+            async with db.begin() as connection:
+                trail = AuditTrail(
+                    request_id=f"w{number}-{round_}",
+                    principal=SystemPrincipal("test"),
+                    now=dt.datetime.now(dt.UTC),
+                )
+                for _ in range(rng.randint(1, 3)):
+                    trail.record(
+                        AccessRecord(
+                            operation="member",
+                            member_id=uuid.uuid4(),
+                            purpose=None,
+                            legal_basis=None,
+                            outcome=AccessOutcome.NOT_FOUND,
+                        )
+                    )
+                await trail.flush(connection)
+                # Hold the transaction open for a while, so commits overtake each other.
+                await asyncio.sleep(rng.random() / 50)
+
+    async def sealer() -> None:
+        while not writers_done.is_set():
+            async with db.begin() as connection:
+                await seal_once(connection, TEST_SIGNER)
+            await asyncio.sleep(0.005)
+
+    sealing = asyncio.create_task(sealer())
+    await asyncio.gather(*(writer(n) for n in range(6)))
+    writers_done.set()
+    await sealing
+    await seal_until_current(db, TEST_SIGNER)
+
+    report = await verify(db)
+    assert report.ok, report.problems
+    async with db.connect() as connection:
+        events = await connection.scalar(text("SELECT count(*) FROM access_events"))
+        positions = list(
+            (
+                await connection.execute(text("SELECT position FROM audit_seals ORDER BY 1"))
+            ).scalars()
+        )
+    assert report.events == events
+    assert positions == list(range(1, events + 1))
+
+
+async def test_only_one_sealer_at_a_time(db: AsyncEngine) -> None:
+    async with db.begin() as first, db.begin() as second:
+        one = await seal_once(first, TEST_SIGNER)
+        other = await seal_once(second, TEST_SIGNER)
+
+    assert one is not None
+    assert other is None
