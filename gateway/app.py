@@ -18,11 +18,13 @@ from starlette.routing import Route
 from strawberry import Schema
 
 from gateway import db, migrate
+from gateway.audit_http import export, export_manifest
 from gateway.domain import ErrorCode
 from gateway.errors import SettingsError
 from gateway.graphql_http import DATABASE_UNAVAILABLE, error_body, graphql_endpoints
 from gateway.logs import configure_logging, exception_summary
 from gateway.middleware import RequestContextMiddleware
+from gateway.sealing import run_sealer
 from gateway.settings import Settings, load_settings
 
 log = structlog.get_logger("tillit.app")
@@ -100,9 +102,25 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         engine = db.create_engine(url, settings)
+        stop = asyncio.Event()
+        sealer = (
+            asyncio.create_task(
+                run_sealer(
+                    engine,
+                    settings.audit_signer,
+                    interval=settings.seal_interval_seconds,
+                    stop=stop,
+                )
+            )
+            if settings.seal_interval_seconds > 0
+            else None
+        )
         try:
             yield {"settings": settings, "engine": engine, "head_revision": migrate.head_revision()}
         finally:
+            stop.set()
+            if sealer is not None:
+                await sealer
             await engine.dispose()
 
     return Starlette(
@@ -112,6 +130,8 @@ def create_app(
             Route("/graphql", ide, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/audit/export", export, methods=["GET"]),
+            Route("/audit/export/manifest", export_manifest, methods=["GET"]),
         ],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},

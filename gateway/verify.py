@@ -90,6 +90,7 @@ async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyR
         return report.fail("no checkpoints yet: nothing has been sealed, nothing can be verified")
     previous: Checkpoint | None = None
     dropped_before: dt.datetime | None = None
+    # First the chain: ids, links, hashes, signatures; and what retention dropped.
     for expected_id, checkpoint in enumerate(checkpoints, start=1):
         problem = _check_checkpoint(checkpoint, expected_id, previous, verifier)
         if problem:
@@ -99,6 +100,9 @@ async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyR
         if checkpoint.kind == "RETENTION":
             cutoff = dt.datetime.fromisoformat(str(checkpoint.details["dropped_before"]))
             dropped_before = max(dropped_before, cutoff) if dropped_before else cutoff
+    # Then every sealed batch against its events.
+    for checkpoint in checkpoints:
+        if checkpoint.kind != "SEAL":
             continue
         leaves: list[bytes] = []
         expected_position = checkpoint.first_position

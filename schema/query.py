@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+import datetime as dt
+from typing import Annotated, Any, cast
 
 import strawberry
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 from gateway.domain import Category
+from resolvers import audit
 from resolvers.context import Context
 from resolvers.members import read_member, read_members
 from resolvers.purposes import list_purposes
+from schema.audit import (
+    AccessEvent,
+    AccessEventConnection,
+    AccessEventEdge,
+    AccessLogFilter,
+    PageInfo,
+    TransparencyReport,
+    counts,
+    log_filter,
+)
 from schema.categories import categories_of, graphql_names_of
 from schema.types import Member, Purpose
 
@@ -82,3 +94,56 @@ class Query:
         )
         # A TillitError in a position becomes a located error for that item (graphql-core).
         return cast(list[Member | None] | None, views)
+
+    @strawberry.field(
+        description="The access log, newest first (auditors only). Reading it is itself audited."
+    )
+    async def access_log(
+        self,
+        info: Info,
+        filter: AccessLogFilter | None = None,  # the contract's argument name
+        first: int = 50,
+        after: str | None = None,
+    ) -> AccessEventConnection | None:
+        page = await audit.access_log(
+            info.context,
+            where=log_filter(filter, audit.parse_optional_uuid),
+            first=first,
+            after=after,
+        )
+        edges = [
+            AccessEventEdge(cursor=entry.cursor, node=cast(AccessEvent, entry))
+            for entry in page.entries
+        ]
+        return AccessEventConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+    @strawberry.field(description="What happened to members' data in [from, to) (auditors only).")
+    async def transparency_report(
+        self,
+        info: Info,
+        from_: Annotated[dt.datetime, strawberry.argument(name="from")],
+        to: dt.datetime,
+    ) -> TransparencyReport | None:
+        report = await audit.transparency_report(info.context, start=from_, end=to)
+        return TransparencyReport(
+            from_=report.start,
+            to=report.end,
+            accesses=report.accesses,
+            accesses_by_purpose=counts(report.by_purpose),
+            accesses_by_client=counts(report.by_client),
+            accesses_by_outcome=counts(report.by_outcome),
+            withheld_reasons=counts(report.withheld_reasons),
+            consents_granted=counts(report.consents_granted),
+            consents_withdrawn=counts(report.consents_withdrawn),
+            consents_expired=counts(report.consents_expired),
+            enrichment_records=report.enrichment_records,
+            cleansing_records=report.cleansing_records,
+            objections=report.objections,
+            notices_overdue=report.notices_overdue,
+        )

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-from gateway.cli import records
+from gateway.cli import audit, records
 from gateway.cli.server import app
 from gateway.cli.support import err
 
 records.register(app)
+audit.register(app)
 
 __all__ = ["app", "main"]
 

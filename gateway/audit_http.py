@@ -1,0 +1,141 @@
+"""GET /audit/export and /audit/export/manifest: the sealed access log for auditors, streamed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.audit import AccessRecord, AuditTrail
+from gateway.auth import Anonymous, ClientPrincipal, authenticate
+from gateway.domain import AccessOutcome, ErrorCode, Role
+from gateway.errors import BadUserInput, TillitError, Unauthenticated
+from gateway.export import (
+    Encoder,
+    ExportRange,
+    covering_checkpoint,
+    manifest,
+    parse_range,
+    sealed_rows,
+)
+from gateway.graphql_http import DATABASE_UNAVAILABLE, error_response
+from gateway.logs import exception_summary
+from gateway.middleware import request_id_of
+from gateway.settings import Settings
+
+log = structlog.get_logger("tillit.export")
+MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
+
+
+async def _authorised_export(
+    request: Request, operation: str
+) -> tuple[ExportRange, int] | Response:
+    """Check the caller and the range, and record the export before any of it is sent.
+
+    Returns the range and the covering checkpoint's id, or an error response.
+    """
+    engine: AsyncEngine = request.state.engine
+    settings: Settings = request.state.settings
+    params = request.query_params
+    try:
+        async with engine.begin() as connection:
+            principal = await authenticate(
+                connection,
+                request.headers.get("authorization"),
+                token_secret=settings.signing_secret,
+            )
+            if isinstance(principal, Anonymous):
+                raise Unauthenticated()
+            if not isinstance(principal, ClientPrincipal) or principal.role is not Role.AUDITOR:
+                return error_response(
+                    403, ErrorCode.FORBIDDEN, "Only auditors export the access log."
+                )
+            export = parse_range(params.get("from"), params.get("to"), params.get("format"))
+            pinned = params.get("checkpoint")
+            if pinned is not None and not pinned.isdigit():
+                raise BadUserInput("`checkpoint` is a checkpoint id.", argument="checkpoint")
+            checkpoint = await covering_checkpoint(connection, int(pinned) if pinned else None)
+            trail = AuditTrail(
+                request_id=request_id_of(request.scope),
+                principal=principal,
+                now=dt.datetime.now(dt.UTC),
+            )
+            trail.record(
+                AccessRecord(
+                    operation=operation,
+                    member_id=None,
+                    purpose=None,
+                    legal_basis=None,
+                    outcome=AccessOutcome.RELEASED,
+                    details={
+                        "from": export.start.isoformat(),
+                        "to": export.end.isoformat(),
+                        "format": export.format,
+                        "checkpoint": checkpoint.id,
+                    },
+                )
+            )
+            await trail.flush(connection)
+    except Unauthenticated as exc:
+        return error_response(
+            401, exc.code, exc.message, **{"WWW-Authenticate": 'Bearer realm="tillit"'}
+        )
+    except TillitError as exc:
+        return error_response(400, exc.code, exc.message)
+    except DATABASE_UNAVAILABLE as exc:
+        log.error("export.audit_unavailable", **exception_summary(exc))
+        return error_response(
+            503, ErrorCode.AUDIT_UNAVAILABLE, "The export could not be recorded; try again."
+        )
+    return export, checkpoint.id
+
+
+async def export(request: Request) -> Response:
+    """The sealed events of [from, to) as CSV or JSON Lines, streamed in constant memory."""
+    authorised = await _authorised_export(request, "auditExport")
+    if isinstance(authorised, Response):
+        return authorised
+    export_range, checkpoint_id = authorised
+    engine: AsyncEngine = request.state.engine
+
+    async def body() -> AsyncIterator[bytes]:
+        encoder = Encoder(export_range.format)
+        async with engine.connect() as connection:
+            checkpoint = await covering_checkpoint(connection, checkpoint_id)
+            yield encoder.header()
+            async for rows in sealed_rows(connection, export_range, checkpoint):
+                yield encoder.encode(rows)
+
+    filename = f"access-log-{export_range.start:%Y%m%d}-{export_range.end:%Y%m%d}"
+    return StreamingResponse(
+        body(),
+        media_type=MEDIA[export_range.format],
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}.{export_range.format}"',
+            "X-Tillit-Checkpoint": str(checkpoint_id),
+        },
+    )
+
+
+async def export_manifest(request: Request) -> Response:
+    """The signed manifest of the export the same parameters give (row count, SHA-256, the
+    covering checkpoint). Pass the checkpoint the export named (X-Tillit-Checkpoint) to match."""
+    authorised = await _authorised_export(request, "auditExportManifest")
+    if isinstance(authorised, Response):
+        return authorised
+    export_range, checkpoint_id = authorised
+    engine: AsyncEngine = request.state.engine
+    settings: Settings = request.state.settings
+    encoder = Encoder(export_range.format)
+    async with engine.connect() as connection:
+        checkpoint = await covering_checkpoint(connection, checkpoint_id)
+        encoder.header()
+        async for rows in sealed_rows(connection, export_range, checkpoint):
+            encoder.encode(rows)
+    document = manifest(encoder, export_range, checkpoint, settings.audit_signer)
+    return JSONResponse(json.loads(json.dumps(document)))

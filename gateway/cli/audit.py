@@ -1,0 +1,242 @@
+"""The `tillit audit` commands (keys, seal, verify, retention, export) and `tillit report`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.access_log import transparency_report
+from gateway.audit import AccessRecord, AuditTrail
+from gateway.auth import SystemPrincipal
+from gateway.cli.support import err, fail, out, parse_duration, run_with_database, settings_or_exit
+from gateway.domain import AccessOutcome
+from gateway.errors import BadUserInput
+from gateway.export import (
+    Encoder,
+    count_rows,
+    covering_checkpoint,
+    manifest,
+    parse_range,
+    parse_time,
+    sealed_rows,
+)
+from gateway.report_html import render
+from gateway.retention import RetentionRefused, drop_before, month_start
+from gateway.sealing import seal_until_current
+from gateway.signing import Signer
+from gateway.verify import VerifyReport, verify_export, verify_log
+
+audit_app = typer.Typer(
+    help="The audit trail: seal, verify, export, retention.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")
+    app.command("report")(report)
+
+
+async def _record(engine: AsyncEngine, operation: str, details: dict[str, object]) -> None:
+    """Reading the log from the command line is an access event too, committed first."""
+    trail = AuditTrail(
+        request_id=f"cli-{uuid.uuid4().hex[:12]}",
+        principal=SystemPrincipal("cli"),
+        now=dt.datetime.now(dt.UTC),
+    )
+    trail.record(
+        AccessRecord(
+            operation=operation,
+            member_id=None,
+            purpose=None,
+            legal_basis=None,
+            outcome=AccessOutcome.RELEASED,
+            details=details,
+        )
+    )
+    async with engine.begin() as connection:
+        await trail.flush(connection)
+
+
+@audit_app.command("keygen")
+def keygen() -> None:
+    """Make a new Ed25519 signing key for checkpoints and manifests."""
+    signer, seed = Signer.generate()
+    out.print(f"TILLIT_AUDIT_SIGNING_KEY={seed}", highlight=False)
+    out.print(f"TILLIT_AUDIT_VERIFY_KEY={signer.verifier.public_base64}", highlight=False)
+    err.print("Keep the signing key outside the database; give auditors the verify key.")
+
+
+@audit_app.command("seal")
+def seal() -> None:
+    """Seal what is final now and write a checkpoint (the gateway does this every interval)."""
+    settings = settings_or_exit()
+    try:
+        written = run_with_database(
+            lambda engine: seal_until_current(engine, settings.audit_signer), settings=settings
+        )
+    except RuntimeError:
+        raise fail("another sealer holds the lock; it is sealing already") from None
+    last = written[-1]
+    out.print(
+        f"sealed {sum(c.event_count for c in written)} events; checkpoint {last.id} at "
+        f"position {last.last_position}"
+    )
+
+
+def _print_report(report: VerifyReport) -> None:
+    if report.ok:
+        out.print(
+            f"OK: {report.checkpoints} checkpoints, {report.events} events verified"
+            + (f", {report.dropped} dropped by retention" if report.dropped else "")
+            + (f", {report.unsealed} not sealed yet" if report.unsealed else ""),
+            highlight=False,
+        )
+    else:
+        err.print(f"[red]FAILED:[/red] {report.problems[0]}", highlight=False)
+
+
+@audit_app.command("verify")
+def verify(
+    export: Annotated[
+        Path | None, typer.Option(help="Verify this export file instead of the database.")
+    ] = None,
+    manifest_file: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="The export's manifest (default FILE.manifest.json)."),
+    ] = None,
+) -> None:
+    """Recompute the trail (or an export) and report OK or the first thing that does not match."""
+    settings = settings_or_exit()
+    if export is not None:
+        report = verify_export(
+            export,
+            manifest_file or export.with_name(export.name + ".manifest.json"),
+            settings.audit_verifier,
+        )
+    else:
+
+        async def work(engine: AsyncEngine) -> VerifyReport:
+            async with engine.connect() as connection:
+                return await verify_log(connection, settings.audit_verifier)
+
+        report = run_with_database(work, settings=settings)
+    _print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("retention")
+def retention(
+    older_than: Annotated[str, typer.Option(help="Age, e.g. 60m (months) or 5y.")],
+) -> None:
+    """Drop whole monthly partitions older than the age, and checkpoint what was dropped.
+    Needs the tables' owner (the migration role), not the gateway's role."""
+    settings = settings_or_exit()
+    now = dt.datetime.now(dt.UTC)
+    cutoff = month_start(now - parse_duration(older_than, now=now))
+
+    async def work(engine: AsyncEngine) -> str:
+        try:
+            async with engine.begin() as connection:
+                dropped, checkpoint = await drop_before(
+                    connection, settings.audit_signer, cutoff=cutoff
+                )
+        except RetentionRefused as exc:
+            raise fail(str(exc)) from None
+        if not dropped:
+            return f"nothing older than {cutoff}"
+        assert checkpoint is not None
+        names = ", ".join(f"{d.partition} ({d.events} events)" for d in dropped)
+        return f"dropped {names}; checkpoint {checkpoint.id}"
+
+    out.print(run_with_database(work, settings=settings))
+
+
+@audit_app.command("export")
+def export(
+    start: Annotated[str, typer.Option("--from", help="Start (ISO 8601), inclusive.")],
+    end: Annotated[str, typer.Option("--to", help="End (ISO 8601), exclusive.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the export.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
+) -> None:
+    """Export the sealed access log of a period, with a signed manifest beside it."""
+    settings = settings_or_exit()
+    try:
+        export_range = parse_range(start, end, fmt)
+    except BadUserInput as exc:
+        raise fail(exc.message, code=2) from None
+
+    async def work(engine: AsyncEngine) -> dict[str, object]:
+        encoder = Encoder(export_range.format)
+        await _record(
+            engine,
+            "auditExport",
+            {
+                "from": export_range.start.isoformat(),
+                "to": export_range.end.isoformat(),
+                "format": export_range.format,
+            },
+        )
+        async with engine.connect() as connection:
+            checkpoint = await covering_checkpoint(connection)
+            total = await count_rows(connection, export_range, checkpoint)
+            with (
+                out_file.open("wb") as handle,
+                Progress(
+                    TextColumn("exporting"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=err,
+                    transient=True,
+                ) as progress,
+            ):
+                task = progress.add_task("rows", total=total)
+                handle.write(encoder.header())
+                async for rows in sealed_rows(connection, export_range, checkpoint):
+                    handle.write(encoder.encode(rows))
+                    progress.advance(task, len(rows))
+        return manifest(encoder, export_range, checkpoint, settings.audit_signer)
+
+    document = run_with_database(work, settings=settings)
+    manifest_path = out_file.with_name(out_file.name + ".manifest.json")
+    manifest_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    out.print(f"{document['rows']} rows to {out_file}; manifest {manifest_path}", highlight=False)
+
+
+def report(
+    start: Annotated[str, typer.Option("--from", help="Start (ISO 8601), inclusive.")],
+    end: Annotated[str, typer.Option("--to", help="End (ISO 8601), exclusive.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The HTML file to write.")],
+) -> None:
+    """Write the transparency report of a period as one self-contained HTML page."""
+    settings = settings_or_exit()
+    try:
+        begins, ends = parse_time(start, "from"), parse_time(end, "to")
+    except BadUserInput as exc:
+        raise fail(exc.message, code=2) from None
+    if ends <= begins:
+        raise fail("--to must be after --from", code=2)
+
+    async def work(engine: AsyncEngine) -> str:
+        await _record(
+            engine,
+            "transparencyReport",
+            {
+                "from": begins.isoformat(),
+                "to": ends.isoformat(),
+            },
+        )
+        async with engine.connect() as connection:
+            data = await transparency_report(connection, start=begins, end=ends)
+        return render(data, controller=settings.controller_name)
+
+    out_file.write_text(run_with_database(work, settings=settings), encoding="utf-8")
+    out.print(f"report written to {out_file}", highlight=False)

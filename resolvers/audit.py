@@ -1,0 +1,79 @@
+"""The access log and the transparency report, for auditors. Reading them is audited too."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from gateway.access_log import LogFilter, LogPage, TransparencyReport, fetch_page
+from gateway.access_log import transparency_report as build_report
+from gateway.audit import AccessRecord
+from gateway.auth import Anonymous, ClientPrincipal, Principal
+from gateway.domain import AccessOutcome, Role
+from gateway.errors import BadUserInput, Forbidden, Unauthenticated
+from resolvers.context import Context
+
+
+def require_auditor(principal: Principal) -> ClientPrincipal:
+    if isinstance(principal, Anonymous):
+        raise Unauthenticated()
+    if not isinstance(principal, ClientPrincipal) or principal.role is not Role.AUDITOR:
+        raise Forbidden("Only auditors read the access log.")
+    return principal
+
+
+async def access_log(
+    context: Context, *, where: LogFilter, first: int, after: str | None
+) -> LogPage:
+    require_auditor(context.principal)
+    page = await fetch_page(context.connection, where, first=first, after=after)
+    context.audit.record(
+        AccessRecord(
+            operation="accessLog",
+            member_id=where.member_id,
+            purpose=None,
+            legal_basis=None,
+            outcome=AccessOutcome.RELEASED,
+            details={
+                "filter": {
+                    "member_id": str(where.member_id) if where.member_id else None,
+                    "client_id": str(where.client_id) if where.client_id else None,
+                    "purpose": where.purpose,
+                    "outcome": where.outcome.value if where.outcome else None,
+                    "from": where.start.isoformat() if where.start else None,
+                    "to": where.end.isoformat() if where.end else None,
+                },
+                "returned": len(page.entries),
+            },
+        )
+    )
+    return page
+
+
+async def transparency_report(
+    context: Context, *, start: dt.datetime, end: dt.datetime
+) -> TransparencyReport:
+    require_auditor(context.principal)
+    if end <= start:
+        raise BadUserInput("`to` must be after `from`.", argument="to")
+    report = await build_report(context.connection, start=start, end=end)
+    context.audit.record(
+        AccessRecord(
+            operation="transparencyReport",
+            member_id=None,
+            purpose=None,
+            legal_basis=None,
+            outcome=AccessOutcome.RELEASED,
+            details={"from": start.isoformat(), "to": end.isoformat()},
+        )
+    )
+    return report
+
+
+def parse_optional_uuid(raw: str | None, argument: str) -> uuid.UUID | None:
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise BadUserInput(f"`{argument}` is a UUID.", argument=argument) from None

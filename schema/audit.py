@@ -1,0 +1,113 @@
+"""GraphQL types of the access log (a Relay-style connection) and the transparency report."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import strawberry
+
+from gateway.access_log import LogFilter
+from gateway.domain import AccessOutcome
+
+strawberry.enum(AccessOutcome, description="What an access event came to.")
+
+
+@strawberry.type(description="One access event: who touched which member's data, when and why.")
+class AccessEvent:
+    id: strawberry.ID
+    occurred_at: dt.datetime
+    request_id: str
+    operation: str
+    actor_kind: str = strawberry.field(description="CLIENT, MEMBER, SYSTEM or ANONYMOUS.")
+    client_id: strawberry.ID | None
+    client_name: str | None
+    client_role: str | None
+    actor_member_id: strawberry.ID | None
+    member_id: strawberry.ID | None = strawberry.field(description="The member touched.")
+    purpose: str | None = strawberry.field(description="The purpose declared, as sent.")
+    legal_basis: str | None
+    outcome: AccessOutcome
+    fields_requested: list[str]
+    fields_released: list[str]
+    consent_ids: list[strawberry.ID]
+
+    @strawberry.field(description="Withheld fields with the reason code of each.")
+    def fields_withheld(self, root: strawberry.Parent[Any]) -> list[WithheldField]:
+        return [WithheldField(field=k, code=v) for k, v in sorted(root.fields_withheld.items())]
+
+
+@strawberry.type
+class WithheldField:
+    field: str
+    code: str
+
+
+@strawberry.type
+class AccessEventEdge:
+    cursor: str
+    node: AccessEvent
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type(description="A page of the access log, newest first.")
+class AccessEventConnection:
+    edges: list[AccessEventEdge]
+    page_info: PageInfo
+
+
+@strawberry.input(description="Narrow the access log; all given conditions must hold.")
+class AccessLogFilter:
+    member_id: strawberry.ID | None = None
+    client_id: strawberry.ID | None = None
+    purpose: str | None = None
+    outcome: AccessOutcome | None = None
+    from_: dt.datetime | None = strawberry.field(default=None, name="from")
+    to: dt.datetime | None = None
+
+
+@strawberry.type
+class Count:
+    key: str
+    count: int
+
+
+def counts(counter: Counter[str]) -> list[Count]:
+    return [Count(key=k, count=v) for k, v in counter.most_common()]
+
+
+@strawberry.type(description="What happened to members' data in a period, for the DPO.")
+class TransparencyReport:
+    from_: dt.datetime = strawberry.field(name="from")
+    to: dt.datetime
+    accesses: int
+    accesses_by_purpose: list[Count]
+    accesses_by_client: list[Count]
+    accesses_by_outcome: list[Count]
+    withheld_reasons: list[Count]
+    consents_granted: list[Count]
+    consents_withdrawn: list[Count]
+    consents_expired: list[Count]
+    enrichment_records: int
+    cleansing_records: int
+    objections: int
+    notices_overdue: int
+
+
+def log_filter(where: AccessLogFilter | None, parse: Any) -> LogFilter:
+    if where is None:
+        return LogFilter()
+    return LogFilter(
+        member_id=parse(where.member_id, "memberId"),
+        client_id=parse(where.client_id, "clientId"),
+        purpose=where.purpose,
+        outcome=where.outcome,
+        start=where.from_,
+        end=where.to,
+    )
