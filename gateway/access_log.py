@@ -18,6 +18,23 @@ from gateway.domain import AccessOutcome
 from gateway.errors import BadUserInput
 
 MAX_PAGE = 500
+_ENTRY_COLUMNS = (
+    "id",
+    "occurred_at",
+    "request_id",
+    "operation",
+    "actor_kind",
+    "client_id",
+    "actor_member_id",
+    "member_id",
+    "purpose",
+    "legal_basis",
+    "outcome",
+    "fields_requested",
+    "fields_released",
+    "fields_withheld",
+    "consent_ids",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +97,11 @@ async def fetch_page(
     if not 1 <= first <= MAX_PAGE:
         raise BadUserInput(f"`first` is from 1 to {MAX_PAGE}.", argument="first")
     e, c = models.AccessEvent, models.Client
-    query = select(e, c.name.label("client_name"), c.role.label("client_role")).outerjoin(
-        c, c.id == e.client_id
-    )
+    query = select(
+        *(getattr(e, name) for name in _ENTRY_COLUMNS),
+        c.name.label("client_name"),
+        c.role.label("client_role"),
+    ).outerjoin(c, c.id == e.client_id)
     conditions = []
     if where.member_id is not None:
         conditions.append(e.member_id == where.member_id)
@@ -104,28 +123,7 @@ async def fetch_page(
             query.where(*conditions).order_by(e.occurred_at.desc(), e.id.desc()).limit(first + 1)
         )
     ).all()
-    entries = [
-        LogEntry(
-            id=row.AccessEvent.id,
-            occurred_at=row.AccessEvent.occurred_at,
-            request_id=row.AccessEvent.request_id,
-            operation=row.AccessEvent.operation,
-            actor_kind=row.AccessEvent.actor_kind,
-            client_id=row.AccessEvent.client_id,
-            client_name=row.client_name,
-            client_role=row.client_role,
-            actor_member_id=row.AccessEvent.actor_member_id,
-            member_id=row.AccessEvent.member_id,
-            purpose=row.AccessEvent.purpose,
-            legal_basis=row.AccessEvent.legal_basis,
-            outcome=row.AccessEvent.outcome,
-            fields_requested=list(row.AccessEvent.fields_requested),
-            fields_released=list(row.AccessEvent.fields_released),
-            fields_withheld=dict(row.AccessEvent.fields_withheld),
-            consent_ids=list(row.AccessEvent.consent_ids),
-        )
-        for row in rows[:first]
-    ]
+    entries = [LogEntry(**row._mapping) for row in rows[:first]]
     return LogPage(entries, has_next_page=len(rows) > first)
 
 
