@@ -21,7 +21,7 @@ import httpx
 import pytest
 import structlog
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typer.testing import CliRunner, Result
 
@@ -125,6 +125,25 @@ def json_logs() -> Iterator[None]:
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+GATEWAY_LOGIN = "tillit_test_gateway"
+
+
+@pytest.fixture(scope="session")
+async def gateway_url(engine: AsyncEngine, database_url: str) -> str:
+    """The test database as the gateway sees it in production: through a login in the
+    restricted role `tillit_gateway` (INSERT and SELECT only on the audit trail)."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                f"'{GATEWAY_LOGIN}') THEN CREATE ROLE {GATEWAY_LOGIN} LOGIN IN ROLE "
+                f"tillit_gateway; END IF; END $$"
+            )
+        )
+    url = make_url(normalize_url(database_url)).set(username=GATEWAY_LOGIN, password=None)
+    return url.render_as_string(hide_password=False)
 
 
 TABLES = [table.name for table in reversed(Base.metadata.sorted_tables)]
@@ -278,8 +297,8 @@ class Api:
 
 
 @pytest.fixture
-async def api(db: AsyncEngine, database_url: str, settings: Settings) -> AsyncIterator[Api]:
-    app = create_app(settings, database_url=database_url)
+async def api(db: AsyncEngine, gateway_url: str, settings: Settings) -> AsyncIterator[Api]:
+    app = create_app(settings, database_url=gateway_url)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tillit.test") as client:

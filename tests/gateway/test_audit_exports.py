@@ -406,9 +406,10 @@ async def test_retention_refuses_to_drop_unsealed_events(db: AsyncEngine, cli_en
     assert "not sealed yet" in result.output
 
 
-async def test_the_gateway_seals_in_the_background(db: AsyncEngine, database_url: str) -> None:
+async def test_the_gateway_seals_in_the_background(db: AsyncEngine, gateway_url: str) -> None:
+    # As the restricted role: the gateway can seal, and add partitions, without owning anything.
     app = create_app(
-        make_settings(database_url, seal_interval_seconds=0.05), database_url=database_url
+        make_settings(gateway_url, seal_interval_seconds=0.05), database_url=gateway_url
     )
     await write_events(db, 2)
     async with LifespanManager(app):

@@ -315,9 +315,9 @@ async def test_expired_consent_stops_releasing_without_any_job(api: Api, db: Asy
 
 
 @pytest.fixture
-async def busy_api(db: AsyncEngine, database_url: str) -> AsyncIterator[Api]:
+async def busy_api(db: AsyncEngine, gateway_url: str) -> AsyncIterator[Api]:
     """An app with a pool large enough for many requests in flight at once."""
-    app = create_app(make_settings(database_url, db_pool_size=10), database_url=database_url)
+    app = create_app(make_settings(gateway_url, db_pool_size=10), database_url=gateway_url)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tillit.test") as client:
