@@ -19,6 +19,7 @@ from strawberry import Schema
 
 from gateway import db, migrate
 from gateway.audit_http import export, export_manifest
+from gateway.auth import TokenKeys
 from gateway.domain import ErrorCode
 from gateway.errors import SettingsError
 from gateway.graphql_http import DATABASE_UNAVAILABLE, error_body, graphql_endpoints
@@ -35,6 +36,7 @@ class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
     head_revision: str
+    token_keys: TokenKeys
 
 
 async def healthz(request: Request) -> Response:
@@ -101,6 +103,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        token_keys = settings.token_keys()
         engine = db.create_engine(url, settings)
         stop = asyncio.Event()
         sealer = (
@@ -116,7 +119,12 @@ def create_app(
             else None
         )
         try:
-            yield {"settings": settings, "engine": engine, "head_revision": migrate.head_revision()}
+            yield {
+                "settings": settings,
+                "engine": engine,
+                "head_revision": migrate.head_revision(),
+                "token_keys": token_keys,
+            }
         finally:
             stop.set()
             if sealer is not None:

@@ -40,14 +40,13 @@ async def _authorised_export(
     Returns the range and the covering checkpoint's id, or an error response.
     """
     engine: AsyncEngine = request.state.engine
-    settings: Settings = request.state.settings
     params = request.query_params
     try:
         async with engine.begin() as connection:
             principal = await authenticate(
                 connection,
                 request.headers.get("authorization"),
-                token_secret=settings.signing_secret,
+                token_secret=request.state.token_keys,
             )
             if isinstance(principal, Anonymous):
                 raise Unauthenticated()

@@ -15,9 +15,15 @@ import hmac
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,6 +39,7 @@ _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 MEMBER_TOKEN_ALGORITHM = "HS256"  # noqa: S105  # an algorithm name, not a secret
 MEMBER_TOKEN_ISSUER = "tillit"  # noqa: S105  # a claim value, not a secret
 MEMBER_TOKEN_AUDIENCE = "tillit-member"  # noqa: S105  # a claim value, not a secret
+_ASYMMETRIC: dict[str, type] = {"RS256": RSAPublicKey, "ES256": EllipticCurvePublicKey}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +125,19 @@ async def authenticate_key(connection: AsyncConnection, key: str) -> ClientPrinc
 # -- Member tokens --------------------------------------------------------------------------------
 
 
-def mint_member_token(member_id: uuid.UUID, secret: str, ttl: dt.timedelta) -> str:
+def mint_member_token(
+    member_id: uuid.UUID,
+    secret: str,
+    ttl: dt.timedelta,
+    *,
+    issuer: str = MEMBER_TOKEN_ISSUER,
+    audience: str = MEMBER_TOKEN_AUDIENCE,
+) -> str:
     now = dt.datetime.now(dt.UTC)
     claims = {
         "sub": str(member_id),
-        "iss": MEMBER_TOKEN_ISSUER,
-        "aud": MEMBER_TOKEN_AUDIENCE,
+        "iss": issuer,
+        "aud": audience,
         "iat": now,
         "nbf": now,
         "exp": now + ttl,
@@ -131,15 +145,63 @@ def mint_member_token(member_id: uuid.UUID, secret: str, ttl: dt.timedelta) -> s
     return jwt.encode(claims, secret, algorithm=MEMBER_TOKEN_ALGORITHM)
 
 
-def verify_member_token(token: str, secret: str) -> MemberPrincipal:
-    """The member a token speaks for; refuses expired, unsigned, wrongly signed or odd tokens."""
+@dataclass(frozen=True)
+class TokenKeys:
+    """What member tokens are verified with: an HS256 secret (development, `tillit token`) and/or
+    the public keys of an external identity provider (RS256/ES256, from a PEM file or a JWKS)."""
+
+    secret: str | None = None
+    public_keys: Mapping[str | None, Any] = field(default_factory=dict)
+    issuer: str = MEMBER_TOKEN_ISSUER
+    audience: str = MEMBER_TOKEN_AUDIENCE
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        secret: str | None,
+        public_key_file: Path | None = None,
+        jwks_file: Path | None = None,
+        issuer: str = MEMBER_TOKEN_ISSUER,
+        audience: str = MEMBER_TOKEN_AUDIENCE,
+    ) -> TokenKeys:
+        keys: dict[str | None, Any] = {}
+        if public_key_file is not None:
+            keys[None] = load_pem_public_key(public_key_file.read_bytes())
+        if jwks_file is not None:
+            for jwk in jwt.PyJWKSet.from_json(jwks_file.read_text(encoding="utf-8")).keys:
+                keys[jwk.key_id] = jwk.key
+        return cls(secret=secret, public_keys=keys, issuer=issuer, audience=audience)
+
+    def key_for(self, header: Mapping[str, Any]) -> tuple[Any, str]:
+        """The key and the one algorithm a token with this header may be checked with."""
+        algorithm = header.get("alg")
+        if algorithm == "HS256" and self.secret:
+            return self.secret, "HS256"
+        if algorithm in _ASYMMETRIC and self.public_keys:
+            key = self.public_keys.get(header.get("kid")) or self.public_keys.get(None)
+            if key is None and len(self.public_keys) == 1:
+                key = next(iter(self.public_keys.values()))
+            # The key's type must match the algorithm: no RSA key for an EC token, and never a
+            # public key used as an HMAC secret (algorithm confusion).
+            if key is not None and isinstance(key, _ASYMMETRIC[algorithm]):
+                return key, algorithm
+        raise Unauthenticated()
+
+
+def verify_member_token(token: str, keys: TokenKeys | str) -> MemberPrincipal:
+    """The member a token speaks for; refuses expired, not-yet-valid, unsigned (`alg: none`),
+    wrongly signed or otherwise odd tokens."""
+    if isinstance(keys, str):
+        keys = TokenKeys(secret=keys)
     try:
+        key, algorithm = keys.key_for(jwt.get_unverified_header(token))
         claims = jwt.decode(
             token,
-            secret,
-            algorithms=[MEMBER_TOKEN_ALGORITHM],  # never "none", never a key-confusion algorithm
-            audience=MEMBER_TOKEN_AUDIENCE,
-            issuer=MEMBER_TOKEN_ISSUER,
+            key,
+            algorithms=[algorithm],
+            audience=keys.audience,
+            issuer=keys.issuer,
             options={"require": ["exp", "sub"]},
             leeway=dt.timedelta(seconds=30),
         )
@@ -153,7 +215,7 @@ def looks_like_jwt(credential: str) -> bool:
 
 
 async def authenticate(
-    connection: AsyncConnection, authorization: str | None, *, token_secret: str
+    connection: AsyncConnection, authorization: str | None, *, token_secret: str | TokenKeys
 ) -> Principal:
     """Resolve an `Authorization` header to a principal; Anonymous when there is none."""
     if authorization is None:

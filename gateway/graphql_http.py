@@ -139,7 +139,7 @@ def graphql_endpoints(
                 principal = await authenticate(
                     connection,
                     request.headers.get("authorization"),
-                    token_secret=settings.signing_secret,
+                    token_secret=request.state.token_keys,
                 )
                 context = Context.create(
                     connection=connection,

@@ -14,6 +14,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.auth import TokenKeys
 from gateway.errors import SettingsError
 from gateway.signing import DEV_AUDIT_SEED, InvalidKey, Signer, Verifier
 
@@ -61,6 +62,17 @@ class Settings(BaseSettings):
         default=None,
         description="HS256 key that signs and verifies member tokens (at least 32 characters).",
     )
+    member_token_public_key_file: Path | None = Field(
+        default=None,
+        description="PEM public key (RSA or EC) of an external identity provider: RS256/ES256 "
+        "member tokens signed with it are accepted.",
+    )
+    member_token_jwks_file: Path | None = Field(
+        default=None,
+        description="JWKS file of an external identity provider (keys chosen by `kid`).",
+    )
+    member_token_issuer: str = Field(default="tillit", description="Required `iss` claim.")
+    member_token_audience: str = Field(default="tillit-member", description="Required `aud` claim.")
     member_token_ttl_seconds: int = Field(
         default=3600,
         ge=60,
@@ -98,14 +110,22 @@ class Settings(BaseSettings):
     def _refuse_unsafe_secrets(self) -> Settings:
         if self.dev:
             return self
+        for name, path in (
+            ("TILLIT_MEMBER_TOKEN_PUBLIC_KEY_FILE", self.member_token_public_key_file),
+            ("TILLIT_MEMBER_TOKEN_JWKS_FILE", self.member_token_jwks_file),
+        ):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} names no readable file")
+        external = self.member_token_public_key_file or self.member_token_jwks_file
         secret = self.member_token_secret.get_secret_value() if self.member_token_secret else ""
-        if not secret:
+        if not secret and not external:
             raise ValueError(
                 "TILLIT_MEMBER_TOKEN_SECRET is not set; it is required outside dev mode "
                 "(set TILLIT_DEV=true for development)."
             )
-        if len(secret) < MIN_SECRET_LENGTH or any(
-            m in secret.lower() for m in _PLACEHOLDER_MARKERS
+        if secret and (
+            len(secret) < MIN_SECRET_LENGTH
+            or any(m in secret.lower() for m in _PLACEHOLDER_MARKERS)
         ):
             raise ValueError(
                 "TILLIT_MEMBER_TOKEN_SECRET holds a placeholder or is shorter than "
@@ -143,6 +163,19 @@ class Settings(BaseSettings):
         if self.audit_verify_key is not None:
             return Verifier.from_base64(self.audit_verify_key)
         return self.audit_signer.verifier
+
+    def token_keys(self) -> TokenKeys:
+        """The keys member tokens are verified with (read from files: call once, at start)."""
+        secret = self.member_token_secret.get_secret_value() if self.member_token_secret else None
+        if secret is None and self.dev:
+            secret = DEV_MEMBER_TOKEN_SECRET
+        return TokenKeys.load(
+            secret=secret,
+            public_key_file=self.member_token_public_key_file,
+            jwks_file=self.member_token_jwks_file,
+            issuer=self.member_token_issuer,
+            audience=self.member_token_audience,
+        )
 
     @property
     def signing_secret(self) -> str:

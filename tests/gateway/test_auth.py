@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import json
 import uuid
+from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,6 +23,7 @@ from gateway.auth import (
     MEMBER_TOKEN_ISSUER,
     ClientPrincipal,
     MemberPrincipal,
+    TokenKeys,
     authenticate,
     generate_key,
     mint_member_token,
@@ -136,3 +145,80 @@ def _claims(**overrides: object) -> dict[str, object]:
 def test_bad_member_token_is_refused(token: str) -> None:
     with pytest.raises(Unauthenticated):
         verify_member_token(token, TEST_SECRET)
+
+
+# -- tokens from an external identity provider (RS256 / ES256) -----------------------------------
+
+
+def _pem(public: Any) -> bytes:
+    return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _idp_token(key: Any, algorithm: str, **overrides: object) -> str:
+    return jwt.encode(_claims(**overrides), key, algorithm=algorithm, headers={"kid": "idp-1"})
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_tokens_of_an_external_provider_verify_with_its_pem_key(
+    tmp_path: Path, rsa_key: Any, ec_key: Any, algorithm: str
+) -> None:
+    private = rsa_key if algorithm == "RS256" else ec_key
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(_pem(private.public_key()))
+    keys = TokenKeys.load(secret=None, public_key_file=pem)
+    member_id = uuid.uuid4()
+
+    principal = verify_member_token(_idp_token(private, algorithm, sub=str(member_id)), keys)
+
+    assert principal == MemberPrincipal(member_id)
+
+
+def test_tokens_verify_with_a_jwks_by_key_id(tmp_path: Path, ec_key: Any) -> None:
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "idp-1", "alg": "ES256"}]}))
+    keys = TokenKeys.load(secret=None, jwks_file=jwks)
+
+    assert verify_member_token(_idp_token(ec_key, "ES256"), keys).member_id
+
+
+def test_external_tokens_are_refused_when_misused(
+    tmp_path: Path, rsa_key: Any, ec_key: Any
+) -> None:
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(_pem(rsa_key.public_key()))
+    keys = TokenKeys.load(secret=None, public_key_file=pem)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    refused = [
+        _idp_token(other, "RS256"),  # signed by someone else
+        _idp_token(ec_key, "ES256"),  # an EC token where the provider's key is RSA
+        _idp_token(rsa_key, "RS256", exp=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)),
+        # algorithm confusion: HS256 with the public key's PEM as the "secret"
+        _hs_with_public_key(rsa_key),
+        jwt.encode(_claims(), None, algorithm="none"),
+        jwt.encode(_claims(), TEST_SECRET),  # HS256 is off when no secret is configured
+    ]
+    for token in refused:
+        with pytest.raises(Unauthenticated):
+            verify_member_token(token, keys)
+
+
+def _hs_with_public_key(private: Any) -> str:
+    """A token HMAC-signed with the provider's public key, as an attacker would forge it."""
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(
+        json.dumps(_claims(), default=lambda v: int(v.timestamp())).encode()
+    ).rstrip(b"=")
+    signed = header + b"." + body
+    mac = hmac.new(_pem(private.public_key()), signed, hashlib.sha256).digest()
+    return (signed + b"." + base64.urlsafe_b64encode(mac).rstrip(b"=")).decode()
