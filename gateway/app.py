@@ -24,6 +24,7 @@ from gateway.domain import ErrorCode
 from gateway.errors import SettingsError
 from gateway.graphql_http import DATABASE_UNAVAILABLE, error_body, graphql_endpoints
 from gateway.logs import configure_logging, exception_summary
+from gateway.me_http import me_export, me_page
 from gateway.middleware import RequestContextMiddleware
 from gateway.sealing import run_sealer
 from gateway.settings import Settings, load_settings
@@ -138,6 +139,8 @@ def create_app(
             Route("/graphql", ide, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/me", me_page, methods=["GET"]),
+            Route("/me/export", me_export, methods=["GET"]),
             Route("/audit/export", export, methods=["GET"]),
             Route("/audit/export/manifest", export_manifest, methods=["GET"]),
         ],

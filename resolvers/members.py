@@ -57,6 +57,7 @@ class ConsentStatusView:
     required_method: ConsentMethod
     current_notice_version: str
     problem: ErrorCode | None
+    receipt_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ def consent_statuses(
                 required_method=purpose.required_consent_method or ConsentMethod.EXPLICIT,
                 current_notice_version=purpose.notice_version,
                 problem=consent_problem(purpose, consent, now),
+                receipt_id=consent.grant_id if consent else None,
             )
         )
     return statuses

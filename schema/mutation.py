@@ -6,11 +6,13 @@ import datetime as dt
 from typing import Any, cast
 
 import strawberry
+from strawberry.scalars import JSON
 
 from gateway.domain import EnrichedField
-from resolvers import cleansing, consents, enrichment
+from resolvers import cleansing, consents, enrichment, me
 from resolvers.context import Context
 from schema.enums import ConsentMethod, DataCategory, LegalBasis
+from schema.me import export_json
 from schema.types import LocalizedText
 
 Info = strawberry.Info[Context, None]
@@ -237,3 +239,10 @@ class Mutation:
     ) -> ObjectionResult | None:
         result = await cleansing.object_to_processing(info.context, purpose=purpose, reason=reason)
         return cast(ObjectionResult, result)
+
+    @strawberry.mutation(
+        description="Everything Tillit holds about you and everything done with it, as one JSON "
+        "document (GDPR Art. 15 and 20). Member token only. Also at GET /me/export."
+    )
+    async def export_my_data(self, info: Info) -> JSON | None:
+        return cast(JSON, export_json(await me.export_my_data(info.context)))

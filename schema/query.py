@@ -10,6 +10,7 @@ from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField
 
 from gateway.domain import Category
 from resolvers import audit
+from resolvers import me as resolve_me
 from resolvers.context import Context
 from resolvers.members import read_member, read_members
 from resolvers.purposes import list_purposes
@@ -24,6 +25,7 @@ from schema.audit import (
     log_filter,
 )
 from schema.categories import categories_of, graphql_names_of
+from schema.me import Me
 from schema.types import Member, Purpose
 
 Info = strawberry.Info[Context, None]
@@ -94,6 +96,18 @@ class Query:
         )
         # A TillitError in a position becomes a located error for that item (graphql-core).
         return cast(list[Member | None] | None, views)
+
+    @strawberry.field(
+        description="Your own data and its history (member token only). Reading it is audited."
+    )
+    async def me(self, info: Info) -> Me | None:
+        parts = [
+            selected.name
+            for root in info.selected_fields
+            for selected in root.selections
+            if isinstance(selected, SelectedField)
+        ]
+        return cast(Me, await resolve_me.me(info.context, parts=parts))
 
     @strawberry.field(
         description="The access log, newest first (auditors only). Reading it is itself audited."

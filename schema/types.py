@@ -104,6 +104,9 @@ class ConsentStatus:
     current_notice_version: str = strawberry.field(
         description="The purpose's privacy-notice version now."
     )
+    receipt_id: strawberry.ID | None = strawberry.field(
+        description="The receipt of the grant in force, if any."
+    )
 
     @strawberry.field(description="GRANTED, WITHDRAWN, EXPIRED or NOT_GIVEN.")
     def state(self, root: strawberry.Parent[Any]) -> ConsentStanding:

@@ -1,0 +1,142 @@
+"""`me`: a member's own data, all of it, and what was done with it. Reading it is audited."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.access_log import LogPage
+from gateway.audit import AccessRecord
+from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal
+from gateway.consents import ConsentEventRecord, fetch_consent_states
+from gateway.domain import AccessOutcome, ErrorCode, LegalBasis
+from gateway.errors import Forbidden, NotFound, TillitError, Unauthenticated
+from gateway.member_data import (
+    Notice,
+    ObjectionEntry,
+    export_document,
+    fetch_access_history,
+    fetch_consent_history,
+    fetch_enriched,
+    fetch_member,
+    fetch_notices,
+    fetch_objections,
+)
+from gateway.members import EnrichedValue, MemberRecord, fetch_address_corrections
+from resolvers.context import Context
+from resolvers.members import AddressView, ConsentStatusView, consent_statuses
+
+
+def _refuse(context: Context, operation: str, error: TillitError) -> TillitError:
+    member_id = (
+        context.principal.member_id if isinstance(context.principal, MemberPrincipal) else None
+    )
+    context.audit.record(
+        AccessRecord(
+            operation=operation,
+            member_id=member_id,
+            purpose=None,
+            legal_basis=None,
+            outcome=AccessOutcome.NOT_FOUND
+            if error.code is ErrorCode.NOT_FOUND
+            else AccessOutcome.DENIED,
+            details={"reason": error.code.value},
+        )
+    )
+    return error
+
+
+async def own_record(context: Context, operation: str) -> MemberRecord:
+    """The calling member's record: member tokens only, for a member that exists."""
+    principal = context.principal
+    if isinstance(principal, Anonymous):
+        raise Unauthenticated()
+    if not isinstance(principal, MemberPrincipal):
+        raise _refuse(
+            context,
+            operation,
+            Forbidden(
+                "`me` is for members, with a member token; clients read members through `member`."
+                if isinstance(principal, ClientPrincipal)
+                else "`me` is for members."
+            ),
+        )
+    record = await fetch_member(context.connection, principal.member_id)
+    if record is None:
+        raise _refuse(context, operation, NotFound("This token's member does not exist."))
+    return record
+
+
+async def me(context: Context, *, parts: Iterable[str]) -> MemberRecord:
+    record = await own_record(context, "me")
+    context.audit.record(
+        AccessRecord(
+            operation="me",
+            member_id=record.id,
+            # The right of access (GDPR Art. 15): the controller must answer it.
+            purpose=None,
+            legal_basis=LegalBasis.LEGAL_OBLIGATION,
+            outcome=AccessOutcome.RELEASED,
+            fields_requested=tuple(sorted(parts)),
+            fields_released=tuple(sorted(parts)),
+        )
+    )
+    return record
+
+
+async def address(context: Context, record: MemberRecord) -> AddressView:
+    corrections = (await fetch_address_corrections(context.connection, [record.id])).get(
+        record.id, []
+    )
+    a = record.address
+    return AddressView(a.street, a.postal_code, a.city, a.country, corrections)
+
+
+async def enriched(context: Context, member_id: uuid.UUID) -> list[EnrichedValue]:
+    return await fetch_enriched(context.connection, member_id)
+
+
+async def consents(context: Context, member_id: uuid.UUID) -> list[ConsentStatusView]:
+    states = (await fetch_consent_states(context.connection, [member_id])).get(member_id, {})
+    return consent_statuses(await context.purposes(), states, context.now)
+
+
+async def consent_history(context: Context, member_id: uuid.UUID) -> list[ConsentEventRecord]:
+    return await fetch_consent_history(context.connection, member_id)
+
+
+async def notices(context: Context, member_id: uuid.UUID) -> list[Notice]:
+    """Reading the notices delivers them: the information duty is met."""
+    return await fetch_notices(context.connection, member_id, deliver=True, now=context.now)
+
+
+async def objections(context: Context, member_id: uuid.UUID) -> list[ObjectionEntry]:
+    return await fetch_objections(context.connection, member_id)
+
+
+async def access_history(
+    context: Context, member_id: uuid.UUID, *, first: int, after: str | None
+) -> LogPage:
+    return await fetch_access_history(context.connection, member_id, first=first, after=after)
+
+
+async def export_my_data(context: Context) -> dict[str, Any]:
+    record = await own_record(context, "exportMyData")
+    document = await export_document(
+        context.connection,
+        record,
+        purposes=list((await context.purposes()).values()),
+        now=context.now,
+    )
+    context.audit.record(
+        AccessRecord(
+            operation="exportMyData",
+            member_id=record.id,
+            purpose=None,
+            legal_basis=LegalBasis.LEGAL_OBLIGATION,
+            outcome=AccessOutcome.RELEASED,
+            details={"format": document["format"]},
+        )
+    )
+    return document
