@@ -45,7 +45,7 @@ async def server(db: AsyncEngine, gateway_url: str) -> AsyncIterator[str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
         await asyncio.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
@@ -57,8 +57,14 @@ async def page(server: str) -> AsyncIterator[Page]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         context = await browser.new_context(viewport={"width": 375, "height": 740})
         yield await context.new_page()
@@ -71,8 +77,7 @@ async def test_member_withdraws_a_consent_on_the_page(
     member_id = await add_member(db, first_name="Kari", last_name="Nordmann")
     grant_id = await grant(db, member_id, "personalized_offers")
     await enrich(db, member_id, grant_id)
-    app_key = (await add_client(db, name="Kampanjeverktøy",
-                                purposes=("personalized_offers",))).key
+    app_key = (await add_client(db, name="Kampanjeverktøy", purposes=("personalized_offers",))).key
     before = await read(api, app_key, member_id, "personalized_offers")
     assert before["data"]["member"]["lifestyleSegment"] == "active_outdoor"
     token = mint_member_token(member_id, TEST_SECRET, dt.timedelta(minutes=10))
