@@ -26,7 +26,7 @@ from gateway.graphql_http import DATABASE_UNAVAILABLE, error_body, graphql_endpo
 from gateway.logs import configure_logging, exception_summary
 from gateway.me_http import me_export, me_page
 from gateway.middleware import RequestContextMiddleware
-from gateway.sealing import run_sealer
+from gateway.sealer import run_sealer
 from gateway.settings import Settings, load_settings
 
 log = structlog.get_logger("tillit.app")

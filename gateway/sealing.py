@@ -1,4 +1,8 @@
-"""The sealer: contiguous positions for committed access events, and signed checkpoints over them.
+"""Checkpoints of the access log: event hashes, Merkle roots, signed and chained checkpoints.
+
+The sealer (gateway/sealer.py) uses these to seal; verification (gateway/verify.py) to check.
+
+How sealing works:
 
 Requests only INSERT access events; nothing on the request path locks a shared row. The sealer, a
 single task per database, periodically:
@@ -16,7 +20,6 @@ A checkpoint is written even when no event arrived, so that a gap in time shows.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -24,13 +27,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.signing import Signer
 
-log = structlog.get_logger("tillit.sealer")
 
 # One sealer per database: this advisory lock key (an arbitrary constant, "TILLSEAL").
 SEAL_LOCK = 0x54494C4C5345414C
@@ -282,137 +283,3 @@ async def write_checkpoint(
         },
     )
     return checkpoint
-
-
-async def _final_events(
-    connection: AsyncConnection, since: int, horizon: int, limit: int
-) -> tuple[list[dict[str, Any]], int]:
-    """Unsealed events whose transactions ended: those with since <= txid < horizon, in
-    (txid, id) order, at most about `limit` (never splitting one transaction's events)."""
-    columns = ", ".join(EVENT_COLUMNS)
-    query = (
-        f"SELECT {columns}, txid::text AS txid_text FROM access_events "  # noqa: S608  # constant columns
-        "WHERE txid >= CAST(:since AS xid8) AND txid < CAST(:horizon AS xid8) "
-        "ORDER BY txid, id LIMIT :limit"
-    )
-    params = {"since": since, "horizon": horizon, "limit": limit + 1}
-    rows = [dict(row._mapping) for row in await connection.execute(text(query), params)]
-    if len(rows) <= limit:
-        return rows, horizon
-    boundary = int(rows[limit]["txid_text"])
-    kept = [row for row in rows if int(row["txid_text"]) < boundary]
-    if kept:
-        return kept, boundary
-    # One transaction wrote more than a batch: seal all of it at once.
-    params = {"since": boundary, "horizon": boundary + 1, "limit": 2**62}
-    rows = [dict(row._mapping) for row in await connection.execute(text(query), params)]
-    return rows, boundary + 1
-
-
-async def seal_once(
-    connection: AsyncConnection, signer: Signer, *, max_batch: int = MAX_BATCH
-) -> Checkpoint | None:
-    """Seal the final events and write one checkpoint, inside the caller's transaction.
-
-    Returns None (and writes nothing) when another sealer holds the lock.
-    """
-    locked = await connection.scalar(
-        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEAL_LOCK}
-    )
-    if not locked:
-        return None
-    await connection.execute(text("SELECT tillit_ensure_audit_partitions(CAST(now() AS date), 2)"))
-    horizon = int(
-        await connection.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
-    )
-    previous = await last_checkpoint(connection)
-    since = previous.horizon if previous else 0
-    events, sealed_to = await _final_events(connection, since, horizon, max_batch)
-    leaves = [event_hash(event) for event in events]
-    now = dt.datetime.now(dt.UTC)
-    checkpoint = await write_checkpoint(
-        connection,
-        signer,
-        kind="SEAL",
-        previous=previous,
-        horizon=sealed_to,
-        event_count=len(events),
-        batch_root=merkle_root(leaves),
-        details={},
-        now=now,
-    )
-    if events:
-        await connection.execute(
-            text(
-                "INSERT INTO audit_seals (position, event_id, occurred_at, event_hash, "
-                "checkpoint_id) SELECT p, e, o, h, :checkpoint FROM unnest("
-                "CAST(:positions AS bigint[]), CAST(:events AS bigint[]), "
-                "CAST(:occurred AS timestamptz[]), CAST(:hashes AS bytea[])) AS t(p, e, o, h)"
-            ),
-            {
-                "checkpoint": checkpoint.id,
-                "positions": list(range(checkpoint.first_position, checkpoint.last_position + 1)),
-                "events": [event["id"] for event in events],
-                "occurred": [event["occurred_at"] for event in events],
-                "hashes": leaves,
-            },
-        )
-    return checkpoint
-
-
-async def seal_until_current(engine: AsyncEngine, signer: Signer) -> list[Checkpoint]:
-    """Seal in batches until no final event is left unsealed (for the CLI and tests)."""
-    written: list[Checkpoint] = []
-    while True:
-        async with engine.begin() as connection:
-            checkpoint = await seal_once(connection, signer)
-        if checkpoint is None:
-            raise RuntimeError("another sealer holds the lock")
-        written.append(checkpoint)
-        if checkpoint.event_count < MAX_BATCH:
-            return written
-
-
-async def run_sealer(
-    engine: AsyncEngine, signer: Signer, *, interval: float, stop: asyncio.Event
-) -> None:
-    """Seal every `interval` seconds while this process holds the database's sealer lock.
-
-    Every gateway process runs this; the session-level advisory lock lets exactly one of them
-    seal, and another takes over within an interval when that one stops.
-    """
-    while not stop.is_set():
-        try:
-            async with engine.connect() as connection:
-                held = await connection.scalar(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": SEAL_LOCK}
-                )
-                await connection.commit()
-                if held:
-                    log.info("sealer.started")
-                    try:
-                        while not stop.is_set():
-                            async with connection.begin():
-                                checkpoint = await seal_once(connection, signer)
-                            if checkpoint is not None and checkpoint.event_count:
-                                log.info(
-                                    "sealer.sealed",
-                                    checkpoint=checkpoint.id,
-                                    events=checkpoint.event_count,
-                                )
-                            await _wait(stop, interval)
-                    finally:
-                        await connection.execute(
-                            text("SELECT pg_advisory_unlock(:key)"), {"key": SEAL_LOCK}
-                        )
-                        await connection.commit()
-        except Exception as exc:  # the database may be gone; try again later
-            log.warning("sealer.failed", error_type=type(exc).__name__)
-        await _wait(stop, interval)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return

@@ -29,7 +29,7 @@ from gateway.export import (
 )
 from gateway.report_html import render
 from gateway.retention import RetentionRefused, drop_before, month_start
-from gateway.sealing import seal_until_current
+from gateway.sealer import seal_until_current
 from gateway.signing import Signer
 from gateway.verify import VerifyReport, verify_export, verify_log
 

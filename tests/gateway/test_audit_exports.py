@@ -21,7 +21,7 @@ from gateway.app import create_app
 from gateway.auth import mint_member_token
 from gateway.domain import Role
 from gateway.export import escape_cell
-from gateway.sealing import seal_until_current
+from gateway.sealer import seal_until_current
 from gateway.signing import Signer, Verifier
 from gateway.verify import verify_export
 from tests.conftest import (

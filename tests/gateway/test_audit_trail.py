@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.audit import AccessRecord, AuditTrail
 from gateway.auth import SystemPrincipal
 from gateway.domain import AccessOutcome, LegalBasis
-from gateway.sealing import EVENT_COLUMNS, event_hash, seal_once, seal_until_current
+from gateway.sealer import seal_once, seal_until_current
+from gateway.sealing import EVENT_COLUMNS, event_hash
 from gateway.signing import Signer
 from gateway.verify import VerifyReport, verify_log
 from tests.conftest import TEST_SIGNER, lift_audit_guards, restore_audit_guards
