@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.signing import Signer
 
-
 # One sealer per database: this advisory lock key (an arbitrary constant, "TILLSEAL").
 SEAL_LOCK = 0x54494C4C5345414C
 MAX_BATCH = 10_000
