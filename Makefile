@@ -6,9 +6,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-SOURCES := gateway schema resolvers migrations tests
+SOURCES := gateway schema resolvers migrations tests bench
 
-.PHONY: run test lint schema clean
+.PHONY: run test lint schema bench clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tillit needs Python 3.11 or newer")'
@@ -27,6 +27,10 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
+
+bench: $(INSTALLED)
+	@command -v wrk >/dev/null || (echo "make bench needs wrk: apt-get install wrk" && exit 1)
+	$(BIN)/python -m bench.run
 
 schema: $(INSTALLED)
 	$(BIN)/python -m schema --write

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import db
 from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal, SystemPrincipal
 from gateway.domain import AccessOutcome, ActorKind, ErrorCode, LegalBasis
 
@@ -129,7 +129,7 @@ class AuditTrail:
             # Text arrays cannot hold arrays: each row's field lists travel as one JSON text.
             for name in ("fields_requested", "fields_released", "consent_ids"):
                 columns[name] = [json.dumps([str(x) for x in v]) for v in columns[name]]
-            await connection.execute(_INSERT, columns)
+            await db.execute(connection, _INSERT, *(columns[name] for name in _INSERT_COLUMNS))
         self.records.clear()
         return len(rows)
 
@@ -152,9 +152,8 @@ _INSERT_COLUMNS = (
     "details",
 )
 # Raw SQL because this runs on every request: one statement over arrays (unnest) for any number of
-# events, compiled once, with no bind-parameter limit (a 100-member read writes 100 events).
-_INSERT = text(
-    """
+# events, prepared once per connection, with no bind-parameter limit.
+_INSERT = """
     INSERT INTO access_events (occurred_at, request_id, operation, actor_kind, client_id,
         actor_member_id, member_id, purpose, legal_basis, outcome, fields_requested,
         fields_released, fields_withheld, consent_ids, details)
@@ -165,14 +164,9 @@ _INSERT = text(
         CAST(t.withheld AS jsonb),
         ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(t.consents AS jsonb)) AS uuid)),
         CAST(t.details AS jsonb)
-    FROM unnest(
-        CAST(:occurred_at AS timestamptz[]), CAST(:request_id AS text[]),
-        CAST(:operation AS text[]), CAST(:actor_kind AS text[]), CAST(:client_id AS uuid[]),
-        CAST(:actor_member_id AS uuid[]), CAST(:member_id AS uuid[]), CAST(:purpose AS text[]),
-        CAST(:legal_basis AS text[]), CAST(:outcome AS text[]),
-        CAST(:fields_requested AS text[]), CAST(:fields_released AS text[]),
-        CAST(:fields_withheld AS text[]), CAST(:consent_ids AS text[]), CAST(:details AS text[])
-    ) AS t(occurred_at, request_id, operation, actor_kind, client_id, actor_member_id, member_id,
-           purpose, legal_basis, outcome, requested, released, withheld, consents, details)
-    """
-)
+    FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::text[], $14::text[], $15::text[])
+        AS t(occurred_at, request_id, operation, actor_kind, client_id, actor_member_id, member_id,
+             purpose, legal_basis, outcome, requested, released, withheld, consents, details)
+"""

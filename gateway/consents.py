@@ -12,9 +12,16 @@ from sqlalchemy import Subquery, insert, select, text
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import models
+from gateway import db, models
 from gateway.domain import ActorKind, ConsentEventKind, ConsentMethod
 from gateway.policy import ConsentState
+
+# The newest event per (member, purpose) is the consent's state. Raw SQL: the request's hot path.
+_CURRENT_STATES = (
+    "SELECT DISTINCT ON (member_id, purpose_key) member_id, purpose_key, kind, id, method, "
+    "notice_version, occurred_at, expires_at FROM consent_events "
+    "WHERE member_id = ANY($1::uuid[]) ORDER BY member_id, purpose_key, seq DESC"
+)
 
 
 async def fetch_consent_states(
@@ -26,32 +33,16 @@ async def fetch_consent_states(
     """
     if not member_ids:
         return {}
-    e = models.ConsentEvent
-    newest = (
-        select(
-            e.member_id,
-            e.purpose_key,
-            e.kind,
-            e.id,
-            e.method,
-            e.notice_version,
-            e.occurred_at,
-            e.expires_at,
-        )
-        .where(e.member_id.in_(list(member_ids)))
-        .ext(distinct_on(e.member_id, e.purpose_key))
-        .order_by(e.member_id, e.purpose_key, e.seq.desc())
-    )
     states: dict[uuid.UUID, dict[str, ConsentState]] = {}
-    for row in await connection.execute(newest):
-        kind = ConsentEventKind(row.kind)
-        states.setdefault(row.member_id, {})[row.purpose_key] = ConsentState(
+    for row in await db.fetch(connection, _CURRENT_STATES, list(member_ids)):
+        kind = ConsentEventKind(row["kind"])
+        states.setdefault(row["member_id"], {})[row["purpose_key"]] = ConsentState(
             kind=kind,
-            grant_id=row.id if kind is ConsentEventKind.GRANTED else None,
-            method=ConsentMethod(row.method) if row.method else None,
-            notice_version=row.notice_version,
-            expires_at=row.expires_at,
-            changed_at=row.occurred_at,
+            grant_id=row["id"] if kind is ConsentEventKind.GRANTED else None,
+            method=ConsentMethod(row["method"]) if row["method"] else None,
+            notice_version=row["notice_version"],
+            expires_at=row["expires_at"],
+            changed_at=row["occurred_at"],
         )
     return states
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import models
+from gateway import db, models
 from gateway.domain import CleansableField, EnrichedField, MembershipStatus, Tier
 
 
@@ -44,21 +45,10 @@ class MemberRecord:
         return self.membership_status is MembershipStatus.ACTIVE
 
 
-_COLUMNS = (
-    models.Member.id,
-    models.Member.first_name,
-    models.Member.last_name,
-    models.Member.email,
-    models.Member.phone,
-    models.Member.street,
-    models.Member.postal_code,
-    models.Member.city,
-    models.Member.country,
-    models.Member.tier,
-    models.Member.points,
-    models.Member.member_since,
-    models.Member.membership_status,
-    models.Member.deceased,
+# Raw SQL on the request's hot path (see gateway.db.fetch).
+_MEMBERS = (
+    "SELECT id, first_name, last_name, email, phone, street, postal_code, city, country, tier, "
+    "points, member_since, membership_status, deceased FROM members WHERE id = ANY($1::uuid[])"
 )
 
 
@@ -68,20 +58,20 @@ async def fetch_members(
     """The members among `ids` that exist, in one statement whatever the number of ids."""
     if not ids:
         return {}
-    rows = await connection.execute(select(*_COLUMNS).where(models.Member.id.in_(list(ids))))
+    rows = await db.fetch(connection, _MEMBERS, list(ids))
     return {
-        row.id: MemberRecord(
-            id=row.id,
-            first_name=row.first_name,
-            last_name=row.last_name,
-            email=row.email,
-            phone=row.phone,
-            address=Address(row.street, row.postal_code, row.city, row.country),
-            tier=Tier(row.tier),
-            points=row.points,
-            member_since=row.member_since,
-            membership_status=MembershipStatus(row.membership_status),
-            deceased=row.deceased,
+        row["id"]: MemberRecord(
+            id=row["id"],
+            first_name=row["first_name"],
+            last_name=row["last_name"],
+            email=row["email"],
+            phone=row["phone"],
+            address=Address(row["street"], row["postal_code"], row["city"], row["country"]),
+            tier=Tier(row["tier"]),
+            points=row["points"],
+            member_since=row["member_since"],
+            membership_status=MembershipStatus(row["membership_status"]),
+            deceased=row["deceased"],
         )
         for row in rows
     }
@@ -115,28 +105,27 @@ class Correction:
     recorded_at: dt.datetime
 
 
+_ENRICHMENT = (
+    "SELECT member_id, field, value::text AS value, source, obtained_at, purpose_key, "
+    "consent_event_id FROM enrichment_records WHERE member_id = ANY($1::uuid[])"
+)
+
+
 async def fetch_enrichment(
     connection: AsyncConnection, member_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, dict[EnrichedField, EnrichedValue]]:
     if not member_ids:
         return {}
-    r = models.EnrichmentRecord
-    rows = await connection.execute(
-        select(
-            r.member_id,
-            r.field,
-            r.value,
-            r.source,
-            r.obtained_at,
-            r.purpose_key,
-            r.consent_event_id,
-        ).where(r.member_id.in_(list(member_ids)))
-    )
     values: dict[uuid.UUID, dict[EnrichedField, EnrichedValue]] = {}
-    for row in rows:
-        enriched = EnrichedField(row.field)
-        values.setdefault(row.member_id, {})[enriched] = EnrichedValue(
-            enriched, row.value, row.source, row.obtained_at, row.purpose_key, row.consent_event_id
+    for row in await db.fetch(connection, _ENRICHMENT, list(member_ids)):
+        enriched = EnrichedField(row["field"])
+        values.setdefault(row["member_id"], {})[enriched] = EnrichedValue(
+            enriched,
+            json.loads(row["value"]),
+            row["source"],
+            row["obtained_at"],
+            row["purpose_key"],
+            row["consent_event_id"],
         )
     return values
 

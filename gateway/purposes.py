@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import models
+from gateway import db, models
 from gateway.domain import Category, ConsentMethod, LegalBasis, LocalizedText, Purpose
 from gateway.errors import PolicyFileError
 
@@ -244,23 +244,27 @@ async def load_purposes(connection: AsyncConnection, purposes: Sequence[Purpose]
     return LoadSummary(created, updated, unchanged, retired)
 
 
+# Read on every request that decides: one statement, raw SQL (see gateway.db.fetch).
+_PURPOSES = (
+    "SELECT p.key, p.legal_basis, p.title_nb, p.title_en, p.description_nb, p.description_en, "
+    "p.required_consent_method, p.notice_version, p.accepted_notice_versions, "
+    "p.consent_lifetime, p.retired, "
+    "coalesce(array_agg(c.category) FILTER (WHERE c.category IS NOT NULL), '{}') AS categories "
+    "FROM purposes p LEFT JOIN purpose_categories c ON c.purpose_key = p.key "
+    "WHERE $1 OR NOT p.retired GROUP BY p.key ORDER BY p.key"
+)
+
+
 async def fetch_purposes(
     connection: AsyncConnection, *, include_retired: bool = False
 ) -> list[Purpose]:
     """All purposes in force (or also the retired ones), ordered by key."""
-    p, c = models.Purpose, models.PurposeCategory
-    query = select(p).order_by(p.key)
-    if not include_retired:
-        query = query.where(p.retired.is_(False))
-    rows = (await connection.execute(query)).mappings().all()
-    categories: dict[str, set[Category]] = {}
-    for key, category in await connection.execute(select(c.purpose_key, c.category)):
-        categories.setdefault(key, set()).add(Category(category))
+    rows = await db.fetch(connection, _PURPOSES, include_retired)
     return [
         Purpose(
             key=row["key"],
             legal_basis=LegalBasis(row["legal_basis"]),
-            categories=frozenset(categories.get(row["key"], ())),
+            categories=frozenset(Category(c) for c in row["categories"]),
             title=LocalizedText(nb=row["title_nb"], en=row["title_en"]),
             description=LocalizedText(nb=row["description_nb"], en=row["description_en"]),
             notice_version=row["notice_version"],

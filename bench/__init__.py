@@ -1,0 +1,1 @@
+"""The benchmark: Tillit beside the servers a team would otherwise write, in one run."""

@@ -1,0 +1,84 @@
+"""The benchmark's data: members with base, address and enriched values (half consenting to
+personalized_offers), and a million sealed access events for the export. Idempotent."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.sealer import seal_until_current
+from gateway.signing import Signer
+
+
+async def seed_members(engine: AsyncEngine, *, count: int) -> None:
+    async with engine.begin() as connection:
+        present = await connection.scalar(
+            text("SELECT count(*) FROM members WHERE email LIKE 'bench%'")
+        )
+        if present >= count:
+            return
+        await connection.execute(
+            text(
+                "INSERT INTO members (first_name, last_name, email, phone, street, postal_code, "
+                "city, country, tier, points, member_since) "
+                "SELECT 'Bench', 'Member ' || g, "
+                "'bench' || lpad(g::text, 7, '0') || '@example.org', "
+                "'+4790000000', 'Storgata ' || (g % 120 + 1), '0150', 'Oslo', 'NO', "
+                "(ARRAY['BASIC','SILVER','GOLD','PLATINUM'])[1 + g % 4], g % 25000, "
+                "current_date - (g % 3000) "
+                "FROM generate_series(CAST(:first AS int), CAST(:count AS int)) AS g"
+            ),
+            {"first": present + 1, "count": count},
+        )
+        # Every other member consents to personalized_offers and has enriched values.
+        await connection.execute(
+            text(
+                "INSERT INTO consent_events (member_id, purpose_key, kind, method, "
+                "notice_version, channel, actor_kind, expires_at) "
+                "SELECT id, 'personalized_offers', 'GRANTED', 'EXPLICIT', '2026-01', 'bench', "
+                "'MEMBER', now() + interval '300 days' FROM members "
+                "WHERE email LIKE 'bench%' AND substr(email, 12, 1)::int % 2 = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM consent_events c WHERE c.member_id = members.id)"
+            )
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO enrichment_records (member_id, field, category, value, source, "
+                "obtained_at, purpose_key, consent_event_id) "
+                "SELECT c.member_id, f.field, f.category, f.value, 'Bench Broker', now(), "
+                "'personalized_offers', c.id FROM consent_events c CROSS JOIN (VALUES "
+                "('income_band', 'enriched.demographics', '\"500-750k\"'::jsonb), "
+                "('household_size', 'enriched.demographics', '3'::jsonb), "
+                "('lifestyle_segment', 'enriched.lifestyle', '\"urban_family\"'::jsonb)) "
+                "AS f(field, category, value) WHERE c.channel = 'bench' "
+                "ON CONFLICT (member_id, field) DO NOTHING"
+            )
+        )
+
+
+async def seed_events(engine: AsyncEngine, *, count: int, signer: Signer) -> None:
+    """`count` access events, all sealed, for the export scenario."""
+    if count <= 0:
+        return
+    async with engine.begin() as connection:
+        present = await connection.scalar(text("SELECT count(*) FROM audit_seals"))
+        missing = count - present
+        if missing > 0:
+            await connection.execute(
+                text(
+                    "INSERT INTO access_events (occurred_at, request_id, operation, actor_kind, "
+                    "member_id, purpose, legal_basis, outcome, fields_requested, "
+                    "fields_released, fields_withheld) "
+                    "SELECT now() - make_interval(secs => g), 'bench-' || g, 'member', "
+                    "'SYSTEM', gen_random_uuid(), 'personalized_offers', 'CONSENT', "
+                    "CASE WHEN g % 2 = 0 THEN 'RELEASED' ELSE 'DENIED' END, "
+                    "ARRAY['tier','points','income_band'], "
+                    "CASE WHEN g % 2 = 0 THEN ARRAY['tier','points','income_band'] "
+                    "ELSE ARRAY[]::text[] END, "
+                    "CASE WHEN g % 2 = 0 THEN '{}'::jsonb ELSE "
+                    '\'{"tier": "CONSENT_REQUIRED"}\'::jsonb END '
+                    "FROM generate_series(1, CAST(:missing AS int)) AS g"
+                ),
+                {"missing": missing},
+            )
+    await seal_until_current(engine, signer)
