@@ -19,8 +19,9 @@ from strawberry import Schema
 
 from gateway import db, migrate
 from gateway.audit_http import export, export_manifest
-from gateway.auth import TokenKeys
-from gateway.domain import ErrorCode
+from gateway.auth import ClientPrincipal, TokenKeys
+from gateway.caches import POLICY_TTL_SECONDS, TtlCache
+from gateway.domain import ErrorCode, Purpose
 from gateway.errors import SettingsError
 from gateway.graphql_http import DATABASE_UNAVAILABLE, error_body, graphql_endpoints
 from gateway.logs import configure_logging, exception_summary
@@ -38,6 +39,8 @@ class State(TypedDict):
     engine: AsyncEngine
     head_revision: str
     token_keys: TokenKeys
+    client_cache: TtlCache[str, ClientPrincipal]
+    policy_cache: TtlCache[str, dict[str, Purpose]]
 
 
 async def healthz(request: Request) -> Response:
@@ -125,6 +128,8 @@ def create_app(
                 "engine": engine,
                 "head_revision": migrate.head_revision(),
                 "token_keys": token_keys,
+                "client_cache": TtlCache(POLICY_TTL_SECONDS),
+                "policy_cache": TtlCache(POLICY_TTL_SECONDS),
             }
         finally:
             stop.set()

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import db
+from gateway.caches import TtlCache
 from gateway.domain import Capability, Role
 from gateway.errors import Unauthenticated
 
@@ -210,7 +211,11 @@ def looks_like_jwt(credential: str) -> bool:
 
 
 async def authenticate(
-    connection: AsyncConnection, authorization: str | None, *, token_secret: str | TokenKeys
+    connection: AsyncConnection,
+    authorization: str | None,
+    *,
+    token_secret: str | TokenKeys,
+    clients: TtlCache[str, ClientPrincipal] | None = None,
 ) -> Principal:
     """Resolve an `Authorization` header to a principal; Anonymous when there is none."""
     if authorization is None:
@@ -221,4 +226,8 @@ async def authenticate(
         raise Unauthenticated()
     if looks_like_jwt(credential):
         return verify_member_token(credential, token_secret)
-    return await authenticate_key(connection, credential)
+    if clients is None:
+        return await authenticate_key(connection, credential)
+    # Only successful lookups are kept (by the key's hash), so a new key works at once and
+    # failures cost a lookup every time.
+    return await clients.get(hash_key(credential), lambda: authenticate_key(connection, credential))

@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import sqlalchemy.exc
 import structlog
 from graphql import GraphQLError
@@ -140,12 +141,14 @@ def graphql_endpoints(
                     connection,
                     request.headers.get("authorization"),
                     token_secret=request.state.token_keys,
+                    clients=request.state.client_cache,
                 )
                 context = Context.create(
                     connection=connection,
                     principal=principal,
                     request_id=request_id,
                     settings=settings,
+                    policy=request.state.policy_cache,
                 )
                 result = await schema.execute(
                     operation["query"],
@@ -192,7 +195,7 @@ def graphql_endpoints(
         body["data"] = outcome["data"]
         # A document that could not run (syntax, validation, variables) is the caller's error.
         status = 400 if outcome["data"] is None and outcome["errors"] else 200
-        return JSONResponse(body, status_code=status)
+        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
     async def ide(request: Request) -> Response:
         settings: Settings = request.state.settings

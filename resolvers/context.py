@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import AuditTrail
 from gateway.auth import Principal
+from gateway.caches import TtlCache
 from gateway.domain import Purpose
 from gateway.purposes import fetch_purposes
 from gateway.settings import Settings
@@ -30,6 +31,7 @@ class Context:
     now: dt.datetime
     loaders: Loaders
     audit: AuditTrail
+    policy: TtlCache[str, dict[str, Purpose]] | None = field(default=None, repr=False)
     _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
 
     @classmethod
@@ -40,6 +42,7 @@ class Context:
         principal: Principal,
         request_id: str,
         settings: Settings,
+        policy: TtlCache[str, dict[str, Purpose]] | None = None,
     ) -> Context:
         now = dt.datetime.now(dt.UTC)
         return cls(
@@ -50,10 +53,16 @@ class Context:
             now=now,
             loaders=Loaders(connection),
             audit=AuditTrail(request_id=request_id, principal=principal, now=now),
+            policy=policy,
         )
 
     async def purposes(self) -> dict[str, Purpose]:
-        """The purposes in force, read once per operation from this operation's transaction."""
+        """The purposes in force: the worker's policy cache (a few seconds old at most), else read
+        once per operation from this operation's transaction."""
         if self._purposes is None:
-            self._purposes = {p.key: p for p in await fetch_purposes(self.connection)}
+
+            async def load() -> dict[str, Purpose]:
+                return {p.key: p for p in await fetch_purposes(self.connection)}
+
+            self._purposes = await (self.policy.get("purposes", load) if self.policy else load())
         return self._purposes
