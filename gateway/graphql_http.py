@@ -157,6 +157,7 @@ def graphql_endpoints(
                     operation_name=operation["operation_name"],
                 )
                 errors = [_format_error(e) for e in result.errors or ()]
+                withheld = [(error, False) for error in context.field_errors]
                 outcome = {"data": result.data, "errors": errors}
                 failures = [
                     e.original_error
@@ -168,6 +169,7 @@ def graphql_endpoints(
                         log.error("graphql.unexpected_error", **exception_summary(failure))
                     raise _Rollback
                 executed = True
+                outcome["errors"] = errors + withheld if result.data is not None else errors
                 # The access events go in with the operation's other writes; the commit below
                 # makes them durable before any of the data they describe is sent.
                 await context.audit.flush(connection)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,6 +33,8 @@ class Context:
     loaders: Loaders
     audit: AuditTrail
     policy: TtlCache[str, dict[str, Purpose]] | None = field(default=None, repr=False)
+    # Errors for fields the access decision withheld, reported beside the data.
+    field_errors: list[dict[str, Any]] = field(default_factory=list)
     _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
 
     @classmethod

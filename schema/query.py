@@ -12,7 +12,7 @@ from gateway.domain import Category
 from resolvers import audit
 from resolvers import me as resolve_me
 from resolvers.context import Context
-from resolvers.members import read_member, read_members
+from resolvers.members import MemberView, read_member, read_members
 from resolvers.purposes import list_purposes
 from schema.audit import (
     AccessEvent,
@@ -24,7 +24,7 @@ from schema.audit import (
     counts,
     log_filter,
 )
-from schema.categories import categories_of, graphql_names_of
+from schema.categories import categories_of, graphql_names_of, released
 from schema.me import Me
 from schema.types import Member, Purpose
 
@@ -44,15 +44,40 @@ def _flatten(selections: list[Selection]) -> list[SelectedField]:
     return fields
 
 
-def requested_member_fields(info: Info) -> dict[str, Category]:
-    """The gated Member fields this operation asks for, with their categories."""
+def requested_member_fields(info: Info) -> tuple[dict[str, Category], dict[str, list[str]]]:
+    """The gated Member fields this operation asks for, with their categories, and the response
+    keys (aliases) each one is asked under."""
     requested: dict[str, Category] = {}
+    keys: dict[str, list[str]] = {}
     for root in info.selected_fields:
         for selected in _flatten(root.selections):
             python_name = _MEMBER_FIELD_NAMES.get(selected.name)
             if python_name in MEMBER_FIELD_CATEGORIES:
                 requested[python_name] = MEMBER_FIELD_CATEGORIES[python_name]
-    return requested
+                keys.setdefault(python_name, []).append(selected.alias or selected.name)
+    return requested, keys
+
+
+def _release(
+    info: Info, view: MemberView, keys: dict[str, list[str]], position: int | None = None
+) -> Any:
+    """The object GraphQL resolves the member from, and one error per withheld field at its
+    path (reported beside the data, not raised: no per-field resolver, no exception per field)."""
+    base = info.path.as_list() if position is None else [*info.path.as_list(), position]
+    for name, withheld in view.withheld.items():
+        for key in keys.get(name, ()):
+            info.context.field_errors.append(
+                {
+                    "message": withheld.message,
+                    "path": [*base, key],
+                    "extensions": {
+                        "code": withheld.code.value,
+                        "purpose": view.purpose,
+                        **withheld.hints,
+                    },
+                }
+            )
+    return released(Member, view.id, view.values)
 
 
 @strawberry.type
@@ -71,11 +96,9 @@ class Query:
         id: strawberry.ID,  # the contract's argument name
         purpose: str,
     ) -> Member | None:
-        view = await read_member(
-            info.context, member_id=id, purpose=purpose, fields=requested_member_fields(info)
-        )
-        # Member's fields resolve from the view: gated ones through the access decision's result.
-        return cast(Member, view)
+        fields, keys = requested_member_fields(info)
+        view = await read_member(info.context, member_id=id, purpose=purpose, fields=fields)
+        return cast(Member, _release(info, view, keys))
 
     @strawberry.field(
         description="Up to 100 members' profiles under `purpose`, in the order asked. An unknown "
@@ -87,15 +110,18 @@ class Query:
         ids: list[strawberry.ID],
         purpose: str,
     ) -> list[Member | None] | None:
+        fields, keys = requested_member_fields(info)
         views = await read_members(
-            info.context,
-            member_ids=ids,
-            purpose=purpose,
-            fields=requested_member_fields(info),
-            operation="members",
+            info.context, member_ids=ids, purpose=purpose, fields=fields, operation="members"
         )
         # A TillitError in a position becomes a located error for that item (graphql-core).
-        return cast(list[Member | None] | None, views)
+        return cast(
+            list[Member | None] | None,
+            [
+                view if isinstance(view, Exception) else _release(info, view, keys, position)
+                for position, view in enumerate(views)
+            ],
+        )
 
     @strawberry.field(
         description="Your own data and its history (member token only). Reading it is audited."
