@@ -14,8 +14,10 @@ from gateway.domain import EnrichedField
 from gateway.members import (
     Correction,
     EnrichedValue,
+    MemberBundle,
     MemberRecord,
     fetch_address_corrections,
+    fetch_bundles,
     fetch_enrichment,
     fetch_members,
     fetch_objections,
@@ -41,6 +43,9 @@ class Loaders:
     def __init__(self, connection: AsyncConnection) -> None:
         self.member: DataLoader[uuid.UUID, MemberRecord | None] = _loader(
             connection, fetch_members, None
+        )
+        self.bundle: DataLoader[uuid.UUID, MemberBundle | None] = _loader(
+            connection, fetch_bundles, None
         )
         self.consents: DataLoader[uuid.UUID, Mapping[str, ConsentState]] = _loader(
             connection, fetch_consent_states, {}

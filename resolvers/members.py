@@ -154,17 +154,18 @@ async def read_members(
         )
         raise
     loaders = context.loaders
-    records = await loaders.member.load_many(ids)
+    # One statement for the members, their consent states and their enriched values.
+    bundles = await loaders.bundle.load_many(ids)
+    records = [bundle.record if bundle else None for bundle in bundles]
     existing = [record.id for record in records if record is not None]
     basis = declared.legal_basis
-    wants_consents = basis is LegalBasis.CONSENT or "consents" in fields
-    consents = await loaders.consents.load_many(existing) if wants_consents else []
     objections = (
         await loaders.objections.load_many(existing)
         if basis is LegalBasis.LEGITIMATE_INTEREST
         else []
     )
-    consents_of = dict(zip(existing, consents, strict=False))
+    consents_of = {b.record.id: b.consents for b in bundles if b is not None}
+    enrichment = {b.record.id: b.enrichment for b in bundles if b is not None}
     objections_of = dict(zip(existing, objections, strict=False))
 
     decisions: dict[uuid.UUID, Decision] = {}
@@ -178,11 +179,7 @@ async def read_members(
         )
         decisions[record.id] = decide(declared, fields, state, context.now)
 
-    enriched_ids = [m for m, d in decisions.items() if any(f in _ENRICHED for f in d.released)]
     address_ids = [m for m, d in decisions.items() if "address" in d.released]
-    enrichment = dict(
-        zip(enriched_ids, await loaders.enrichment.load_many(enriched_ids), strict=True)
-    )
     corrections = dict(
         zip(address_ids, await loaders.address_corrections.load_many(address_ids), strict=True)
     )
