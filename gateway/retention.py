@@ -94,6 +94,8 @@ async def drop_before(
         event_count=0,
         batch_root=EMPTY_ROOT,
         details={
+            # Where sealing stands carries over (a batch may have stopped inside a transaction).
+            **({"last_id": previous.details["last_id"]} if "last_id" in previous.details else {}),
             "dropped_before": dt.datetime.combine(cutoff, dt.time(), dt.UTC).isoformat(),
             "partitions": [
                 {"name": d.partition, "month": d.month.isoformat(), "events": d.events}

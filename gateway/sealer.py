@@ -29,28 +29,34 @@ log = structlog.get_logger("tillit.sealer")
 
 
 async def _final_events(
-    connection: AsyncConnection, since: int, horizon: int, limit: int
-) -> tuple[list[dict[str, Any]], int]:
-    """Unsealed events whose transactions ended: those with since <= txid < horizon, in
-    (txid, id) order, at most about `limit` (never splitting one transaction's events)."""
+    connection: AsyncConnection, after: tuple[int, int | None], horizon: int, limit: int
+) -> tuple[list[dict[str, Any]], tuple[int, int | None]]:
+    """Unsealed events whose transactions ended, in (txid, id) order, at most `limit`.
+
+    `after` is where the previous checkpoint stopped: (txid, None) when it sealed everything below
+    that transaction, (txid, id) when it stopped inside one transaction's events (a batch may cut a
+    large transaction: all its events are final together). Returns the events and where this
+    batch stops.
+    """
     columns = ", ".join(EVENT_COLUMNS)
+    since_txid, since_id = after
+    position = (
+        "txid >= CAST(:since AS xid8)"
+        if since_id is None
+        else "(txid > CAST(:since AS xid8) OR (txid = CAST(:since AS xid8) AND id > :since_id))"
+    )
     query = (
         f"SELECT {columns}, txid::text AS txid_text FROM access_events "  # noqa: S608  # constant columns
-        "WHERE txid >= CAST(:since AS xid8) AND txid < CAST(:horizon AS xid8) "
-        "ORDER BY txid, id LIMIT :limit"
+        f"WHERE {position} AND txid < CAST(:horizon AS xid8) ORDER BY txid, id LIMIT :limit"
     )
-    params = {"since": since, "horizon": horizon, "limit": limit + 1}
+    params: dict[str, Any] = {"since": since_txid, "horizon": horizon, "limit": limit}
+    if since_id is not None:
+        params["since_id"] = since_id
     rows = [dict(row._mapping) for row in await connection.execute(text(query), params)]
-    if len(rows) <= limit:
-        return rows, horizon
-    boundary = int(rows[limit]["txid_text"])
-    kept = [row for row in rows if int(row["txid_text"]) < boundary]
-    if kept:
-        return kept, boundary
-    # One transaction wrote more than a batch: seal all of it at once.
-    params = {"since": boundary, "horizon": boundary + 1, "limit": 2**62}
-    rows = [dict(row._mapping) for row in await connection.execute(text(query), params)]
-    return rows, boundary + 1
+    if len(rows) < limit:
+        return rows, (horizon, None)
+    last = rows[-1]
+    return rows, (int(last["txid_text"]), int(last["id"]))
 
 
 async def seal_once(
@@ -70,8 +76,8 @@ async def seal_once(
         await connection.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
     )
     previous = await last_checkpoint(connection)
-    since = previous.horizon if previous else 0
-    events, sealed_to = await _final_events(connection, since, horizon, max_batch)
+    after = (previous.horizon, previous.details.get("last_id")) if previous else (0, None)
+    events, (sealed_to, last_id) = await _final_events(connection, after, horizon, max_batch)
     leaves = [event_hash(event) for event in events]
     now = dt.datetime.now(dt.UTC)
     checkpoint = await write_checkpoint(
@@ -82,7 +88,8 @@ async def seal_once(
         horizon=sealed_to,
         event_count=len(events),
         batch_root=merkle_root(leaves),
-        details={},
+        # A full batch may stop inside a transaction: say after which event.
+        details={} if last_id is None else {"last_id": last_id},
         now=now,
     )
     if events:
@@ -113,7 +120,7 @@ async def seal_until_current(engine: AsyncEngine, signer: Signer) -> list[Checkp
         if checkpoint is None:
             raise RuntimeError("another sealer holds the lock")
         written.append(checkpoint)
-        if checkpoint.event_count < MAX_BATCH:
+        if checkpoint.event_count < MAX_BATCH and "last_id" not in checkpoint.details:
             return written
 
 

@@ -327,6 +327,22 @@ async def test_concurrent_writers_while_sealing_leave_a_verifiable_log_without_g
     assert positions == list(range(1, events + 1))
 
 
+async def test_a_transaction_larger_than_a_batch_is_sealed_in_several(db: AsyncEngine) -> None:
+    await write_events(db, 25)  # one transaction
+
+    passes = []
+    for _ in range(4):
+        async with db.begin() as connection:
+            checkpoint = await seal_once(connection, TEST_SIGNER, max_batch=10)
+        assert checkpoint is not None
+        passes.append(checkpoint.event_count)
+
+    assert passes == [10, 10, 5, 0]
+    report = await verify(db)
+    assert report.ok, report.problems
+    assert report.events == 25
+
+
 async def test_only_one_sealer_at_a_time(db: AsyncEngine) -> None:
     async with db.begin() as first, db.begin() as second:
         one = await seal_once(first, TEST_SIGNER)

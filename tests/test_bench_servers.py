@@ -1,0 +1,93 @@
+"""The benchmark compares like with like: for a consenting member, Tillit, the raw endpoint and
+the bare Strawberry schema answer the benchmark's requests with the same data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench.servers import bare_app, raw_app
+from tests.conftest import Api, add_client, add_member
+from tests.resolvers.test_member_reads import enrich, grant
+
+WRK = Path(__file__).resolve().parent.parent / "bench" / "wrk"
+
+
+@pytest.fixture
+async def reference(
+    db: AsyncEngine, database_url: str
+) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    clients = {}
+    async with (
+        LifespanManager(raw_app(database_url)) as raw,
+        LifespanManager(bare_app(database_url)) as bare,
+    ):
+        for name, manager in (("raw", raw), ("bare", bare)):
+            clients[name] = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://bench.test"
+            )
+        yield clients
+        for client in clients.values():
+            await client.aclose()
+
+
+MEMBER = (
+    "query($id: ID!, $purpose: String!) { member(id: $id, purpose: $purpose) "
+    "{ id tier points memberSince incomeBand householdSize lifestyleSegment } }"
+)
+MEMBERS = (
+    "query($ids: [ID!]!, $purpose: String!) { members(ids: $ids, purpose: $purpose) "
+    "{ id tier points memberSince incomeBand householdSize lifestyleSegment } }"
+)
+
+
+def test_the_wrk_scripts_send_these_documents() -> None:
+    member = (WRK / "member.lua").read_text(encoding="utf-8")
+    members = (WRK / "members.lua").read_text(encoding="utf-8")
+    for field in (
+        "tier",
+        "points",
+        "memberSince",
+        "incomeBand",
+        "householdSize",
+        "lifestyleSegment",
+    ):
+        assert field in member
+        assert field in members
+    assert "personalized_offers" in member
+
+
+async def test_all_three_servers_answer_the_same_data(
+    api: Api, db: AsyncEngine, reference: dict[str, httpx.AsyncClient]
+) -> None:
+    members = [await add_member(db) for _ in range(3)]
+    for member_id in members:
+        grant_id = await grant(db, member_id, "personalized_offers")
+        await enrich(db, member_id, grant_id)
+    key = (await add_client(db, name="bench-app", purposes=("personalized_offers",))).key
+    requests: list[tuple[str, dict[str, Any]]] = [
+        (MEMBER, {"id": str(members[0]), "purpose": "personalized_offers"}),
+        (MEMBERS, {"ids": [str(m) for m in members], "purpose": "personalized_offers"}),
+    ]
+    for query, variables in requests:
+        tillit = (await api.graphql(query, variables, token=key)).json()
+        answers = {
+            name: (
+                await client.post("/graphql", json={"query": query, "variables": variables})
+            ).json()
+            for name, client in reference.items()
+        }
+
+        assert "errors" not in tillit, tillit
+        assert answers["raw"] == tillit
+        assert answers["bare"] == tillit
+        assert json.dumps(tillit).count("active_outdoor") == (
+            1 if query == MEMBER else len(members)
+        )
