@@ -165,6 +165,8 @@ async def sealed_rows(
     """The sealed events of the range up to the checkpoint, in position order, in chunks
     (a server-side cursor: memory stays flat whatever the range)."""
     columns = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
+    # An export may run for minutes: lift the request statement timeout for this transaction only.
+    await connection.execute(text("SET LOCAL statement_timeout = '30min'"))
     result = await connection.stream(
         text(
             f"SELECT s.position, s.event_hash, {columns} FROM audit_seals s "  # noqa: S608  # constant columns

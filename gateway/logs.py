@@ -30,9 +30,21 @@ class _Stderr:
         sys.stderr.flush()
 
 
+def _summarise_exceptions(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Libraries (uvicorn) log exceptions with tracebacks whose messages may quote data: keep the
+    type and the frames, drop the message."""
+    exc_info = event.pop("exc_info", None)
+    if exc_info:
+        exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+        if isinstance(exc, BaseException):
+            event.update(exception_summary(exc))
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Configure structlog; route the standard library's loggers (uvicorn, alembic) through it."""
     shared: list[Any] = [
+        _summarise_exceptions,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

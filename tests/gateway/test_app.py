@@ -131,3 +131,19 @@ async def test_unexpected_error_is_masked_and_logged_once_without_its_message(
     assert errors[0]["error_type"] == "builtins.RuntimeError"
     assert any("test_app.py" in frame for frame in errors[0]["frames"])
     assert "example.org" not in logged
+
+
+def test_library_tracebacks_are_logged_without_their_message(
+    capsys: pytest.CaptureFixture[str], json_logs: None
+) -> None:
+    import logging
+
+    try:
+        raise ValueError("kari.nordmann@example.org")
+    except ValueError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+
+    logged = capsys.readouterr().err
+    assert "builtins.ValueError" in logged
+    assert "example.org" not in logged
+    assert "Traceback" not in logged

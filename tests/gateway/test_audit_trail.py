@@ -350,3 +350,36 @@ async def test_only_one_sealer_at_a_time(db: AsyncEngine) -> None:
 
     assert one is not None
     assert other is None
+
+
+def test_canonical_event_bytes_equal_sorted_compact_json() -> None:
+    import json
+
+    from gateway.sealing import canonical_event
+
+    row = {
+        "id": 7,
+        "occurred_at": dt.datetime(2026, 11, 29, 12, 0, 0, 1234, tzinfo=dt.UTC),
+        "request_id": "r\u2028\x01\x7f",
+        "operation": "member",
+        "actor_kind": "CLIENT",
+        "client_id": uuid.uuid4(),
+        "actor_member_id": None,
+        "member_id": uuid.uuid4(),
+        "purpose": '«øæå» "quoted" \\ ✓',
+        "legal_basis": None,
+        "outcome": "RELEASED",
+        "fields_requested": ["b", "a"],
+        "fields_released": [],
+        "consent_ids": [uuid.uuid4()],
+        "fields_withheld": {"z": "CONSENT_REQUIRED", "a": "OBJECTED"},
+        "details": {"nested": {"b": 1, "a": [True, None]}},
+    }
+
+    produced = canonical_event(row)
+
+    expected = json.loads(produced)
+    assert (
+        produced
+        == json.dumps(expected, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )
