@@ -7,7 +7,7 @@ generator is wrk with a Lua script, concurrency 16. Prints medians and ratios; w
 bench/results/<time>.json.
 
 Environment: DATABASE_URL (default: the embedded PostgreSQL in bench/.pgdata), BENCH_ROUNDS (3),
-BENCH_SECONDS (8), BENCH_SCENARIOS (S1,S2,S3,S4), BENCH_EVENTS (1000000).
+BENCH_SECONDS (6), BENCH_SCENARIOS (S1,S2,S3,S4), BENCH_EVENTS (1000000).
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
 def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
-    seconds = int(os.environ.get("BENCH_SECONDS", "8"))
+    seconds = int(os.environ.get("BENCH_SECONDS", "6"))
     scenarios = os.environ.get("BENCH_SCENARIOS", "S1,S2,S3,S4").split(",")
     events = int(os.environ.get("BENCH_EVENTS", "1000000"))
     url = os.environ.get("DATABASE_URL")
