@@ -16,12 +16,13 @@ from gateway.auth import Anonymous, ClientPrincipal, authenticate
 from gateway.domain import AccessOutcome, ErrorCode, Role
 from gateway.errors import BadUserInput, TillitError, Unauthenticated
 from gateway.export import (
-    Encoder,
+    Digest,
     ExportRange,
+    count_rows,
     covering_checkpoint,
+    export_chunks,
     manifest,
     parse_range,
-    sealed_rows,
 )
 from gateway.graphql_http import DATABASE_UNAVAILABLE, error_response
 from gateway.logs import exception_summary
@@ -103,12 +104,10 @@ async def export(request: Request) -> Response:
     engine: AsyncEngine = request.state.engine
 
     async def body() -> AsyncIterator[bytes]:
-        encoder = Encoder(export_range.format)
         async with engine.connect() as connection:
             checkpoint = await covering_checkpoint(connection, checkpoint_id)
-            yield encoder.header()
-            async for rows in sealed_rows(connection, export_range, checkpoint):
-                yield encoder.encode(rows)
+            async for chunk in export_chunks(connection, export_range, checkpoint):
+                yield chunk
 
     filename = f"access-log-{export_range.start:%Y%m%d}-{export_range.end:%Y%m%d}"
     return StreamingResponse(
@@ -130,11 +129,11 @@ async def export_manifest(request: Request) -> Response:
     export_range, checkpoint_id = authorised
     engine: AsyncEngine = request.state.engine
     settings: Settings = request.state.settings
-    encoder = Encoder(export_range.format)
+    digest = Digest()
     async with engine.connect() as connection:
         checkpoint = await covering_checkpoint(connection, checkpoint_id)
-        encoder.header()
-        async for rows in sealed_rows(connection, export_range, checkpoint):
-            encoder.encode(rows)
-    document = manifest(encoder, export_range, checkpoint, settings.audit_signer)
+        rows = await count_rows(connection, export_range, checkpoint)
+        async for chunk in export_chunks(connection, export_range, checkpoint):
+            digest.update(chunk)
+    document = manifest(digest, rows, export_range, checkpoint, settings.audit_signer)
     return JSONResponse(json.loads(json.dumps(document)))

@@ -7,6 +7,8 @@ the covering checkpoint, signed) can be made beside the body and checked against
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -19,6 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway import db
 from gateway.errors import BadUserInput
 from gateway.sealing import EVENT_COLUMNS, Checkpoint, all_checkpoints, last_checkpoint
 from gateway.signing import Signer
@@ -165,8 +168,6 @@ async def sealed_rows(
     """The sealed events of the range up to the checkpoint, in position order, in chunks
     (a server-side cursor: memory stays flat whatever the range)."""
     columns = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
-    # An export may run for minutes: lift the request statement timeout for this transaction only.
-    await connection.execute(text("SET LOCAL statement_timeout = '30min'"))
     result = await connection.stream(
         text(
             f"SELECT s.position, s.event_hash, {columns} FROM audit_seals s "  # noqa: S608  # constant columns
@@ -194,17 +195,124 @@ async def count_rows(
     return int(value or 0)
 
 
+class Digest:
+    """Counts and hashes an export's bytes as they go out."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+
+    def update(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        self.sha256.update(chunk)
+        return chunk
+
+
+def _cell(expression: str) -> str:
+    """SQL for one CSV cell, defused like escape_cell: a leading =, +, -, @, tab or CR gets a
+    quote (PostgreSQL text cannot hold NUL)."""
+    return (
+        f"CASE WHEN left({expression}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
+        f"THEN chr(39) || {expression} ELSE {expression} END"
+    )
+
+
+_CSV_CELLS = {
+    "position": "s.position::text",
+    "id": "e.id::text",
+    "occurred_at": "to_char(e.occurred_at AT TIME ZONE 'UTC', "
+    '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')',
+    "request_id": _cell("e.request_id"),
+    "operation": _cell("e.operation"),
+    "actor_kind": "e.actor_kind",
+    "client_id": "e.client_id::text",
+    "actor_member_id": "e.actor_member_id::text",
+    "member_id": "e.member_id::text",
+    "purpose": _cell("e.purpose"),
+    "legal_basis": "e.legal_basis",
+    "outcome": "e.outcome",
+    "fields_requested": _cell("array_to_string(e.fields_requested, ';')"),
+    "fields_released": _cell("array_to_string(e.fields_released, ';')"),
+    "fields_withheld": _cell("e.fields_withheld::text"),
+    "consent_ids": "array_to_string(e.consent_ids::text[], ';')",
+    "details": _cell("e.details::text"),
+    "event_hash": "encode(s.event_hash, 'hex')",
+}
+# CSV straight from PostgreSQL (COPY ... TO STDOUT): the database writes the rows and the gateway
+# only passes the bytes on (measured: the Python encoder was the export's bottleneck).
+_COPY_CSV = (
+    "SELECT "  # noqa: S608  # the cells above are this module's constants
+    + ", ".join(f"{sql} AS {name}" for name, sql in _CSV_CELLS.items())
+    + " FROM audit_seals s JOIN access_events e ON e.id = s.event_id "
+    "WHERE s.occurred_at >= $1 AND s.occurred_at < $2 "
+    "AND e.occurred_at >= $1 AND e.occurred_at < $2 AND s.position <= $3 ORDER BY s.position"
+)
+_QUEUE_CHUNKS = 16
+
+
+async def _copy_csv(
+    connection: AsyncConnection, export: ExportRange, checkpoint: Checkpoint
+) -> AsyncIterator[bytes]:
+    raw, mutex = await db.driver(connection)
+    # A bounded queue between COPY and the response: memory stays flat whatever the range.
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
+
+    async def sink(chunk: bytes) -> None:
+        await queue.put(bytes(chunk))
+
+    async def copy() -> None:
+        try:
+            async with mutex:
+                await raw.copy_from_query(
+                    _COPY_CSV,
+                    export.start,
+                    export.end,
+                    checkpoint.last_position,
+                    output=sink,
+                    format="csv",
+                    header=True,
+                )
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(copy())
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def export_chunks(
+    connection: AsyncConnection, export: ExportRange, checkpoint: Checkpoint
+) -> AsyncIterator[bytes]:
+    """The export's bytes in order: CSV from COPY, JSON Lines from a server-side cursor."""
+    # An export may run for minutes: lift the request statement timeout for this transaction only.
+    await connection.execute(text("SET LOCAL statement_timeout = '30min'"))
+    if export.format == "csv":
+        async for chunk in _copy_csv(connection, export, checkpoint):
+            yield chunk
+        return
+    encoder = Encoder("jsonl")
+    async for rows in sealed_rows(connection, export, checkpoint):
+        yield encoder.encode(rows)
+
+
 def manifest(
-    encoder: Encoder, export: ExportRange, checkpoint: Checkpoint, signer: Signer
+    digest: Digest, rows: int, export: ExportRange, checkpoint: Checkpoint, signer: Signer
 ) -> dict[str, Any]:
     """The signed manifest of an export's body."""
     document: dict[str, Any] = {
         "format": export.format,
         "from": export.start.isoformat(),
         "to": export.end.isoformat(),
-        "rows": encoder.rows,
-        "bytes": encoder.size,
-        "sha256": encoder.digest.hexdigest(),
+        "rows": rows,
+        "bytes": digest.size,
+        "sha256": digest.sha256.hexdigest(),
         "checkpoint": checkpoint.summary(),
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "key_id": signer.key_id,

@@ -19,13 +19,13 @@ from gateway.cli.support import err, fail, out, parse_duration, run_with_databas
 from gateway.domain import AccessOutcome
 from gateway.errors import BadUserInput
 from gateway.export import (
-    Encoder,
+    Digest,
     count_rows,
     covering_checkpoint,
+    export_chunks,
     manifest,
     parse_range,
     parse_time,
-    sealed_rows,
 )
 from gateway.report_html import render
 from gateway.retention import RetentionRefused, drop_before, month_start
@@ -174,7 +174,7 @@ def export(
         raise fail(exc.message, code=2) from None
 
     async def work(engine: AsyncEngine) -> dict[str, object]:
-        encoder = Encoder(export_range.format)
+        digest = Digest()
         await _record(
             engine,
             "auditExport",
@@ -199,11 +199,10 @@ def export(
                 ) as progress,
             ):
                 task = progress.add_task("rows", total=total)
-                handle.write(encoder.header())
-                async for rows in sealed_rows(connection, export_range, checkpoint):
-                    handle.write(encoder.encode(rows))
-                    progress.advance(task, len(rows))
-        return manifest(encoder, export_range, checkpoint, settings.audit_signer)
+                async for chunk in export_chunks(connection, export_range, checkpoint):
+                    handle.write(digest.update(chunk))
+                    progress.advance(task, chunk.count(b"\n"))
+        return manifest(digest, total, export_range, checkpoint, settings.audit_signer)
 
     document = run_with_database(work, settings=settings)
     manifest_path = out_file.with_name(out_file.name + ".manifest.json")
