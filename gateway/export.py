@@ -23,7 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import db
 from gateway.errors import BadUserInput
-from gateway.sealing import EVENT_COLUMNS, Checkpoint, all_checkpoints, last_checkpoint
+from gateway.sealing import (
+    EVENT_COLUMNS,
+    Checkpoint,
+    all_checkpoints,
+    event_document,
+    last_checkpoint,
+)
 from gateway.signing import Signer
 from gateway.verify import manifest_content
 
@@ -71,28 +77,9 @@ def escape_cell(value: str) -> str:
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "position": row["position"],
-        "id": row["id"],
-        "occurred_at": row["occurred_at"].astimezone(dt.UTC).isoformat(timespec="microseconds"),
-        "request_id": row["request_id"],
-        "operation": row["operation"],
-        "actor_kind": row["actor_kind"],
-        "client_id": _text(row["client_id"]),
-        "actor_member_id": _text(row["actor_member_id"]),
-        "member_id": _text(row["member_id"]),
-        "purpose": row["purpose"],
-        "legal_basis": row["legal_basis"],
-        "outcome": row["outcome"],
-        "fields_requested": list(row["fields_requested"]),
-        "fields_released": list(row["fields_released"]),
-        "fields_withheld": row["fields_withheld"],
-        "consent_ids": [str(c) for c in row["consent_ids"]],
-        "details": row["details"],
+        **event_document(row),
         "event_hash": row["event_hash"].hex(),
     }
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _csv_cell(value: Any) -> str:

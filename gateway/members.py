@@ -60,6 +60,22 @@ _MEMBERS = (
 )
 
 
+def _record(row: Any) -> MemberRecord:
+    return MemberRecord(
+        id=row["id"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        email=row["email"],
+        phone=row["phone"],
+        address=Address(row["street"], row["postal_code"], row["city"], row["country"]),
+        tier=Tier(row["tier"]),
+        points=row["points"],
+        member_since=row["member_since"],
+        membership_status=MembershipStatus(row["membership_status"]),
+        deceased=row["deceased"],
+    )
+
+
 async def fetch_members(
     connection: AsyncConnection, ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, MemberRecord]:
@@ -67,22 +83,7 @@ async def fetch_members(
     if not ids:
         return {}
     rows = await db.fetch(connection, _MEMBERS, list(ids))
-    return {
-        row["id"]: MemberRecord(
-            id=row["id"],
-            first_name=row["first_name"],
-            last_name=row["last_name"],
-            email=row["email"],
-            phone=row["phone"],
-            address=Address(row["street"], row["postal_code"], row["city"], row["country"]),
-            tier=Tier(row["tier"]),
-            points=row["points"],
-            member_since=row["member_since"],
-            membership_status=MembershipStatus(row["membership_status"]),
-            deceased=row["deceased"],
-        )
-        for row in rows
-    }
+    return {row["id"]: _record(row) for row in rows}
 
 
 async def member_exists(connection: AsyncConnection, member_id: uuid.UUID) -> bool:
@@ -233,19 +234,7 @@ async def fetch_bundles(
         return {}
     bundles: dict[uuid.UUID, MemberBundle] = {}
     for row in await db.fetch(connection, _BUNDLES, list(ids)):
-        record = MemberRecord(
-            id=row["id"],
-            first_name=row["first_name"],
-            last_name=row["last_name"],
-            email=row["email"],
-            phone=row["phone"],
-            address=Address(row["street"], row["postal_code"], row["city"], row["country"]),
-            tier=Tier(row["tier"]),
-            points=row["points"],
-            member_since=row["member_since"],
-            membership_status=MembershipStatus(row["membership_status"]),
-            deceased=row["deceased"],
-        )
+        record = _record(row)
         consents = {}
         for purpose, kind_, event_id, method, notice, occurred, expires in json.loads(
             row["consents"]

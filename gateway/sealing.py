@@ -64,9 +64,9 @@ def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
-def canonical_event(row: Mapping[str, Any]) -> bytes:
-    """The bytes an event's hash covers: every column but the internal txid, as sorted JSON."""
-    document = {
+def event_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An access event as plain JSON values: what its hash covers, and what exports show."""
+    return {
         "id": int(row["id"]),
         "occurred_at": _iso(row["occurred_at"]),
         "request_id": row["request_id"],
@@ -84,6 +84,11 @@ def canonical_event(row: Mapping[str, Any]) -> bytes:
         "consent_ids": [str(c) for c in row["consent_ids"]],
         "details": row["details"],
     }
+
+
+def canonical_event(row: Mapping[str, Any]) -> bytes:
+    """The bytes an event's hash covers: every column but the internal txid, as sorted JSON."""
+    document = event_document(row)
     # Sorted keys, no spaces, UTF-8: the same bytes as json.dumps(sort_keys=True,
     # separators=(",", ":"), ensure_ascii=False), written faster (the sealer hashes every event).
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
