@@ -18,23 +18,7 @@ from gateway.domain import AccessOutcome
 from gateway.errors import BadUserInput
 
 MAX_PAGE = 500
-_ENTRY_COLUMNS = (
-    "id",
-    "occurred_at",
-    "request_id",
-    "operation",
-    "actor_kind",
-    "client_id",
-    "actor_member_id",
-    "member_id",
-    "purpose",
-    "legal_basis",
-    "outcome",
-    "fields_requested",
-    "fields_released",
-    "fields_withheld",
-    "consent_ids",
-)
+_ENTRY_COLUMNS = tuple(c for c in models.ACCESS_EVENT_COLUMNS if c != "details")
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,62 +95,39 @@ class AuditTrail:
                 )
             )
 
-    def rows(self) -> list[dict[str, Any]]:
-        actor = _actor(self.principal)
-        return [
-            {
-                "occurred_at": self.now,
-                "request_id": self.request_id,
-                "operation": r.operation,
-                **actor,
-                "member_id": r.member_id,
-                # The declared purpose is recorded as sent, cut to the column's size.
-                "purpose": r.purpose[:64] if r.purpose is not None else None,
-                "legal_basis": r.legal_basis.value if r.legal_basis else None,
-                "outcome": r.outcome.value,
-                "fields_requested": list(r.fields_requested),
-                "fields_released": list(r.fields_released),
-                "fields_withheld": dict(r.fields_withheld),
-                "consent_ids": list(r.consent_ids),
-                "details": dict(r.details),
-            }
-            for r in self.records
-        ]
+    def _values(self, record: AccessRecord, actor: dict[str, Any]) -> tuple[Any, ...]:
+        """One event's values, in the order of the INSERT below."""
+        return (
+            self.now,
+            self.request_id,
+            record.operation,
+            actor["actor_kind"],
+            actor.get("client_id"),
+            actor.get("actor_member_id"),
+            record.member_id,
+            # The declared purpose is recorded as sent, cut to the column's size.
+            record.purpose[:64] if record.purpose is not None else None,
+            record.legal_basis.value if record.legal_basis else None,
+            record.outcome.value,
+            # Text arrays cannot hold arrays: each event's field lists travel as one JSON text.
+            json.dumps(list(record.fields_requested)),
+            json.dumps(list(record.fields_released)),
+            json.dumps(dict(record.fields_withheld)),
+            json.dumps([str(c) for c in record.consent_ids]),
+            json.dumps(dict(record.details), default=str),
+        )
 
     async def flush(self, connection: AsyncConnection) -> int:
         """Write the held events in one statement; returns how many."""
-        rows = self.rows()
-        if rows:
-            columns: dict[str, list[Any]] = {
-                name: [row.get(name) for row in rows] for name in _INSERT_COLUMNS
-            }
-            columns["fields_withheld"] = [json.dumps(v) for v in columns["fields_withheld"]]
-            columns["details"] = [json.dumps(v, default=str) for v in columns["details"]]
-            # Text arrays cannot hold arrays: each row's field lists travel as one JSON text.
-            for name in ("fields_requested", "fields_released", "consent_ids"):
-                columns[name] = [json.dumps([str(x) for x in v]) for v in columns[name]]
-            await db.execute(connection, _INSERT, *(columns[name] for name in _INSERT_COLUMNS))
+        count = len(self.records)
+        if count:
+            actor = _actor(self.principal)
+            columns = zip(*(self._values(record, actor) for record in self.records), strict=True)
+            await db.execute(connection, _INSERT, *(list(column) for column in columns))
         self.records.clear()
-        return len(rows)
+        return count
 
 
-_INSERT_COLUMNS = (
-    "occurred_at",
-    "request_id",
-    "operation",
-    "actor_kind",
-    "client_id",
-    "actor_member_id",
-    "member_id",
-    "purpose",
-    "legal_basis",
-    "outcome",
-    "fields_requested",
-    "fields_released",
-    "fields_withheld",
-    "consent_ids",
-    "details",
-)
 # Raw SQL because this runs on every request: one statement over arrays (unnest) for any number of
 # events, prepared once per connection, with no bind-parameter limit.
 _INSERT = """

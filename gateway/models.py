@@ -436,6 +436,12 @@ class AccessEvent(Base):
     )
 
 
+# The columns an access event records, in table order: everything but the sealer's `txid`.
+ACCESS_EVENT_COLUMNS: tuple[str, ...] = tuple(
+    column.name for column in AccessEvent.__table__.columns if column.name != "txid"
+)
+
+
 class AuditCheckpoint(Base):
     """A signed checkpoint: a batch of sealed events (or a retention), chained to the previous."""
 

@@ -31,6 +31,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.models import ACCESS_EVENT_COLUMNS
 from gateway.signing import Signer
 
 # One sealer per database: this advisory lock key (an arbitrary constant, "TILLSEAL").
@@ -40,24 +41,7 @@ GENESIS = bytes(32)
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 CHECKPOINT_DOMAIN = b"tillit-checkpoint-v1\n"
 
-EVENT_COLUMNS = (
-    "id",
-    "occurred_at",
-    "request_id",
-    "operation",
-    "actor_kind",
-    "client_id",
-    "actor_member_id",
-    "member_id",
-    "purpose",
-    "legal_basis",
-    "outcome",
-    "fields_requested",
-    "fields_released",
-    "fields_withheld",
-    "consent_ids",
-    "details",
-)
+EVENT_COLUMNS = ACCESS_EVENT_COLUMNS
 
 
 def _iso(value: dt.datetime) -> str:
