@@ -211,38 +211,25 @@ async def write_checkpoint(
     now: dt.datetime,
 ) -> Checkpoint:
     """Sign and insert the next checkpoint in the chain."""
-    identifier = previous.id + 1 if previous else 1
     first_position = previous.last_position + 1 if previous else 1
-    last_position = first_position + event_count - 1
-    previous_hash = previous.checkpoint_hash if previous else GENESIS
-    created_at = now.astimezone(dt.UTC)
-    content = checkpoint_content(
-        id=identifier,
-        kind=kind,
-        created_at=created_at,
-        first_position=first_position,
-        last_position=last_position,
-        event_count=event_count,
-        horizon=horizon,
-        batch_root=batch_root,
-        previous_hash=previous_hash,
-        details=details,
-    )
-    checkpoint_hash = hashlib.sha256(content).digest()
+    fields: dict[str, Any] = {
+        "id": previous.id + 1 if previous else 1,
+        "kind": kind,
+        "created_at": now.astimezone(dt.UTC),
+        "first_position": first_position,
+        "last_position": first_position + event_count - 1,
+        "event_count": event_count,
+        "horizon": horizon,
+        "batch_root": batch_root,
+        "previous_hash": previous.checkpoint_hash if previous else GENESIS,
+        "details": details,
+    }
+    checkpoint_hash = hashlib.sha256(checkpoint_content(**fields)).digest()
     checkpoint = Checkpoint(
-        id=identifier,
-        kind=kind,
-        created_at=created_at,
-        first_position=first_position,
-        last_position=last_position,
-        event_count=event_count,
-        horizon=horizon,
-        batch_root=batch_root,
-        previous_hash=previous_hash,
+        **fields,
         checkpoint_hash=checkpoint_hash,
         signature=signer.sign(checkpoint_hash),
         key_id=signer.key_id,
-        details=details,
     )
     await connection.execute(
         text(
@@ -253,23 +240,10 @@ async def write_checkpoint(
             ":checkpoint_hash, :signature, :key_id, CAST(:details AS jsonb))"
         ),
         {
-            **{
-                k: getattr(checkpoint, k)
-                for k in (
-                    "id",
-                    "kind",
-                    "created_at",
-                    "first_position",
-                    "last_position",
-                    "event_count",
-                    "batch_root",
-                    "previous_hash",
-                    "checkpoint_hash",
-                    "signature",
-                    "key_id",
-                )
-            },
-            "horizon": horizon,
+            **fields,
+            "checkpoint_hash": checkpoint_hash,
+            "signature": checkpoint.signature,
+            "key_id": checkpoint.key_id,
             "details": json.dumps(details, sort_keys=True),
         },
     )
