@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import datetime as dt
 import hashlib
-import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,9 +33,6 @@ from gateway.verify import manifest_content
 
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
-COLUMNS = ("position", *EVENT_COLUMNS, "event_hash")
-# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
 FETCH_ROWS = 2000
 
 
@@ -69,70 +64,21 @@ def parse_range(start: str | None, end: str | None, fmt: str | None) -> ExportRa
     return ExportRange(begins, ends, chosen)
 
 
-def escape_cell(value: str) -> str:
-    """Defuse spreadsheet formulas: a leading =, +, -, @, tab, CR or NUL gets a quote before it."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "position": row["position"],
-        **event_document(row),
-        "event_hash": row["event_hash"].hex(),
-    }
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return escape_cell(";".join(str(v) for v in value))
-    if isinstance(value, dict):
-        return escape_cell(json.dumps(value, sort_keys=True, ensure_ascii=False))
-    return escape_cell(str(value))
-
-
-class Encoder:
-    """Turns rows into the export's bytes, counting them and hashing what it produced."""
-
-    def __init__(self, fmt: Format) -> None:
-        self.format = fmt
-        self.rows = 0
-        self.size = 0
-        self.digest = hashlib.sha256()
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, lineterminator="\n")
-
-    def _emit(self, text_: str) -> bytes:
-        data = text_.encode()
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-    def header(self) -> bytes:
-        if self.format != "csv":
-            return b""
-        self._writer.writerow(COLUMNS)
-        return self._flush()
-
-    def _flush(self) -> bytes:
-        value = self._buffer.getvalue()
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        return self._emit(value)
-
-    def encode(self, rows: list[dict[str, Any]]) -> bytes:
-        self.rows += len(rows)
-        plain = [_plain(row) for row in rows]
-        if self.format == "jsonl":
-            return self._emit(
-                "".join(
-                    json.dumps(item, sort_keys=True, ensure_ascii=False) + "\n" for item in plain
-                )
-            )
-        for item in plain:
-            self._writer.writerow([_csv_cell(item[column]) for column in COLUMNS])
-        return self._flush()
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    """Rows as JSON Lines: one sorted JSON object per event, with its position and hash."""
+    return "".join(
+        json.dumps(
+            {
+                "position": row["position"],
+                **event_document(row),
+                "event_hash": row["event_hash"].hex(),
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        + "\n"
+        for row in rows
+    ).encode()
 
 
 async def covering_checkpoint(
@@ -195,9 +141,9 @@ class Digest:
         return chunk
 
 
-def _cell(expression: str) -> str:
-    """SQL for one CSV cell, defused like escape_cell: a leading =, +, -, @, tab or CR gets a
-    quote (PostgreSQL text cannot hold NUL)."""
+def csv_cell_sql(expression: str) -> str:
+    """SQL for one CSV cell, defused against spreadsheet formulas (CSV injection): a leading =, +,
+    -, @, tab or CR gets a quote before it. (PostgreSQL text cannot hold NUL.)"""
     return (
         f"CASE WHEN left({expression}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
         f"THEN chr(39) || {expression} ELSE {expression} END"
@@ -209,20 +155,20 @@ _CSV_CELLS = {
     "id": "e.id::text",
     "occurred_at": "to_char(e.occurred_at AT TIME ZONE 'UTC', "
     '\'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')',
-    "request_id": _cell("e.request_id"),
-    "operation": _cell("e.operation"),
+    "request_id": csv_cell_sql("e.request_id"),
+    "operation": csv_cell_sql("e.operation"),
     "actor_kind": "e.actor_kind",
     "client_id": "e.client_id::text",
     "actor_member_id": "e.actor_member_id::text",
     "member_id": "e.member_id::text",
-    "purpose": _cell("e.purpose"),
+    "purpose": csv_cell_sql("e.purpose"),
     "legal_basis": "e.legal_basis",
     "outcome": "e.outcome",
-    "fields_requested": _cell("array_to_string(e.fields_requested, ';')"),
-    "fields_released": _cell("array_to_string(e.fields_released, ';')"),
-    "fields_withheld": _cell("e.fields_withheld::text"),
+    "fields_requested": csv_cell_sql("array_to_string(e.fields_requested, ';')"),
+    "fields_released": csv_cell_sql("array_to_string(e.fields_released, ';')"),
+    "fields_withheld": csv_cell_sql("e.fields_withheld::text"),
     "consent_ids": "array_to_string(e.consent_ids::text[], ';')",
-    "details": _cell("e.details::text"),
+    "details": csv_cell_sql("e.details::text"),
     "event_hash": "encode(s.event_hash, 'hex')",
 }
 # CSV straight from PostgreSQL (COPY ... TO STDOUT): the database writes the rows and the gateway
@@ -284,9 +230,8 @@ async def export_chunks(
         async for chunk in _copy_csv(connection, export, checkpoint):
             yield chunk
         return
-    encoder = Encoder("jsonl")
     async for rows in sealed_rows(connection, export, checkpoint):
-        yield encoder.encode(rows)
+        yield _jsonl(rows)
 
 
 def manifest(

@@ -255,7 +255,7 @@ async def fetch_bundles(
                 enriched,
                 value,
                 source,
-                _timestamp(obtained) or dt.datetime.now(dt.UTC),
+                dt.datetime.fromisoformat(obtained),
                 purpose,
                 uuid.UUID(consent_id),
             )

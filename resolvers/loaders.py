@@ -9,20 +9,15 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.dataloader import DataLoader
 
-from gateway.consents import fetch_consent_states
-from gateway.domain import EnrichedField
 from gateway.members import (
     Correction,
-    EnrichedValue,
     MemberBundle,
     MemberRecord,
     fetch_address_corrections,
     fetch_bundles,
-    fetch_enrichment,
     fetch_members,
     fetch_objections,
 )
-from gateway.policy import ConsentState
 
 V = TypeVar("V")
 Fetch = Callable[[AsyncConnection, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, V]]]
@@ -47,14 +42,8 @@ class Loaders:
         self.bundle: DataLoader[uuid.UUID, MemberBundle | None] = _loader(
             connection, fetch_bundles, None
         )
-        self.consents: DataLoader[uuid.UUID, Mapping[str, ConsentState]] = _loader(
-            connection, fetch_consent_states, {}
-        )
         self.objections: DataLoader[uuid.UUID, frozenset[str]] = _loader(
             connection, fetch_objections, frozenset()
-        )
-        self.enrichment: DataLoader[uuid.UUID, Mapping[EnrichedField, EnrichedValue]] = _loader(
-            connection, fetch_enrichment, {}
         )
         self.address_corrections: DataLoader[uuid.UUID, Sequence[Correction]] = _loader(
             connection, fetch_address_corrections, []

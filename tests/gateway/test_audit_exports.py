@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.app import create_app
 from gateway.auth import mint_member_token
 from gateway.domain import Role
-from gateway.export import escape_cell
+from gateway.export import csv_cell_sql
 from gateway.sealer import seal_until_current
 from gateway.signing import Signer, Verifier
 from gateway.verify import verify_export
@@ -255,10 +256,20 @@ async def test_export_streams_sealed_events_and_its_manifest_verifies(
     assert "SHA-256" in report.problems[0]
 
 
-@pytest.mark.parametrize("value", ['=HYPERLINK("x")', "+1", "-1", "@SUM(A1)", "\tx", "\0x"])
-def test_csv_cells_are_defused_against_formula_injection(value: str) -> None:
-    assert escape_cell(value) == "'" + value
-    assert escape_cell("safe") == "safe"
+@pytest.mark.parametrize("value", ['=HYPERLINK("x")', "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+async def test_csv_cells_are_defused_against_formula_injection(
+    conn: AsyncConnection, value: str
+) -> None:
+    cell = text(f"SELECT {csv_cell_sql('CAST(:v AS text)')}")
+
+    assert await conn.scalar(cell, {"v": value}) == "'" + value
+    assert await conn.scalar(cell, {"v": "safe"}) == "safe"
+
+
+async def test_a_nul_cannot_reach_an_export(conn: AsyncConnection) -> None:
+    # The COPY export has no NUL case because PostgreSQL text cannot hold one.
+    with pytest.raises(DBAPIError):
+        await conn.execute(text("SELECT CAST(:v AS text)"), {"v": "\0x"})
 
 
 async def test_a_declared_purpose_cannot_inject_a_formula_into_the_export(
