@@ -8,7 +8,7 @@ category cannot be added. `released()` builds what a gated type resolves from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -70,20 +70,11 @@ def graphql_names_of(cls: type) -> dict[str, str]:
     }
 
 
-def released(cls: type, member_id: Any, values: Mapping[str, Any]) -> SimpleNamespace:
-    """What a gated type resolves from: the released values, and None for everything else, so
-    that nothing the decision did not release can be read (fail closed)."""
-    view = SimpleNamespace(**dict.fromkeys(categories_of_cached(cls)))
+def released(
+    gated_fields: Iterable[str], member_id: Any, values: Mapping[str, Any]
+) -> SimpleNamespace:
+    """What a gated type resolves from: the released values, and None for every other gated
+    field, so that nothing the decision did not release can be read (fail closed)."""
+    view = SimpleNamespace(**{**dict.fromkeys(gated_fields), **values})
     view.id = member_id
-    for name, value in values.items():
-        setattr(view, name, value)
     return view
-
-
-_CATEGORIES_CACHE: dict[type, dict[str, Category]] = {}
-
-
-def categories_of_cached(cls: type) -> dict[str, Category]:
-    if cls not in _CATEGORIES_CACHE:
-        _CATEGORIES_CACHE[cls] = categories_of(cls)
-    return _CATEGORIES_CACHE[cls]

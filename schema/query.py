@@ -77,7 +77,7 @@ def _release(
                     },
                 }
             )
-    return released(Member, view.id, view.values)
+    return released(MEMBER_FIELD_CATEGORIES, view.id, view.values)
 
 
 @strawberry.type
