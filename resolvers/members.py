@@ -29,6 +29,7 @@ from gateway.policy import (
     decide,
     purpose_for,
 )
+from resolvers.actors import parse_uuid
 from resolvers.context import Context
 
 MAX_IDS = 100
@@ -70,19 +71,12 @@ class MemberView:
     withheld: Mapping[str, Withheld]
 
 
-def parse_member_id(raw: str, argument: str = "id") -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise BadUserInput("A member id is a UUID.", argument=argument) from None
-
-
 def parse_member_ids(raw: Sequence[str]) -> list[uuid.UUID]:
     if not raw:
         raise BadUserInput("Give at least one member id.", argument="ids")
     if len(raw) > MAX_IDS:
         raise BadUserInput(f"Give at most {MAX_IDS} member ids per call.", argument="ids")
-    ids = [parse_member_id(value, "ids") for value in raw]
+    ids = [parse_uuid(value, "ids") for value in raw]
     if len(set(ids)) != len(ids):
         raise BadUserInput("The same member id is given twice.", argument="ids")
     return ids
@@ -231,7 +225,7 @@ async def read_member(
     context: Context, *, member_id: str, purpose: str, fields: Mapping[str, Category]
 ) -> MemberView:
     """One member; see read_members."""
-    subject = parse_member_id(member_id)
+    subject = parse_uuid(member_id, "id")
     [result] = await read_members(
         context, member_ids=[str(subject)], purpose=purpose, fields=fields, operation="member"
     )
