@@ -8,12 +8,12 @@ fails, the endpoint answers AUDIT_UNAVAILABLE and sends no member data (fail clo
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import db
@@ -95,55 +95,66 @@ class AuditTrail:
                 )
             )
 
-    def _values(self, record: AccessRecord, actor: dict[str, Any]) -> tuple[Any, ...]:
-        """One event's values, in the order of the INSERT below."""
-        return (
-            self.now,
-            self.request_id,
-            record.operation,
-            actor["actor_kind"],
-            actor.get("client_id"),
-            actor.get("actor_member_id"),
-            record.member_id,
+    @staticmethod
+    def _event(record: AccessRecord) -> dict[str, Any]:
+        """One event's own values (the operation's common ones travel as parameters)."""
+        return {
+            "operation": record.operation,
+            "member_id": record.member_id,
             # The declared purpose is recorded as sent, cut to the column's size.
-            record.purpose[:64] if record.purpose is not None else None,
-            record.legal_basis.value if record.legal_basis else None,
-            record.outcome.value,
-            # Text arrays cannot hold arrays: each event's field lists travel as one JSON text.
-            json.dumps(list(record.fields_requested)),
-            json.dumps(list(record.fields_released)),
-            json.dumps(dict(record.fields_withheld)),
-            json.dumps([str(c) for c in record.consent_ids]),
-            json.dumps(dict(record.details), default=str),
-        )
+            "purpose": record.purpose[:64] if record.purpose is not None else None,
+            "legal_basis": record.legal_basis.value if record.legal_basis else None,
+            "outcome": record.outcome.value,
+            "requested": record.fields_requested,
+            "released": record.fields_released,
+            "withheld": record.fields_withheld,
+            "consents": record.consent_ids,
+            "details": record.details,
+        }
 
     async def flush(self, connection: AsyncConnection) -> int:
         """Write the held events in one statement; returns how many."""
         count = len(self.records)
         if count:
             actor = _actor(self.principal)
-            columns = zip(*(self._values(record, actor) for record in self.records), strict=True)
-            await db.execute(connection, _INSERT, *(list(column) for column in columns))
+            events = orjson.dumps([self._event(r) for r in self.records], default=_as_text)
+            await db.execute(
+                connection,
+                _INSERT,
+                events.decode(),
+                self.now,
+                self.request_id,
+                actor["actor_kind"],
+                actor.get("client_id"),
+                actor.get("actor_member_id"),
+            )
         self.records.clear()
         return count
 
 
-# Raw SQL because this runs on every request: one statement over arrays (unnest) for any number of
-# events, prepared once per connection, with no bind-parameter limit.
+def _as_text(value: object) -> str:
+    if isinstance(value, Mapping):  # a mappingproxy or another read-only mapping
+        return orjson.dumps(dict(value)).decode()
+    return str(value)
+
+
+# Raw SQL because this runs on every request: the events travel as one JSON document (encoded
+# by orjson, one parameter however many events), prepared once per connection.
 _INSERT = """
     INSERT INTO access_events (occurred_at, request_id, operation, actor_kind, client_id,
         actor_member_id, member_id, purpose, legal_basis, outcome, fields_requested,
         fields_released, fields_withheld, consent_ids, details)
-    SELECT t.occurred_at, t.request_id, t.operation, t.actor_kind, t.client_id,
-        t.actor_member_id, t.member_id, t.purpose, t.legal_basis, t.outcome,
-        ARRAY(SELECT jsonb_array_elements_text(CAST(t.requested AS jsonb))),
-        ARRAY(SELECT jsonb_array_elements_text(CAST(t.released AS jsonb))),
-        CAST(t.withheld AS jsonb),
-        ARRAY(SELECT CAST(jsonb_array_elements_text(CAST(t.consents AS jsonb)) AS uuid)),
-        CAST(t.details AS jsonb)
-    FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
-                $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::text[], $14::text[], $15::text[])
-        AS t(occurred_at, request_id, operation, actor_kind, client_id, actor_member_id, member_id,
-             purpose, legal_basis, outcome, requested, released, withheld, consents, details)
+    SELECT $2::timestamptz, $3::text, e.operation, $4::text, $5::uuid, $6::uuid, e.member_id,
+        e.purpose, e.legal_basis, e.outcome,
+        ARRAY(SELECT jsonb_array_elements_text(e.requested)),
+        ARRAY(SELECT jsonb_array_elements_text(e.released)),
+        e.withheld,
+        ARRAY(SELECT CAST(jsonb_array_elements_text(e.consents) AS uuid)),
+        e.details
+    FROM ROWS FROM (jsonb_to_recordset(CAST($1::text AS jsonb))
+            AS (operation text, member_id uuid, purpose text, legal_basis text, outcome text,
+                requested jsonb, released jsonb, withheld jsonb, consents jsonb, details jsonb))
+        WITH ORDINALITY AS e(operation, member_id, purpose, legal_basis, outcome, requested,
+                             released, withheld, consents, details, n)
+    ORDER BY e.n
 """
