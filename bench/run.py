@@ -171,6 +171,9 @@ def server_env(url: str) -> dict[str, str]:
         "TILLIT_LOG_FORMAT": "json",
         "TILLIT_LOG_LEVEL": "info",
         "TILLIT_WORKERS": "1",
+        # Rate limiting stays on, so its cost is measured, with a limit the one client never hits.
+        "TILLIT_RATE_LIMIT_PER_SECOND": "100000",
+        "TILLIT_RATE_LIMIT_BURST": "100000",
     }
 
 

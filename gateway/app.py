@@ -17,13 +17,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from strawberry import Schema
 
-from gateway import db, migrate
+from gateway import db, metrics, migrate
 from gateway.audit_http import export, export_manifest
 from gateway.auth import ClientPrincipal, TokenKeys
 from gateway.caches import POLICY_TTL_SECONDS, TtlCache
 from gateway.domain import ErrorCode, Purpose
 from gateway.errors import SettingsError
-from gateway.graphql_http import DATABASE_UNAVAILABLE, error_body, graphql_endpoints
+from gateway.graphql_http import DATABASE_UNAVAILABLE, GraphQLEndpoint, error_body
 from gateway.logs import configure_logging, exception_summary
 from gateway.me_http import me_export, me_page
 from gateway.middleware import RequestContextMiddleware
@@ -37,6 +37,7 @@ READINESS_TIMEOUT_SECONDS = 2.0
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
+    autocommit_engine: AsyncEngine
     head_revision: str
     token_keys: TokenKeys
     client_cache: TtlCache[str, ClientPrincipal]
@@ -103,12 +104,13 @@ def create_app(
         from schema import schema as default_schema
 
         schema = default_schema
-    execute, ide = graphql_endpoints(schema)
+    graphql = GraphQLEndpoint(schema, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         token_keys = settings.token_keys()
         engine = db.create_engine(url, settings)
+        metrics.watch_pool(engine)
         stop = asyncio.Event()
         sealer = (
             asyncio.create_task(
@@ -126,6 +128,8 @@ def create_app(
             yield {
                 "settings": settings,
                 "engine": engine,
+                # The same pool, for operations that only read (see gateway.graphql_http).
+                "autocommit_engine": engine.execution_options(isolation_level="AUTOCOMMIT"),
                 "head_revision": migrate.head_revision(),
                 "token_keys": token_keys,
                 "client_cache": TtlCache(POLICY_TTL_SECONDS),
@@ -140,10 +144,11 @@ def create_app(
     return Starlette(
         debug=False,
         routes=[
-            Route("/graphql", execute, methods=["POST"]),
-            Route("/graphql", ide, methods=["GET"]),
+            Route("/graphql", graphql.post, methods=["POST"]),
+            Route("/graphql", graphql.ide, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
             Route("/me", me_page, methods=["GET"]),
             Route("/me/export", me_export, methods=["GET"]),
             Route("/audit/export", export, methods=["GET"]),

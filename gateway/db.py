@@ -74,6 +74,14 @@ async def driver(connection: AsyncConnection) -> tuple[Any, Any]:
     return adapted.driver_connection, adapted._execute_mutex
 
 
+async def raw_connection(connection: AsyncConnection) -> Any:
+    """The asyncpg connection under `connection`, without beginning a transaction: a statement
+    run on it before the operation's first statement commits on its own."""
+    fairy = await connection.get_raw_connection()
+    adapted: Any = fairy.dbapi_connection
+    return adapted.driver_connection
+
+
 async def fetch(connection: AsyncConnection, sql: str, *args: Any) -> list[Any]:
     """Run one statement on the raw driver in the operation's transaction; asyncpg caches the
     prepared statement per connection."""

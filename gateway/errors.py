@@ -9,6 +9,7 @@
     ├── BadUserInput            arguments that cannot be acted on
     ├── Refused                 refused by the decision or the policy (code varies)
     │   └── FieldWithheld       one field not released by the access decision
+    ├── RateLimited             the caller sent more requests than its rate allows
     └── AuditUnavailable        the access event could not be recorded, so nothing is released
 
     PolicyFileError             the purpose policy file is invalid (line and reason)
@@ -66,6 +67,15 @@ class NotFound(TillitError):
 class BadUserInput(TillitError):
     code = ErrorCode.BAD_USER_INPUT
     default_message = "The arguments are not valid."
+
+
+class RateLimited(TillitError):
+    code = ErrorCode.RATE_LIMITED
+    default_message = "Too many requests: slow down and retry after the time in Retry-After."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
 
 
 class Refused(TillitError):

@@ -1,46 +1,84 @@
 """GraphQL over HTTP: the one boundary where an operation's transaction opens and commits.
 
-POST /graphql takes `{"query", "variables", "operationName"}` as JSON. The caller is authenticated,
-the operation executed and its writes (the access events among them) committed in one transaction
-before a byte of the response is sent; if the commit fails, no member data leaves (fail closed).
+POST /graphql takes `{"query", "variables", "operationName"}` as JSON (or, when batching is on, an
+array of them). The document is prepared once (parse, validation, operation limits; see
+`gateway.operations`), the caller authenticated and rate-limited, and the operation executed and its
+writes (the access events among them) committed before a byte of the response is sent; if the
+commit fails, no member data leaves (fail closed).
+
+Operations that only read profiles (`member`, `members`, `purposes`) write nothing but their
+access events, so they run without an explicit transaction: the one INSERT of the events commits on
+its own, and the data is sent only after it has. Every other operation runs in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from inspect import isawaitable
 from typing import Any
 
+import asyncpg
 import orjson
 import sqlalchemy.exc
 import structlog
-from graphql import GraphQLError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+    execute,
+)
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry import Schema
+from strawberry.execution import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from gateway import db, metrics
 from gateway.auth import authenticate
 from gateway.domain import ErrorCode
-from gateway.errors import AuditUnavailable, TillitError, Unauthenticated
+from gateway.errors import AuditUnavailable, RateLimited, TillitError, Unauthenticated
 from gateway.logs import exception_summary
 from gateway.middleware import request_id_of
+from gateway.operations import Limits, Preparer, Refusal, oversized_list
+from gateway.ratelimit import RateLimit, subject_of
 from gateway.settings import Settings
 from resolvers.context import Context
 
 log = structlog.get_logger("tillit.graphql")
 
-MAX_BODY_BYTES = 1_000_000
 # Failures that mean "the database cannot be reached or answer now", not "this request is wrong".
 DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # Statement timeout, administrator shutdown, "the database system is starting up".
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
     OSError,
     asyncio.TimeoutError,
 )
+# Root fields that only read and write nothing but their access events.
+READ_ONLY_ROOTS = frozenset({"member", "members", "purposes", "__typename"})
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """Whether `exc`, or what it wraps, says the database cannot answer now."""
+    for _ in range(6):
+        if exc is None:
+            return False
+        if isinstance(exc, DATABASE_UNAVAILABLE):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return False
 
 
 def error_body(code: ErrorCode, message: str, **extensions: Any) -> dict[str, Any]:
@@ -51,37 +89,18 @@ def error_response(status: int, code: ErrorCode, message: str, **headers: str) -
     return JSONResponse(error_body(code, message), status_code=status, headers=headers or None)
 
 
-def _bad_request(message: str) -> JSONResponse:
-    return error_response(400, ErrorCode.BAD_REQUEST, message)
+@dataclass
+class Answer:
+    """One operation's HTTP status, body and extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    operation: str = "unknown"
 
 
-async def _read_operation(request: Request) -> dict[str, Any] | JSONResponse:
-    """The operation in the request body, or a 400 that says what is wrong with it."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        return _bad_request("Send the operation as JSON (Content-Type: application/json).")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return error_response(413, ErrorCode.BAD_REQUEST, "The request body is too large.")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return error_response(413, ErrorCode.BAD_REQUEST, "The request body is too large.")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _bad_request("The request body is not valid JSON.")
-    if not isinstance(payload, dict):
-        return _bad_request("A GraphQL request is a JSON object with a `query` string.")
-    query = payload.get("query")
-    variables = payload.get("variables")
-    operation_name = payload.get("operationName")
-    if not isinstance(query, str) or not query.strip():
-        return _bad_request("A GraphQL request needs a non-empty `query` string.")
-    if variables is not None and not isinstance(variables, dict):
-        return _bad_request("`variables` must be a JSON object.")
-    if operation_name is not None and not isinstance(operation_name, str):
-        return _bad_request("`operationName` must be a string.")
-    return {"query": query, "variables": variables, "operation_name": operation_name}
+def _error_answer(status: int, code: ErrorCode, message: str, **headers: str) -> Answer:
+    return Answer(status, error_body(code, message), dict(headers))
 
 
 def _format_error(error: GraphQLError) -> tuple[dict[str, Any], bool]:
@@ -97,8 +116,6 @@ def _format_error(error: GraphQLError) -> tuple[dict[str, Any], bool]:
         code = (
             ErrorCode.BAD_USER_INPUT
             if error.message.startswith("Variable ")
-            else ErrorCode.GRAPHQL_PARSE_FAILED
-            if error.message.startswith("Syntax Error")
             else ErrorCode.GRAPHQL_VALIDATION_FAILED
         )
         extensions = {"code": code.value}
@@ -117,47 +134,210 @@ def _format_error(error: GraphQLError) -> tuple[dict[str, Any], bool]:
     return formatted, unexpected
 
 
+def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+    found = None
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            if name is None:
+                if found is not None:
+                    return None  # several operations and no name: execute() says so
+                found = definition
+            elif definition.name is not None and definition.name.value == name:
+                return definition
+    return found
+
+
+def _read_only(operation: OperationDefinitionNode | None) -> bool:
+    if operation is None or operation.operation is not OperationType.QUERY:
+        return False
+    return all(
+        isinstance(s, FieldNode) and s.name.value in READ_ONLY_ROOTS
+        for s in operation.selection_set.selections
+    )
+
+
+def _label(operation: OperationDefinitionNode | None) -> str:
+    """A bounded label for metrics and logs: the root fields, never the caller's names."""
+    if operation is None:
+        return "unknown"
+    roots = sorted(
+        {s.name.value for s in operation.selection_set.selections if isinstance(s, FieldNode)}
+    )
+    return ",".join(roots)[:100] or "fragment"
+
+
 class _Rollback(Exception):
     """Raised inside the transaction to undo an operation that failed unexpectedly."""
 
 
-def graphql_endpoints(
-    schema: Schema,
-) -> tuple[Callable[[Request], Awaitable[Response]], Callable[[Request], Awaitable[Response]]]:
-    """The POST handler (operations) and the GET handler (GraphiQL in dev mode)."""
+class GraphQLEndpoint:
+    """POST /graphql (operations) and GET /graphql (GraphiQL in dev mode)."""
 
-    async def execute(request: Request) -> Response:
+    def __init__(self, schema: Schema, settings: Settings) -> None:
+        self.schema = schema._schema
+        self.settings = settings
+        self.preparer = Preparer(
+            self.schema,
+            Limits(
+                max_depth=settings.max_query_depth,
+                max_aliases=settings.max_aliases,
+                max_tokens=settings.max_tokens,
+                max_root_fields=settings.max_root_fields,
+                max_list_size=settings.max_list_size,
+                max_cost=settings.max_query_cost,
+                introspection=settings.dev,
+                suggestions=settings.dev,
+            ),
+        )
+        self.rate_limit = (
+            RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst)
+            if settings.rate_limit_per_second > 0
+            else None
+        )
+
+    async def post(self, request: Request) -> Response:
+        started = time.perf_counter()
+        payload = await self._read_body(request)
+        if isinstance(payload, Answer):
+            metrics.observe_request(payload.operation, payload.status, started)
+            return self._respond(payload)
+        if isinstance(payload, list):
+            answers = [await self.run(request, item) for item in payload]
+            for answer in answers:
+                metrics.observe_request(answer.operation, answer.status, started)
+            failed = [a for a in answers if a.status in (401, 429, 503)]
+            if failed:  # the whole batch shares the caller and the database: say it once
+                return self._respond(failed[0])
+            return Response(orjson.dumps([a.body for a in answers]), media_type="application/json")
+        answer = await self.run(request, payload)
+        metrics.observe_request(answer.operation, answer.status, started)
+        return self._respond(answer)
+
+    @staticmethod
+    def _respond(answer: Answer) -> Response:
+        return Response(
+            orjson.dumps(answer.body),
+            status_code=answer.status,
+            media_type="application/json",
+            headers=answer.headers or None,
+        )
+
+    async def _read_body(self, request: Request) -> Any:
+        """The operation(s) in the body, or an Answer that says what is wrong with it."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return _error_answer(
+                400,
+                ErrorCode.BAD_REQUEST,
+                "Send the operation as JSON (Content-Type: application/json).",
+            )
+        limit = self.settings.max_body_bytes
+        too_large = _error_answer(
+            413, ErrorCode.BAD_REQUEST, f"The request body is larger than {limit} bytes."
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return too_large
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error_answer(400, ErrorCode.BAD_REQUEST, "The request body is not valid JSON.")
+        if isinstance(payload, list):
+            if self.settings.max_batch == 0:
+                return _error_answer(
+                    400, ErrorCode.BAD_REQUEST, "Batched requests are off: send one operation."
+                )
+            if not payload or len(payload) > self.settings.max_batch:
+                return _error_answer(
+                    400,
+                    ErrorCode.OPERATION_LIMIT_EXCEEDED,
+                    f"A batch holds 1 to {self.settings.max_batch} operations.",
+                )
+        return payload
+
+    @staticmethod
+    def _shape(payload: Any) -> tuple[str, dict[str, Any] | None, str | None] | Answer:
+        def bad(message: str) -> Answer:
+            return _error_answer(400, ErrorCode.BAD_REQUEST, message)
+
+        if not isinstance(payload, dict):
+            return bad("A GraphQL request is a JSON object with a `query` string.")
+        query = payload.get("query")
+        variables = payload.get("variables")
+        operation_name = payload.get("operationName")
+        if not isinstance(query, str) or not query.strip():
+            return bad("A GraphQL request needs a non-empty `query` string.")
+        if variables is not None and not isinstance(variables, dict):
+            return bad("`variables` must be a JSON object.")
+        if operation_name is not None and not isinstance(operation_name, str):
+            return bad("`operationName` must be a string.")
+        return query, variables, operation_name
+
+    async def run(self, request: Request, payload: Any) -> Answer:
+        shaped = self._shape(payload)
+        if isinstance(shaped, Answer):
+            return shaped
+        query, variables, operation_name = shaped
+        prepared = self.preparer.prepare(query)
+        if isinstance(prepared, Refusal):
+            return Answer(400, {"errors": prepared.errors, "data": None}, operation="invalid")
+        operation = _operation(prepared, operation_name)
+        label = _label(operation)
+        if variables and oversized_list(variables, self.settings.max_list_size):
+            answer = _error_answer(
+                400,
+                ErrorCode.OPERATION_LIMIT_EXCEEDED,
+                f"A list in the variables holds more than {self.settings.max_list_size} items.",
+            )
+            answer.operation = label
+            return answer
+        answer = await self._execute(request, prepared, variables, operation_name, operation)
+        answer.operation = label
+        return answer
+
+    async def _execute(
+        self,
+        request: Request,
+        document: DocumentNode,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        operation: OperationDefinitionNode | None,
+    ) -> Answer:
         request_id = request_id_of(request.scope)
-        operation = await _read_operation(request)
-        if isinstance(operation, JSONResponse):
-            return operation
-        engine: AsyncEngine = request.state.engine
-        settings: Settings = request.state.settings
+        read_only = _read_only(operation)
+        # A read's one INSERT commits on its own; anything else commits as one transaction.
+        transaction = (
+            request.state.autocommit_engine.connect() if read_only else request.state.engine.begin()
+        )
         outcome: dict[str, Any] = {}
         executed = False
         try:
-            async with engine.begin() as connection:
+            async with transaction as connection:
                 principal = await authenticate(
                     connection,
                     request.headers.get("authorization"),
                     token_secret=request.state.token_keys,
                     clients=request.state.client_cache,
                 )
+                if self.rate_limit is not None:
+                    client = request.client.host if request.client else None
+                    await self.rate_limit.check(
+                        await db.raw_connection(connection), subject_of(principal, client)
+                    )
                 context = Context.create(
                     connection=connection,
                     principal=principal,
                     request_id=request_id,
-                    settings=settings,
+                    settings=self.settings,
                     policy=request.state.policy_cache,
                 )
-                result = await schema.execute(
-                    operation["query"],
-                    variable_values=operation["variables"],
-                    context_value=context,
-                    operation_name=operation["operation_name"],
-                )
+                result = await self._run_document(context, document, variables, operation_name)
                 errors = [_format_error(e) for e in result.errors or ()]
-                withheld = [(error, False) for error in context.field_errors]
                 outcome = {"data": result.data, "errors": errors}
                 failures = [
                     e.original_error
@@ -165,46 +345,73 @@ def graphql_endpoints(
                     if unexpected and e.original_error is not None
                 ]
                 if failures:
+                    if any(database_unavailable(f) for f in failures):
+                        raise failures[0]
                     for failure in failures:
                         log.error("graphql.unexpected_error", **exception_summary(failure))
                     raise _Rollback
                 executed = True
+                withheld = [(error, False) for error in context.field_errors]
                 outcome["errors"] = errors + withheld if result.data is not None else errors
                 # The access events go in with the operation's other writes; the commit below
-                # makes them durable before any of the data they describe is sent.
-                await context.audit.flush(connection)
+                # (or, for a read, the INSERT itself) makes them durable before any of the data
+                # they describe is sent.
+                metrics.observe_decisions(context.audit.records, context.known_purposes)
+                began = time.perf_counter()
+                written = await context.audit.flush(connection)
+                metrics.observe_audit_write(began, written)
         except Unauthenticated as exc:
-            return error_response(
+            return _error_answer(
                 401, exc.code, exc.message, **{"WWW-Authenticate": 'Bearer realm="tillit"'}
+            )
+        except RateLimited as exc:
+            return _error_answer(
+                429, exc.code, exc.message, **{"Retry-After": str(exc.retry_after)}
             )
         except _Rollback:
             # Nothing of a failed operation is kept, so nothing of it may be shown either.
-            return JSONResponse(
-                {"data": None, "errors": [e for e, _ in outcome["errors"]]}, status_code=500
-            )
+            return Answer(500, {"data": None, "errors": [e for e, _ in outcome["errors"]]})
         except Exception as exc:
-            if not executed and not isinstance(exc, DATABASE_UNAVAILABLE):
+            if not executed and not database_unavailable(exc):
                 raise
             # The audit write or the commit failed, or the database is gone: release nothing.
             log.error("graphql.audit_unavailable", **exception_summary(exc))
             unavailable = AuditUnavailable()
-            return error_response(
-                503, unavailable.code, unavailable.message, **{"Retry-After": "1"}
-            )
+            return _error_answer(503, unavailable.code, unavailable.message, **{"Retry-After": "1"})
         body: dict[str, Any] = {}
         if outcome["errors"]:
             body["errors"] = [e for e, _ in outcome["errors"]]
         body["data"] = outcome["data"]
-        # A document that could not run (syntax, validation, variables) is the caller's error.
+        # A document that could not run (variables, operation name) is the caller's error.
         status = 400 if outcome["data"] is None and outcome["errors"] else 200
-        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+        return Answer(status, body)
 
-    async def ide(request: Request) -> Response:
-        settings: Settings = request.state.settings
-        if not settings.graphiql:
+    async def _run_document(
+        self,
+        context: Context,
+        document: DocumentNode,
+        variables: Mapping[str, Any] | None,
+        operation_name: str | None,
+    ) -> ExecutionResult:
+        """graphql-core's execute on a prepared document, with Strawberry's resolve info."""
+        result = execute(
+            self.schema,
+            document,
+            context_value=context,
+            variable_values=dict(variables) if variables else None,
+            operation_name=operation_name,
+            hide_suggestions=not self.settings.dev,
+            is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+            executor_class=StrawberryGraphQLCoreExecutionContext,
+        )
+        if isawaitable(result):
+            result = await result
+        assert isinstance(result, ExecutionResult)
+        return result
+
+    async def ide(self, request: Request) -> Response:
+        if not self.settings.graphiql:
             return error_response(
                 405, ErrorCode.BAD_REQUEST, "Send GraphQL operations with POST.", Allow="POST"
             )
         return HTMLResponse(get_graphql_ide_html())
-
-    return execute, ide

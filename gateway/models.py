@@ -371,6 +371,21 @@ class Objection(Base):
     )
 
 
+class RateLimit(Base):
+    """Where each client stands with its request rate (GCRA: the theoretical arrival time).
+
+    UNLOGGED: a crash forgets the counters, which only forgives a few seconds of requests; in
+    exchange the per-request UPDATE writes no WAL. Rows of idle subjects are deleted by the sealer.
+    """
+
+    __tablename__ = "rate_limits"
+
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    tat: Mapped[dt.datetime]
+
+    __table_args__ = ({"prefixes": ("UNLOGGED",)},)
+
+
 class Xid8(UserDefinedType[int]):
     """PostgreSQL's 64-bit transaction id (`xid8`)."""
 

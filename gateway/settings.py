@@ -105,6 +105,45 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         default=5000, ge=100, description="PostgreSQL statement_timeout for request connections."
     )
+    # Operation limits: what one request may ask of the gateway. Defaults fit every operation
+    # the /me page and the documented app queries send, with room to spare.
+    max_body_bytes: int = Field(
+        default=256_000, ge=1_000, le=50_000_000, description="Largest request body accepted."
+    )
+    max_query_depth: int = Field(default=8, ge=2, le=50, description="Deepest selection nesting.")
+    max_aliases: int = Field(default=20, ge=0, le=1000, description="Aliases per operation.")
+    max_tokens: int = Field(default=2_000, ge=50, le=100_000, description="Lexical tokens.")
+    max_root_fields: int = Field(
+        default=5, ge=1, le=100, description="Top-level fields per operation."
+    )
+    max_list_size: int = Field(
+        default=100, ge=1, le=10_000, description="Items in any list argument or variable."
+    )
+    max_query_cost: int = Field(
+        default=25_000,
+        ge=10,
+        description="Estimated fields resolved: each field costs 1, times the size of every list "
+        "above it (the `ids` given, `first`, or 10 for other lists).",
+    )
+    max_batch: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Operations in one batched request (a JSON array); 0 turns batching off.",
+    )
+    rate_limit_per_second: float = Field(
+        default=500.0,
+        ge=0,
+        description="Requests per second each client (app key or member) may make, shared by "
+        "every worker through PostgreSQL; 0 turns rate limiting off.",
+    )
+    rate_limit_burst: int = Field(
+        default=1000, ge=1, description="Requests a client may make at once above its rate."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for GET /metrics (Prometheus); unset: /metrics answers 404.",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_secrets(self) -> Settings:

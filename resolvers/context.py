@@ -59,6 +59,11 @@ class Context:
             policy=policy,
         )
 
+    @property
+    def known_purposes(self) -> dict[str, Purpose]:
+        """The purposes this operation has loaded (empty if it needed none)."""
+        return self._purposes or {}
+
     async def purposes(self) -> dict[str, Purpose]:
         """The purposes in force: the worker's policy cache (a few seconds old at most), else read
         once per operation from this operation's transaction."""

@@ -210,6 +210,7 @@ async def row_counts(engine: AsyncEngine) -> dict[str, int]:
         return {
             table: int(await connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
             for table in TABLES
+            if table != "rate_limits"  # bookkeeping of request rates, not data
         }
 
 

@@ -13,7 +13,6 @@ from asgi_lifespan import LifespanManager
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from schema.root import TillitSchema
 from tests.conftest import Api, make_settings
 
 
@@ -110,7 +109,9 @@ async def test_unexpected_error_is_masked_and_logged_once_without_its_message(
     db: object, database_url: str, capsys: pytest.CaptureFixture[str], json_logs: None
 ) -> None:
     app = create_app(
-        make_settings(database_url), database_url=database_url, schema=TillitSchema(query=_Broken)
+        make_settings(database_url),
+        database_url=database_url,
+        schema=strawberry.Schema(query=_Broken),
     )
     async for client in client_for(app):
         response = await client.post(

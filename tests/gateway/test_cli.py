@@ -24,7 +24,7 @@ async def test_migrate_reports_the_head_revision(db: AsyncEngine, cli_env: objec
     result = await tillit("migrate")
 
     assert result.exit_code == 0, result.output
-    assert "database at revision 0002" in result.output
+    assert "database at revision 0003" in result.output
 
 
 async def test_migrate_down_and_up_on_an_empty_database(
@@ -36,9 +36,9 @@ async def test_migrate_down_and_up_on_an_empty_database(
     down = await tillit("migrate", "--down-to", "base")
     again = await tillit("migrate")
 
-    assert "revision 0002" in up.output
+    assert "revision 0003" in up.output
     assert "base (empty)" in down.output
-    assert "revision 0002" in again.output
+    assert "revision 0003" in again.output
 
 
 async def test_policy_load_is_idempotent(db: AsyncEngine, cli_env: object) -> None:

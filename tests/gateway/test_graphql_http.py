@@ -27,7 +27,7 @@ def code_of(body: dict[str, object]) -> str:
     ("content", "content_type", "message"),
     [
         (b"{not json", "application/json", "not valid JSON"),
-        (b"[]", "application/json", "JSON object"),
+        (b"[]", "application/json", "Batched requests are off"),
         (b'{"variables": {}}', "application/json", "non-empty `query`"),
         (b'{"query": 42}', "application/json", "non-empty `query`"),
         (b'{"query": "{ purposes { key } }", "variables": [1]}', "application/json", "variables"),
@@ -41,7 +41,7 @@ def code_of(body: dict[str, object]) -> str:
     ],
     ids=[
         "malformed-json",
-        "array",
+        "batch-while-batching-is-off",
         "no-query",
         "query-not-string",
         "variables-not-object",

@@ -424,7 +424,8 @@ async def test_members_mixes_released_denied_and_unknown_by_position(
         ([], "at least one"),
         (["same", "same"], "twice"),
         (["not-a-uuid"], "UUID"),
-        ([str(uuid.uuid4()) for _ in range(101)], "at most 100"),
+        # Caught before execution by the operation limits (TILLIT_MAX_LIST_SIZE, default 100).
+        ([str(uuid.uuid4()) for _ in range(101)], "more than 100 items"),
     ],
     ids=["empty", "duplicate", "wrong-form", "too-many"],
 )
@@ -439,8 +440,12 @@ async def test_bad_id_lists_are_refused_and_write_nothing(
     response = await api.graphql(MANY, {"ids": ids, "purpose": "membership_service"}, token=app_key)
 
     body = response.json()
-    assert body["data"] == {"members": None}
-    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    if len(ids) > 100:
+        assert response.status_code == 400
+        assert body["errors"][0]["extensions"]["code"] == "OPERATION_LIMIT_EXCEEDED"
+    else:
+        assert body["data"] == {"members": None}
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert message in body["errors"][0]["message"]
     assert await row_counts(db) == before
 

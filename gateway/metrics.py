@@ -1,0 +1,142 @@
+"""Prometheus metrics: requests and latency by operation, access decisions by purpose and outcome,
+audit write latency, sealer lag and connection pool use.
+
+Labels are bounded: the operation label is the sorted root field names (from the schema, never a
+caller's operation name), the purpose label is a registered purpose or `other`. With several
+worker processes (`tillit serve --workers N`) the values live in PROMETHEUS_MULTIPROC_DIR and one
+scrape of any worker reports the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "tillit_requests",
+    "GraphQL operations answered, by root fields and HTTP status.",
+    ["operation", "status"],
+)
+LATENCY = Histogram(
+    "tillit_request_duration_seconds",
+    "Time to answer a GraphQL operation, by root fields.",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+DECISIONS = Counter(
+    "tillit_access_decisions",
+    "Access decisions (one per member touched), by purpose and outcome.",
+    ["purpose", "outcome"],
+)
+AUDIT_WRITE = Histogram(
+    "tillit_audit_write_duration_seconds",
+    "Time to write an operation's access events and commit.",
+    buckets=LATENCY_BUCKETS,
+)
+AUDIT_EVENTS = Counter("tillit_audit_events_written", "Access events written.")
+POOL = Gauge(
+    "tillit_db_pool_connections",
+    "Database connections of the workers, by state.",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+SEALER_LAG = Gauge(
+    "tillit_sealer_lag_seconds",
+    "Seconds since the newest signed audit checkpoint (the sealer writes one every interval).",
+    multiprocess_mode="max",
+)
+UNSEALED = Gauge(
+    "tillit_audit_unsealed_events",
+    "Committed access events at or past the newest checkpoint's horizon (not yet sealed).",
+    multiprocess_mode="max",
+)
+
+_engine_pool: Any = None
+
+
+def watch_pool(engine: AsyncEngine) -> None:
+    global _engine_pool
+    _engine_pool = engine.pool
+
+
+def observe_request(operation: str, status: int, started: float) -> None:
+    REQUESTS.labels(operation, str(status)).inc()
+    LATENCY.labels(operation).observe(time.perf_counter() - started)
+    pool = _engine_pool
+    if pool is not None:
+        checked_out = pool.checkedout()
+        POOL.labels("in_use").set(checked_out)
+        POOL.labels("idle").set(pool.checkedin())
+
+
+def observe_audit_write(started: float, written: int) -> None:
+    AUDIT_WRITE.observe(time.perf_counter() - started)
+    AUDIT_EVENTS.inc(written)
+
+
+def observe_decisions(records: Iterable[Any], known: Mapping[str, Any]) -> None:
+    for record in records:
+        purpose = record.purpose if record.purpose in known else "other"
+        DECISIONS.labels(purpose, record.outcome.value).inc()
+
+
+_SEALER_STATE = text(
+    """
+    WITH newest AS (SELECT created_at, horizon FROM audit_checkpoints ORDER BY id DESC LIMIT 1)
+    SELECT extract(epoch FROM now() - (SELECT created_at FROM newest)) AS lag,
+           (SELECT count(*) FROM access_events
+             WHERE txid >= coalesce((SELECT horizon FROM newest), '0'::xid8)) AS unsealed
+    """
+)
+
+
+async def _sealer_state(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        row = (await connection.execute(_SEALER_STATE)).one()
+    SEALER_LAG.set(float(row.lag) if row.lag is not None else float("inf"))
+    UNSEALED.set(max(0, int(row.unsealed or 0)))
+
+
+def _registry() -> CollectorRegistry | None:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return None
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics for the monitoring system only: it needs TILLIT_METRICS_TOKEN as a bearer
+    token; without one configured the route does not exist (404)."""
+    token = request.state.settings.metrics_token
+    if token is None:
+        return Response(status_code=404)
+    presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+        return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    try:
+        await _sealer_state(request.state.engine)
+    except Exception:
+        SEALER_LAG.set(float("inf"))
+    registry = _registry()
+    body = generate_latest(registry) if registry is not None else generate_latest()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

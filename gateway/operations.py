@@ -1,0 +1,275 @@
+"""Preparing a GraphQL document once: parse, validate, and hold it to the operation limits.
+
+A document is parsed with a token cap, validated by the specification's rules (plus no
+introspection outside dev mode, and no "did you mean" suggestions there), and then measured:
+nesting depth, aliases, root fields, and an estimated cost. The outcome, good or bad, is kept in
+a bounded cache keyed by the document's text, so a document an app sends a million times is
+prepared once; executing it is graphql-core's `execute` on the prepared document, with no
+per-request extension machinery around it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    IntValueNode,
+    ListValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValueNode,
+    VariableNode,
+    get_named_type,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.validation import NoSchemaIntrospectionCustomRule
+
+from gateway.domain import ErrorCode
+
+# The multiplier for a list field whose size no argument bounds.
+UNBOUNDED_LIST_ESTIMATE = 10
+CACHE_SIZE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_depth: int = 8
+    max_aliases: int = 20
+    max_tokens: int = 2_000
+    max_root_fields: int = 5
+    max_list_size: int = 100
+    max_cost: int = 25_000
+    introspection: bool = False
+    suggestions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a document cannot run: the errors as the caller sees them."""
+
+    errors: list[dict[str, Any]]
+
+
+def limit_error(message: str) -> dict[str, Any]:
+    return {"message": message, "extensions": {"code": ErrorCode.OPERATION_LIMIT_EXCEEDED.value}}
+
+
+def graphql_error(error: GraphQLError, code: ErrorCode) -> dict[str, Any]:
+    formatted: dict[str, Any] = {"message": error.message}
+    if error.locations:
+        formatted["locations"] = [
+            {"line": loc.line, "column": loc.column} for loc in error.locations
+        ]
+    formatted["extensions"] = {"code": code.value}
+    return formatted
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    depth: int
+    aliases: int
+    root_fields: int
+    cost: int
+
+
+class _Measurer:
+    """Walks one operation with the schema's types at hand, fragments expanded."""
+
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        limits: Limits,
+    ) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.limits = limits
+        self.aliases = 0
+        self.cost = 0
+        self.depth = 0
+
+    def fields(
+        self, selections: SelectionSetNode, parent: GraphQLObjectType | None, seen: frozenset[str]
+    ) -> Iterable[tuple[FieldNode, GraphQLObjectType | None]]:
+        for selection in selections.selections:
+            if isinstance(selection, FieldNode):
+                yield selection, parent
+            elif isinstance(selection, InlineFragmentNode):
+                on = parent
+                if selection.type_condition is not None:
+                    named = self.schema.get_type(selection.type_condition.name.value)
+                    on = named if isinstance(named, GraphQLObjectType) else None
+                yield from self.fields(selection.selection_set, on, seen)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is None or name in seen:  # validation has refused both already
+                    continue
+                named = self.schema.get_type(fragment.type_condition.name.value)
+                on = named if isinstance(named, GraphQLObjectType) else None
+                yield from self.fields(fragment.selection_set, on, seen | {name})
+
+    def walk(
+        self,
+        selections: SelectionSetNode,
+        parent: GraphQLObjectType | None,
+        depth: int,
+        multiplier: int,
+    ) -> None:
+        self.depth = max(self.depth, depth)
+        for node, owner in self.fields(selections, parent, frozenset()):
+            name = node.name.value
+            if node.alias is not None:
+                self.aliases += 1
+            if name.startswith("__"):
+                continue  # __typename is free; introspection has its own depth rule
+            definition = owner.fields.get(name) if owner is not None else None
+            size = multiplier * self.list_size(node, definition.type if definition else None)
+            self.cost += size
+            if node.selection_set is not None:
+                child = get_named_type(definition.type) if definition else None
+                self.walk(
+                    node.selection_set,
+                    child if isinstance(child, GraphQLObjectType) else None,
+                    depth + 1,
+                    size,
+                )
+
+    def list_size(self, node: FieldNode, type_: Any) -> int:
+        if isinstance(type_, GraphQLNonNull):
+            type_ = type_.of_type
+        if not isinstance(type_, GraphQLList) or node.selection_set is None:
+            return 1  # a list of scalars is one value
+        for argument in node.arguments or ():
+            if argument.name.value in ("ids", "first"):
+                return max(1, self.bounded(argument.value))
+        return UNBOUNDED_LIST_ESTIMATE
+
+    def bounded(self, value: ValueNode) -> int:
+        if isinstance(value, ListValueNode):
+            return len(value.values)
+        if isinstance(value, IntValueNode):
+            return min(int(value.value), self.limits.max_list_size)
+        if isinstance(value, VariableNode):
+            return self.limits.max_list_size
+        return 1
+
+
+def measure(schema: GraphQLSchema, document: DocumentNode, limits: Limits) -> dict[str, Measure]:
+    """Depth, aliases, root fields and cost of each operation in the document."""
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    measures = {}
+    for definition in document.definitions:
+        if not isinstance(definition, OperationDefinitionNode):
+            continue
+        root = schema.get_root_type(definition.operation)
+        walker = _Measurer(schema, fragments, limits)
+        walker.walk(definition.selection_set, root, 1, 1)
+        root_fields = sum(1 for _ in walker.fields(definition.selection_set, root, frozenset()))
+        name = definition.name.value if definition.name else ""
+        measures[name] = Measure(walker.depth, walker.aliases, root_fields, walker.cost)
+    return measures
+
+
+def _over_limits(measures: Mapping[str, Measure], limits: Limits) -> list[dict[str, Any]]:
+    errors = []
+    for m in measures.values():
+        if m.depth > limits.max_depth:
+            errors.append(
+                limit_error(f"The operation nests {m.depth} deep; the limit is {limits.max_depth}.")
+            )
+        if m.aliases > limits.max_aliases:
+            errors.append(
+                limit_error(
+                    f"The operation uses {m.aliases} aliases; the limit is {limits.max_aliases}."
+                )
+            )
+        if m.root_fields > limits.max_root_fields:
+            errors.append(
+                limit_error(
+                    f"The operation asks for {m.root_fields} top-level fields; "
+                    f"the limit is {limits.max_root_fields}."
+                )
+            )
+        if m.cost > limits.max_cost:
+            errors.append(
+                limit_error(
+                    f"The operation's estimated cost is {m.cost}; the limit is {limits.max_cost}."
+                )
+            )
+        if errors:
+            break
+    return errors
+
+
+class Preparer:
+    """Prepared documents by text: a DocumentNode ready to execute, or the reason it cannot run."""
+
+    def __init__(self, schema: GraphQLSchema, limits: Limits, size: int = CACHE_SIZE) -> None:
+        self.schema = schema
+        self.limits = limits
+        self.size = size
+        self.rules = tuple(specified_rules) + (
+            () if limits.introspection else (NoSchemaIntrospectionCustomRule,)
+        )
+        self._cache: OrderedDict[str, DocumentNode | Refusal] = OrderedDict()
+
+    def prepare(self, query: str) -> DocumentNode | Refusal:
+        found = self._cache.get(query)
+        if found is not None:
+            self._cache.move_to_end(query)
+            return found
+        prepared = self._prepare(query)
+        self._cache[query] = prepared
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return prepared
+
+    def _prepare(self, query: str) -> DocumentNode | Refusal:
+        try:
+            document = parse(query, max_tokens=self.limits.max_tokens)
+        except GraphQLError as error:
+            if "token limit" in error.message:
+                return Refusal(
+                    [limit_error(f"The document has more than {self.limits.max_tokens} tokens.")]
+                )
+            return Refusal([graphql_error(error, ErrorCode.GRAPHQL_PARSE_FAILED)])
+        errors = validate(
+            self.schema,
+            document,
+            self.rules,
+            max_errors=10,
+            hide_suggestions=not self.limits.suggestions,
+        )
+        if errors:
+            return Refusal([graphql_error(e, ErrorCode.GRAPHQL_VALIDATION_FAILED) for e in errors])
+        over = _over_limits(measure(self.schema, document, self.limits), self.limits)
+        if over:
+            return Refusal(over)
+        return document
+
+
+def oversized_list(value: Any, limit: int) -> bool:
+    """Whether a variable value holds a list longer than `limit`, at any depth."""
+    if isinstance(value, list):
+        return len(value) > limit or any(oversized_list(v, limit) for v in value)
+    if isinstance(value, dict):
+        return any(oversized_list(v, limit) for v in value.values())
+    return False
