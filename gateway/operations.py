@@ -87,6 +87,13 @@ class Measure:
     cost: int
 
 
+def _is_object_list(type_: Any, node: FieldNode) -> bool:
+    """A list of objects multiplies what is below it; a list of scalars is one value."""
+    if isinstance(type_, GraphQLNonNull):
+        type_ = type_.of_type
+    return isinstance(type_, GraphQLList) and node.selection_set is not None
+
+
 class _Measurer:
     """Walks one operation with the schema's types at hand, fragments expanded."""
 
@@ -130,7 +137,9 @@ class _Measurer:
         parent: GraphQLObjectType | None,
         depth: int,
         multiplier: int,
+        page: int | None = None,
     ) -> None:
+        """`page` is the `first` of a connection above, which bounds the lists inside it."""
         self.depth = max(self.depth, depth)
         for node, owner in self.fields(selections, parent, frozenset()):
             name = node.name.value
@@ -139,7 +148,9 @@ class _Measurer:
             if name.startswith("__"):
                 continue  # __typename is free; introspection has its own depth rule
             definition = owner.fields.get(name) if owner is not None else None
-            size = multiplier * self.list_size(node, definition.type if definition else None)
+            bound = self.argument_bound(node)
+            is_list = definition is not None and _is_object_list(definition.type, node)
+            size = multiplier * ((bound or page or UNBOUNDED_LIST_ESTIMATE) if is_list else 1)
             self.cost += size
             if node.selection_set is not None:
                 child = get_named_type(definition.type) if definition else None
@@ -148,17 +159,14 @@ class _Measurer:
                     child if isinstance(child, GraphQLObjectType) else None,
                     depth + 1,
                     size,
+                    None if is_list else bound,
                 )
 
-    def list_size(self, node: FieldNode, type_: Any) -> int:
-        if isinstance(type_, GraphQLNonNull):
-            type_ = type_.of_type
-        if not isinstance(type_, GraphQLList) or node.selection_set is None:
-            return 1  # a list of scalars is one value
+    def argument_bound(self, node: FieldNode) -> int | None:
         for argument in node.arguments or ():
             if argument.name.value in ("ids", "first"):
                 return max(1, self.bounded(argument.value))
-        return UNBOUNDED_LIST_ESTIMATE
+        return None
 
     def bounded(self, value: ValueNode) -> int:
         if isinstance(value, ListValueNode):
@@ -246,7 +254,7 @@ class Preparer:
         try:
             document = parse(query, max_tokens=self.limits.max_tokens)
         except GraphQLError as error:
-            if "token limit" in error.message:
+            if "more than" in error.message and "tokens" in error.message:
                 return Refusal(
                     [limit_error(f"The document has more than {self.limits.max_tokens} tokens.")]
                 )

@@ -34,7 +34,9 @@ SELECT EXISTS (SELECT FROM granted) AS allowed,
 """
 
 # Subjects idle for this long are at their full burst again: their rows say nothing.
-_FORGET = "DELETE FROM rate_limits WHERE tat < clock_timestamp() - interval '1 minute'"
+FORGET_IDLE_RATE_LIMITS = (
+    "DELETE FROM rate_limits WHERE tat < clock_timestamp() - interval '1 minute'"
+)
 
 
 def subject_of(principal: Principal, address: str | None) -> str:
@@ -68,7 +70,3 @@ class RateLimit:
         if not row["allowed"]:
             ahead = float(row["ahead"] or 0.0)
             raise RateLimited(retry_after=max(1, math.ceil(ahead - self.tolerance + self.interval)))
-
-
-async def forget_idle(raw: Any) -> None:
-    await raw.execute(_FORGET)

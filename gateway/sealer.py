@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway import db
+from gateway.ratelimit import FORGET_IDLE_RATE_LIMITS
 from gateway.sealing import (
     EVENT_COLUMNS,
     MAX_BATCH,
@@ -155,6 +156,10 @@ async def run_sealer(
                         while not stop.is_set():
                             async with connection.begin():
                                 checkpoint = await seal_once(connection, signer)
+                            # The one process per database that seals also forgets idle rate
+                            # limits (housekeeping that, like sealing, needs no second runner).
+                            async with connection.begin():
+                                await connection.execute(text(FORGET_IDLE_RATE_LIMITS))
                             if checkpoint is not None and checkpoint.event_count:
                                 log.info(
                                     "sealer.sealed",

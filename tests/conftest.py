@@ -9,11 +9,13 @@ the policy file loaded.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -27,6 +29,7 @@ from typer.testing import CliRunner, Result
 
 from gateway import migrate
 from gateway.app import create_app
+from gateway.auth import mint_member_token
 from gateway.cli import app as cli_app
 from gateway.clients import IssuedClient, create_client
 from gateway.db import create_engine, normalize_url
@@ -270,6 +273,10 @@ async def tillit(*args: str) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, cli_app, list(args))
 
 
+def member_token(member_id: uuid.UUID) -> str:
+    return mint_member_token(member_id, TEST_SECRET, dt.timedelta(minutes=10))
+
+
 async def scalar(engine: AsyncEngine, sql: str) -> object:
     async with engine.connect() as connection:
         return await connection.scalar(text(sql))
@@ -297,10 +304,17 @@ class Api:
         )
 
 
-@pytest.fixture
-async def api(db: AsyncEngine, gateway_url: str, settings: Settings) -> AsyncIterator[Api]:
-    app = create_app(settings, database_url=gateway_url)
+@asynccontextmanager
+async def serving(settings: Settings, url: str) -> AsyncIterator[Api]:
+    """The app with these settings, in this process, and a client for it."""
+    app = create_app(settings, database_url=url)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tillit.test") as client:
             yield Api(client)
+
+
+@pytest.fixture
+async def api(db: AsyncEngine, gateway_url: str, settings: Settings) -> AsyncIterator[Api]:
+    async with serving(settings, gateway_url) as client:
+        yield client

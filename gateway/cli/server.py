@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -246,6 +247,10 @@ def serve(
             raise fail(f"invalid policy file: {exc}") from None
     # Workers are separate processes: they read the settings, and this URL, from the environment.
     os.environ["DATABASE_URL"] = url
+    worker_count = workers or settings.workers
+    if worker_count > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker keeps its metrics in files here, so /metrics on any worker reports all.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tillit-metrics-")
     bind_host, bind_port = host or settings.host, port or settings.port
     out.print(f"serving on http://{bind_host}:{bind_port}/graphql  (Ctrl-C stops)", highlight=False)
     uvicorn.run(
@@ -253,7 +258,7 @@ def serve(
         factory=True,
         host=bind_host,
         port=bind_port,
-        workers=workers or settings.workers,
+        workers=worker_count,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -18,9 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import create_app
-from gateway.auth import mint_member_token
 from gateway.domain import Capability, Role
-from tests.conftest import TEST_SECRET, Api, add_client, add_member, make_settings, row_counts
+from tests.conftest import Api, add_client, add_member, make_settings, member_token, row_counts
 from tests.resolvers.test_member_reads import access_events, enrich, grant, read
 
 GRANT = """
@@ -66,10 +65,6 @@ async def capture_key(db: AsyncEngine) -> str:
         capabilities=(Capability.CAPTURE_CONSENT,),
     )
     return client.key
-
-
-def member_token(member_id: uuid.UUID) -> str:
-    return mint_member_token(member_id, TEST_SECRET, dt.timedelta(minutes=10))
 
 
 async def consent_events(db: AsyncEngine, member_id: uuid.UUID) -> list[dict[str, Any]]:

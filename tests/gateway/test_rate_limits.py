@@ -1,0 +1,89 @@
+"""Rate limits: per client, shared by every worker through PostgreSQL, 429 with Retry-After."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.ratelimit import FORGET_IDLE_RATE_LIMITS
+from tests.conftest import add_client, add_member, make_settings, member_token, row_counts, serving
+
+PURPOSES = "{ purposes { key } }"
+ONE = 'query($id: ID!) { member(id: $id, purpose: "membership_service") { id tier } }'
+
+
+async def test_over_the_limit_is_429_with_retry_after_and_leaves_no_trace(
+    db: AsyncEngine, gateway_url: str
+) -> None:
+    client = await add_client(db, purposes=("membership_service",))
+    member_id = await add_member(db)
+    limited = make_settings(gateway_url, rate_limit_per_second=0.5, rate_limit_burst=2)
+    async with serving(limited, gateway_url) as api:
+        allowed = [await api.graphql(ONE, {"id": str(member_id)}, token=client.key) for _ in "ab"]
+        before = await row_counts(db)
+        refused = await api.graphql(ONE, {"id": str(member_id)}, token=client.key)
+
+    assert [r.status_code for r in allowed] == [200, 200]
+    assert refused.status_code == 429
+    assert refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 2
+    assert "data" not in refused.json()
+    assert await row_counts(db) == before  # no read, so no access event either
+
+
+async def test_the_limit_is_shared_by_workers_and_kept_per_client(
+    db: AsyncEngine, gateway_url: str
+) -> None:
+    shop = await add_client(db, name="shop")
+    other = await add_client(db, name="other")
+    member = member_token(await add_member(db))
+    limited = make_settings(gateway_url, rate_limit_per_second=0.2, rate_limit_burst=2)
+    async with AsyncExitStack() as stack:
+        # Two app instances on one database: two workers (or two hosts) behind a balancer.
+        worker_a = await stack.enter_async_context(serving(limited, gateway_url))
+        worker_b = await stack.enter_async_context(serving(limited, gateway_url))
+        first = await worker_a.graphql(PURPOSES, token=shop.key)
+        second = await worker_b.graphql(PURPOSES, token=shop.key)
+        third = await worker_a.graphql(PURPOSES, token=shop.key)
+        other_client = await worker_b.graphql(PURPOSES, token=other.key)
+        a_member = await worker_b.graphql("{ me { id } }", token=member)
+
+    assert [first.status_code, second.status_code, third.status_code] == [200, 200, 429]
+    assert other_client.status_code == 200
+    assert a_member.status_code == 200
+
+
+async def test_anonymous_callers_are_limited_by_address(db: AsyncEngine, gateway_url: str) -> None:
+    limited = make_settings(gateway_url, rate_limit_per_second=0.2, rate_limit_burst=1)
+    async with serving(limited, gateway_url) as api:
+        statuses = [(await api.graphql(PURPOSES)).status_code for _ in range(2)]
+
+    assert statuses == [200, 429]
+
+
+async def test_no_limit_when_turned_off(db: AsyncEngine, gateway_url: str) -> None:
+    client = await add_client(db)
+    off = make_settings(gateway_url, rate_limit_per_second=0)
+    async with serving(off, gateway_url) as api:
+        statuses = {(await api.graphql(PURPOSES, token=client.key)).status_code for _ in range(5)}
+    async with db.connect() as connection:
+        rows = await connection.scalar(text("SELECT count(*) FROM rate_limits"))
+
+    assert statuses == {200}
+    assert rows == 0
+
+
+async def test_idle_subjects_are_forgotten(db: AsyncEngine) -> None:
+    async with db.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO rate_limits VALUES ('client:old', now() - interval '2 minutes'), "
+                "('client:busy', now() + interval '1 second')"
+            )
+        )
+        await connection.execute(text(FORGET_IDLE_RATE_LIMITS))
+        left = (await connection.execute(text("SELECT subject FROM rate_limits"))).scalars()
+
+        assert list(left) == ["client:busy"]
