@@ -46,7 +46,7 @@ from gateway.domain import ErrorCode
 from gateway.errors import AuditUnavailable, RateLimited, TillitError, Unauthenticated
 from gateway.logs import exception_summary
 from gateway.middleware import request_id_of
-from gateway.operations import Limits, Preparer, Refusal, oversized_list
+from gateway.operations import Limits, Preparer, Refusal, variables_problem
 from gateway.ratelimit import RateLimit, subject_of
 from gateway.settings import Settings
 from resolvers.context import Context
@@ -288,12 +288,9 @@ class GraphQLEndpoint:
             return Answer(400, {"errors": prepared.errors, "data": None}, operation="invalid")
         operation = _operation(prepared, operation_name)
         label = _label(operation)
-        if variables and oversized_list(variables, self.settings.max_list_size):
-            answer = _error_answer(
-                400,
-                ErrorCode.OPERATION_LIMIT_EXCEEDED,
-                f"A list in the variables holds more than {self.settings.max_list_size} items.",
-            )
+        problem = variables_problem(variables, self.settings.max_list_size) if variables else None
+        if problem is not None:
+            answer = _error_answer(400, *problem)
             answer.operation = label
             return answer
         answer = await self._execute(request, prepared, variables, operation_name, operation)

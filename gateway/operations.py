@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import graphql
 from graphql import (
     DocumentNode,
     FieldNode,
@@ -30,6 +31,7 @@ from graphql import (
     ListValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    StringValueNode,
     ValueNode,
     VariableNode,
     get_named_type,
@@ -268,16 +270,49 @@ class Preparer:
         )
         if errors:
             return Refusal([graphql_error(e, ErrorCode.GRAPHQL_VALIDATION_FAILED) for e in errors])
+        if _has_nul(document):
+            return Refusal(
+                [{"message": NUL_MESSAGE, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]
+            )
         over = _over_limits(measure(self.schema, document, self.limits), self.limits)
         if over:
             return Refusal(over)
         return document
 
 
-def oversized_list(value: Any, limit: int) -> bool:
-    """Whether a variable value holds a list longer than `limit`, at any depth."""
+NUL_MESSAGE = "Text may not contain NUL (U+0000) characters."
+
+
+def variables_problem(value: Any, limit: int) -> tuple[ErrorCode, str] | None:
+    """What is wrong with the variables before they reach a resolver: a list longer than
+    `limit`, or a NUL character (PostgreSQL text cannot hold one), at any depth."""
+    if isinstance(value, str):
+        return (ErrorCode.BAD_USER_INPUT, NUL_MESSAGE) if "\x00" in value else None
     if isinstance(value, list):
-        return len(value) > limit or any(oversized_list(v, limit) for v in value)
-    if isinstance(value, dict):
-        return any(oversized_list(v, limit) for v in value.values())
-    return False
+        if len(value) > limit:
+            return (
+                ErrorCode.OPERATION_LIMIT_EXCEEDED,
+                f"A list in the variables holds more than {limit} items.",
+            )
+        items: Iterable[Any] = value
+    elif isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    else:
+        return None
+    for item in items:
+        problem = variables_problem(item, limit)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _has_nul(document: DocumentNode) -> bool:
+    found = False
+
+    class Visitor(graphql.Visitor):
+        def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
+            nonlocal found
+            found = found or "\x00" in node.value
+
+    graphql.visit(document, Visitor())
+    return found

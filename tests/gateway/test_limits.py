@@ -198,3 +198,33 @@ async def test_the_limits_are_settings(db: AsyncEngine, gateway_url: str) -> Non
         assert refused.status_code == 400
         assert word in refused.json()["errors"][0]["message"]
     assert fine.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("document", "variables"),
+    [
+        ('{ member(id: "x", purpose: "a\\u0000b") { id } }', None),
+        (
+            'query($p: String!) { member(id: "x", purpose: $p) { id } }',
+            {"p": "personalized\x00offers"},
+        ),
+        (
+            'mutation($v: EnrichmentValuesInput!) { recordEnrichment(memberId: "x", '
+            'purpose: "p", source: "s", values: $v) { written } }',
+            {"v": {"k\x00": 1}},
+        ),
+    ],
+    ids=["in-a-literal", "in-a-variable", "in-a-key"],
+)
+async def test_a_nul_character_is_refused_before_it_reaches_the_database(
+    api: Api, db: AsyncEngine, document: str, variables: Any
+) -> None:
+    client = await add_client(db, purposes=("personalized_offers",))
+    before = await row_counts(db)
+
+    response = await api.graphql(document, variables, token=client.key)
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "NUL" in response.json()["errors"][0]["message"]
+    assert await row_counts(db) == before
