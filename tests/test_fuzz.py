@@ -99,7 +99,7 @@ def released_members(data: Any) -> int:
         return 0
     count = 0
     for key, value in data.items():
-        if key == "member" or key.startswith("member") and isinstance(value, dict):
+        if key == "member" or (key.startswith("member") and isinstance(value, dict)):
             count += value is not None
         elif key == "members" and isinstance(value, list):
             count += sum(1 for item in value if item is not None)
