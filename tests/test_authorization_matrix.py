@@ -1,4 +1,4 @@
-"""The authorisation matrix: every root field and mutation × every kind of caller, from one table.
+"""The authorisation matrix: every root field and mutation by every kind of caller, from one table.
 
 A cell is the outcome the caller sees: OK (the field answered), or the code of the error on the
 root field, or UNAUTHENTICATED (HTTP 401). Each cell also checks that nothing answered 5xx and
@@ -86,7 +86,8 @@ NOT_PERMITTED = "PURPOSE_NOT_PERMITTED"
 
 # The table: one row per operation, one column per caller kind (in CALLERS' order).
 EXPECTED: dict[str, list[str]] = {
-    #                     anon    app  app-w/o-purpose member-self member-other auditor admin expired
+    # columns: anonymous, app, app without the purpose, member on self, member on another,
+    # auditor, admin, expired token
     "purposes": [OK, OK, OK, OK, OK, OK, OK, UNAUTH],
     "member": [UNAUTH, OK, NOT_PERMITTED, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
     "members": [UNAUTH, OK, NOT_PERMITTED, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
