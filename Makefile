@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := gateway schema resolvers migrations tests bench
 
-.PHONY: run test lint schema bench clean
+.PHONY: run test lint schema bench loadtest clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tillit needs Python 3.11 or newer")'
@@ -31,6 +31,9 @@ lint: $(INSTALLED)
 bench: $(INSTALLED)
 	@command -v wrk >/dev/null || (echo "make bench needs wrk: apt-get install wrk" && exit 1)
 	$(BIN)/python -m bench.run
+
+loadtest: $(INSTALLED)
+	$(BIN)/python -m bench.loadtest
 
 schema: $(INSTALLED)
 	$(BIN)/python -m schema --write
