@@ -163,7 +163,11 @@ async def test_invalid_operations(api: Api, db: AsyncEngine, world: None, data: 
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
     lambda children: (
         st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children)
     ),
