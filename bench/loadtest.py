@@ -227,7 +227,7 @@ async def drive(world: World, base_url: str, *, seconds: float, clients: int) ->
     tally = Tally()
     kinds = [kind for kind, weight in MIX for _ in range(weight)]
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(number)  # noqa: S311  (load, not secrets)
@@ -270,8 +270,13 @@ async def drive(world: World, base_url: str, *, seconds: float, clients: int) ->
             elif response.status_code == 200:
                 tally.profiles_received += _profiles(response.json())
 
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
-        await asyncio.gather(*(client(n, http) for n in range(clients)))
+    async def one(number: int) -> None:
+        # A client (and connection pool) per simulated client: one shared pool of 64 connections
+        # spends its time in the pool's bookkeeping (measured: 142 vs 579 requests/s).
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+            await client(number, http)
+
+    await asyncio.gather(*(one(n) for n in range(clients)))
     return tally
 
 
