@@ -10,6 +10,7 @@ import sys
 import traceback
 from typing import Any
 
+import orjson
 import structlog
 
 _LEVELS = {
@@ -41,6 +42,11 @@ def _summarise_exceptions(logger: Any, name: str, event: dict[str, Any]) -> dict
     return event
 
 
+def _json(event: Any, **_: Any) -> str:
+    # orjson: one log line per request, measured at about 5% of a read with the stdlib encoder.
+    return orjson.dumps(event, default=str).decode()
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Configure structlog; route the standard library's loggers (uvicorn, alembic) through it."""
     shared: list[Any] = [
@@ -50,7 +56,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
