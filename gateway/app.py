@@ -124,6 +124,10 @@ def create_app(
             if settings.seal_interval_seconds > 0
             else None
         )
+        limiter = graphql.rate_limit
+        syncing = (
+            asyncio.create_task(limiter.run_sync(engine, stop)) if limiter is not None else None
+        )
         try:
             yield {
                 "settings": settings,
@@ -139,6 +143,8 @@ def create_app(
             stop.set()
             if sealer is not None:
                 await sealer
+            if syncing is not None:
+                await syncing
             await engine.dispose()
 
     return Starlette(

@@ -47,7 +47,7 @@ from gateway.errors import AuditUnavailable, RateLimited, TillitError, Unauthent
 from gateway.logs import exception_summary
 from gateway.middleware import request_id_of
 from gateway.operations import Limits, Preparer, Refusal, variables_problem
-from gateway.ratelimit import RateLimit, subject_of
+from gateway.ratelimit import RateLimiter, subject_of
 from gateway.settings import Settings
 from resolvers.context import Context
 
@@ -190,7 +190,11 @@ class GraphQLEndpoint:
             ),
         )
         self.rate_limit = (
-            RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst)
+            RateLimiter(
+                settings.rate_limit_per_second,
+                settings.rate_limit_burst,
+                sync_seconds=settings.rate_limit_sync_seconds,
+            )
             if settings.rate_limit_per_second > 0
             else None
         )
@@ -324,7 +328,7 @@ class GraphQLEndpoint:
                 if self.rate_limit is not None:
                     client = request.client.host if request.client else None
                     await self.rate_limit.check(
-                        await db.raw_connection(connection), subject_of(principal, client)
+                        lambda: db.raw_connection(connection), subject_of(principal, client)
                     )
                 context = Context.create(
                     connection=connection,

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         default=1000, ge=1, description="Requests a client may make at once above its rate."
     )
+    rate_limit_sync_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=10,
+        description="How often each worker adds its clients' requests to the shared counts.",
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for GET /metrics (Prometheus); unset: /metrics answers 404.",

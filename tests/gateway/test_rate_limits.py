@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.ratelimit import FORGET_IDLE_RATE_LIMITS
+from gateway.db import raw_connection
+from gateway.errors import RateLimited
+from gateway.ratelimit import FORGET_IDLE_RATE_LIMITS, RateLimiter
 from tests.conftest import add_client, add_member, make_settings, member_token, row_counts, serving
 
 PURPOSES = "{ purposes { key } }"
@@ -39,18 +44,23 @@ async def test_the_limit_is_shared_by_workers_and_kept_per_client(
     shop = await add_client(db, name="shop")
     other = await add_client(db, name="other")
     member = member_token(await add_member(db))
-    limited = make_settings(gateway_url, rate_limit_per_second=0.2, rate_limit_burst=2)
+    limited = make_settings(
+        gateway_url, rate_limit_per_second=0.2, rate_limit_burst=2, rate_limit_sync_seconds=0.05
+    )
     async with AsyncExitStack() as stack:
         # Two app instances on one database: two workers (or two hosts) behind a balancer.
         worker_a = await stack.enter_async_context(serving(limited, gateway_url))
         worker_b = await stack.enter_async_context(serving(limited, gateway_url))
         first = await worker_a.graphql(PURPOSES, token=shop.key)
-        second = await worker_b.graphql(PURPOSES, token=shop.key)
-        third = await worker_a.graphql(PURPOSES, token=shop.key)
+        second = await worker_a.graphql(PURPOSES, token=shop.key)
+        await asyncio.sleep(0.5)  # worker A's sync task adds its requests to the shared count
+        third = await worker_b.graphql(PURPOSES, token=shop.key)
+        fourth = await worker_a.graphql(PURPOSES, token=shop.key)
         other_client = await worker_b.graphql(PURPOSES, token=other.key)
         a_member = await worker_b.graphql("{ me { id } }", token=member)
 
-    assert [first.status_code, second.status_code, third.status_code] == [200, 200, 429]
+    statuses = [r.status_code for r in (first, second, third, fourth)]
+    assert statuses == [200, 200, 429, 429]
     assert other_client.status_code == 200
     assert a_member.status_code == 200
 
@@ -87,3 +97,30 @@ async def test_idle_subjects_are_forgotten(db: AsyncEngine) -> None:
         left = (await connection.execute(text("SELECT subject FROM rate_limits"))).scalars()
 
         assert list(left) == ["client:busy"]
+
+
+async def test_workers_share_their_counts_through_the_table(db: AsyncEngine) -> None:
+    """Two limiters on one table, as two workers: a worker's first request for a caller is
+    decided against the table; later ones locally, and a sync adds them to the table."""
+    worker_a = RateLimiter(per_second=1, burst=3)
+    worker_b = RateLimiter(per_second=1, burst=3)
+    async with db.connect() as connection:
+        raw = await raw_connection(connection)
+
+        async def connect() -> Any:
+            return raw
+
+        await worker_a.check(connect, "client:x")  # first here: through the table
+        await worker_a.check(connect, "client:x")  # local
+        await worker_a.sync(raw)  # the table now holds both
+        await worker_b.check(connect, "client:x")  # first for B: the table says two are used
+        with pytest.raises(RateLimited) as refused:
+            await worker_b.check(connect, "client:x")
+        [row] = (
+            await connection.execute(
+                text("SELECT tat - now() > interval '2 seconds' FROM rate_limits")
+            )
+        ).all()
+
+    assert refused.value.retry_after == 1
+    assert row[0] is True  # three requests' worth of the one-second interval
