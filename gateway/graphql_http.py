@@ -50,6 +50,9 @@ from gateway.operations import Limits, Preparer, Refusal, variables_problem
 from gateway.ratelimit import RateLimiter, subject_of
 from gateway.settings import Settings
 from resolvers.context import Context
+from schema.categories import graphql_names_of
+from schema.fastpath import FastPath
+from schema.types import Member
 
 log = structlog.get_logger("tillit.graphql")
 
@@ -189,6 +192,7 @@ class GraphQLEndpoint:
                 suggestions=settings.dev,
             ),
         )
+        self.fast = FastPath(self.schema, graphql_names_of(Member)) if settings.fast_path else None
         self.rate_limit = (
             RateLimiter(
                 settings.rate_limit_per_second,
@@ -337,7 +341,19 @@ class GraphQLEndpoint:
                     settings=self.settings,
                     policy=request.state.policy_cache,
                 )
-                result = await self._run_document(context, document, variables, operation_name)
+                result = None
+                plan = (
+                    self.fast.plan(document, operation, operation_name)
+                    if self.fast is not None and read_only
+                    else None
+                )
+                if plan is not None:
+                    assert self.fast is not None
+                    result = await self.fast.run(
+                        plan, context, variables, hide_suggestions=not self.settings.dev
+                    )
+                if result is None:
+                    result = await self._run_document(context, document, variables, operation_name)
                 errors = [_format_error(e) for e in result.errors or ()]
                 outcome = {"data": result.data, "errors": errors}
                 failures = [

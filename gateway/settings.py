@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         le=10,
         description="How often each worker adds its clients' requests to the shared counts.",
     )
+    fast_path: bool = Field(
+        default=True,
+        description="Run `member`/`members` operations with leaf fields only through the direct "
+        "executor (schema/fastpath.py); false sends every operation through graphql-core.",
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for GET /metrics (Prometheus); unset: /metrics answers 404.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Any, cast
 
 import strawberry
@@ -79,18 +80,17 @@ def _requested_member_fields(info: Info) -> Requested:
     return requested, keys
 
 
-def _release(
-    info: Info, view: MemberView, keys: dict[str, list[str]], position: int | None = None
-) -> Any:
-    """The object GraphQL resolves the member from, and one error per withheld field at its
-    path (reported beside the data, not raised: no per-field resolver, no exception per field)."""
-    base = info.path.as_list() if position is None else [*info.path.as_list(), position]
+def member_field_errors(
+    context: Context, view: MemberView, keys: Mapping[str, list[str]], path: list[str | int]
+) -> None:
+    """One error per withheld field at its path, reported beside the data (not raised: no
+    per-field resolver, no exception per field)."""
     for name, withheld in view.withheld.items():
         for key in keys.get(name, ()):
-            info.context.field_errors.append(
+            context.field_errors.append(
                 {
                     "message": withheld.message,
-                    "path": [*base, key],
+                    "path": [*path, key],
                     "extensions": {
                         "code": withheld.code.value,
                         "purpose": view.purpose,
@@ -98,6 +98,14 @@ def _release(
                     },
                 }
             )
+
+
+def _release(
+    info: Info, view: MemberView, keys: dict[str, list[str]], position: int | None = None
+) -> Any:
+    """The object GraphQL resolves the member from, and the errors of its withheld fields."""
+    base = info.path.as_list() if position is None else [*info.path.as_list(), position]
+    member_field_errors(info.context, view, keys, base)
     return released(MEMBER_FIELD_CATEGORIES, view.id, view.values)
 
 

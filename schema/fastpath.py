@@ -1,0 +1,238 @@
+"""A direct execution of the most common operation: one `member` or `members` field with leaf
+fields only (`{ member(id: $id, purpose: $p) { id tier incomeBand } }`).
+
+graphql-core's executor is general: for each request it builds an execution context, walks the
+selection, wraps every resolver and completes every value. For a prepared document of this one
+shape, the plan (which fields, under which response keys, serialised how) is made once, and a
+request coerces its variables and arguments with graphql-core's own functions, runs the same
+resolver code (`resolvers.members.read_members`: decision and audit are untouched) and serialises
+each value with the field's own GraphQL type. The result and its errors are what graphql-core
+would produce; `tests/schema/test_fastpath.py` runs generated operations through both and
+compares them. Anything else (fragments, directives, nested objects, several root fields,
+variables that do not coerce) returns None and takes the general path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLField,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    get_named_type,
+    is_leaf_type,
+    located_error,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+
+from gateway.domain import Category
+from gateway.errors import TillitError
+from resolvers.context import Context
+from resolvers.members import MemberView, read_member, read_members
+from schema.query import MEMBER_FIELD_CATEGORIES, member_field_errors
+
+_CACHE_SIZE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    key: str  # the response key (alias or name)
+    attribute: str | None  # the value's name in a MemberView; None for __typename
+    serialize: Callable[[Any], Any]
+    many: bool  # a list of scalars
+    non_null: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberPlan:
+    operation: OperationDefinitionNode
+    node: FieldNode
+    field: GraphQLField
+    key: str
+    many: bool
+    leaves: tuple[Leaf, ...]
+    fields: Mapping[str, Category]
+    keys: Mapping[str, list[str]]
+
+
+def _leaf(schema: GraphQLSchema, node: FieldNode, python_names: Mapping[str, str]) -> Leaf | None:
+    member = schema.get_type("Member")
+    if not isinstance(member, GraphQLObjectType):
+        return None
+    key = node.alias.value if node.alias else node.name.value
+    if node.name.value == "__typename":
+        return Leaf(key, None, lambda _: "Member", many=False, non_null=True)
+    definition = member.fields.get(node.name.value)
+    if definition is None or node.selection_set is not None or node.arguments:
+        return None
+    type_ = definition.type
+    non_null = isinstance(type_, GraphQLNonNull)
+    if non_null:
+        type_ = type_.of_type
+    many = isinstance(type_, GraphQLList)
+    if many:
+        inner = type_.of_type
+        if not isinstance(inner, GraphQLNonNull):
+            return None  # a list of nullable items: leave it to the general path
+        type_ = inner.of_type
+    named = get_named_type(type_)
+    if not is_leaf_type(named):
+        return None
+    attribute = python_names.get(node.name.value)
+    if attribute is None:
+        return None
+    assert isinstance(named, GraphQLScalarType | GraphQLEnumType)
+    return Leaf(key, attribute, named.serialize, many=many, non_null=non_null)
+
+
+class FastPath:
+    """Plans by prepared document; `run` executes one, or returns None for the general path."""
+
+    def __init__(self, schema: GraphQLSchema, python_names: Mapping[str, str]) -> None:
+        self.schema = schema
+        self.python_names = python_names
+        self._plans: dict[tuple[int, str | None], tuple[DocumentNode, MemberPlan | None]] = {}
+
+    def plan(
+        self, document: DocumentNode, operation: OperationDefinitionNode | None, name: str | None
+    ) -> MemberPlan | None:
+        key = (id(document), name)
+        found = self._plans.get(key)
+        if found is not None and found[0] is document:
+            return found[1]
+        plan = self._make(operation) if operation is not None else None
+        if len(self._plans) >= _CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = (document, plan)
+        return plan
+
+    def _make(self, operation: OperationDefinitionNode) -> MemberPlan | None:
+        if operation.operation is not OperationType.QUERY or operation.directives:
+            return None
+        selections = operation.selection_set.selections
+        if len(selections) != 1 or not isinstance(selections[0], FieldNode):
+            return None
+        node = selections[0]
+        if node.name.value not in ("member", "members") or node.directives:
+            return None
+        if node.selection_set is None:
+            return None
+        leaves = []
+        for selection in node.selection_set.selections:
+            if not isinstance(selection, FieldNode) or selection.directives:
+                return None
+            leaf = _leaf(self.schema, selection, self.python_names)
+            if leaf is None:
+                return None
+            leaves.append(leaf)
+        fields: dict[str, Category] = {}
+        keys: dict[str, list[str]] = {}
+        for leaf in leaves:
+            if leaf.attribute in MEMBER_FIELD_CATEGORIES:
+                fields[leaf.attribute] = MEMBER_FIELD_CATEGORIES[leaf.attribute]
+                keys.setdefault(leaf.attribute, []).append(leaf.key)
+        query_type = self.schema.query_type
+        assert query_type is not None
+        return MemberPlan(
+            operation=operation,
+            node=node,
+            field=query_type.fields[node.name.value],
+            key=node.alias.value if node.alias else node.name.value,
+            many=node.name.value == "members",
+            leaves=tuple(leaves),
+            fields=fields,
+            keys=keys,
+        )
+
+    async def run(
+        self,
+        plan: MemberPlan,
+        context: Context,
+        variables: dict[str, Any] | None,
+        *,
+        hide_suggestions: bool,
+    ) -> ExecutionResult | None:
+        coerced = get_variable_values(
+            self.schema,
+            plan.operation.variable_definitions or (),
+            variables or {},
+            max_errors=50,
+            hide_suggestions=hide_suggestions,
+        )
+        if isinstance(coerced, list):
+            return None  # the general path reports these errors
+        try:
+            arguments = get_argument_values(
+                plan.field, plan.node, coerced, hide_suggestions=hide_suggestions
+            )
+        except GraphQLError:
+            return None
+        errors: list[GraphQLError] = []
+        try:
+            if plan.many:
+                views = await read_members(
+                    context,
+                    member_ids=arguments["ids"],
+                    purpose=arguments["purpose"],
+                    fields=plan.fields,
+                    operation="members",
+                )
+                value: Any = []
+                for position, view in enumerate(views):
+                    if isinstance(view, Exception):
+                        errors.append(located_error(view, [plan.node], [plan.key, position]))
+                        value.append(None)
+                    else:
+                        value.append(self._member(plan, context, view, [plan.key, position]))
+            else:
+                view = await read_member(
+                    context,
+                    member_id=arguments["id"],
+                    purpose=arguments["purpose"],
+                    fields=plan.fields,
+                )
+                value = self._member(plan, context, view, [plan.key])
+        except TillitError as refused:
+            return ExecutionResult(
+                {plan.key: None}, [located_error(refused, [plan.node], [plan.key])]
+            )
+        except Exception as failed:
+            return ExecutionResult(
+                {plan.key: None}, [located_error(failed, [plan.node], [plan.key])]
+            )
+        return ExecutionResult({plan.key: value}, errors or None)
+
+    @staticmethod
+    def _member(
+        plan: MemberPlan, context: Context, view: MemberView, path: list[str | int]
+    ) -> dict[str, Any]:
+        member_field_errors(context, view, plan.keys, path)
+        values = view.values
+        result: dict[str, Any] = {}
+        for leaf in plan.leaves:
+            if leaf.key in result:
+                continue  # the same field asked twice under one key (validation allows it)
+            if leaf.attribute is None:
+                result[leaf.key] = "Member"
+                continue
+            raw: Any = view.id if leaf.attribute == "id" else values.get(leaf.attribute)
+            if raw is None:
+                result[leaf.key] = None
+            elif leaf.many:
+                result[leaf.key] = [leaf.serialize(item) for item in raw]
+            else:
+                result[leaf.key] = leaf.serialize(raw)
+        return result
