@@ -30,12 +30,19 @@ class Context:
     request_id: str
     settings: Settings
     now: dt.datetime
-    loaders: Loaders
     audit: AuditTrail
     policy: TtlCache[str, dict[str, Purpose]] | None = field(default=None, repr=False)
     # Errors for fields the access decision withheld, reported beside the data.
     field_errors: list[dict[str, Any]] = field(default_factory=list)
     _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
+    _loaders: Loaders | None = field(default=None, repr=False)
+
+    @property
+    def loaders(self) -> Loaders:
+        """The operation's DataLoaders, made when a resolver first needs them."""
+        if self._loaders is None:
+            self._loaders = Loaders(self.connection)
+        return self._loaders
 
     @classmethod
     def create(
@@ -54,7 +61,6 @@ class Context:
             request_id=request_id,
             settings=settings,
             now=now,
-            loaders=Loaders(connection),
             audit=AuditTrail(request_id=request_id, principal=principal, now=now),
             policy=policy,
         )

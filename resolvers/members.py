@@ -19,7 +19,15 @@ from gateway.domain import (
     Purpose,
 )
 from gateway.errors import BadUserInput, NotFound, TillitError
-from gateway.members import Address, Correction, MemberRecord
+from gateway.members import (
+    Address,
+    Correction,
+    MemberBundle,
+    MemberRecord,
+    fetch_address_corrections,
+    fetch_bundles,
+    fetch_objections,
+)
 from gateway.policy import (
     ConsentState,
     Decision,
@@ -132,11 +140,14 @@ async def read_members(
     purpose: str,
     fields: Mapping[str, Category],
     operation: str,
+    direct: bool = False,
 ) -> list[MemberView | TillitError]:
     """Decide and load the requested fields of each member; one access event per member.
 
     This is the one place profile reads are decided and audited. Operation-level refusals
     (caller, purpose) raise; a member that does not exist is a NotFound in its position.
+    `direct` reads without the per-request DataLoaders, for an operation with no other field
+    to batch with (the direct executor in schema/fastpath.py).
     """
     ids = parse_member_ids(member_ids)
     purposes = await context.purposes()
@@ -149,15 +160,21 @@ async def read_members(
         raise
     loaders = context.loaders
     # One statement for the members, their consent states and their enriched values.
-    bundles = await loaders.bundle.load_many(ids)
+    if direct:
+        by_id = await fetch_bundles(context.connection, ids)
+        bundles: Sequence[MemberBundle | None] = [by_id.get(i) for i in ids]
+    else:
+        bundles = await loaders.bundle.load_many(ids)
     records = [bundle.record if bundle else None for bundle in bundles]
     existing = [record.id for record in records if record is not None]
     basis = declared.legal_basis
-    objections = (
-        await loaders.objections.load_many(existing)
-        if basis is LegalBasis.LEGITIMATE_INTEREST
-        else []
-    )
+    objections: Sequence[frozenset[str]] = []
+    if basis is LegalBasis.LEGITIMATE_INTEREST:
+        if direct:
+            objected = await fetch_objections(context.connection, existing)
+            objections = [objected.get(i, frozenset()) for i in existing]
+        else:
+            objections = await loaders.objections.load_many(existing)
     consents_of = {b.record.id: b.consents for b in bundles if b is not None}
     enrichment = {b.record.id: b.enrichment for b in bundles if b is not None}
     objections_of = dict(zip(existing, objections, strict=False))
@@ -174,9 +191,20 @@ async def read_members(
         decisions[record.id] = decide(declared, fields, state, context.now)
 
     address_ids = [m for m, d in decisions.items() if "address" in d.released]
-    corrections = dict(
-        zip(address_ids, await loaders.address_corrections.load_many(address_ids), strict=True)
-    )
+    if direct:
+        corrections: Mapping[uuid.UUID, Sequence[Correction]] = (
+            await fetch_address_corrections(context.connection, address_ids)
+            if address_ids
+            else {}
+        )
+    else:
+        corrections = dict(
+            zip(
+                address_ids,
+                await loaders.address_corrections.load_many(address_ids),
+                strict=True,
+            )
+        )
 
     requested = tuple(sorted(fields))
     results: list[MemberView | TillitError] = []
@@ -222,12 +250,22 @@ async def read_members(
 
 
 async def read_member(
-    context: Context, *, member_id: str, purpose: str, fields: Mapping[str, Category]
+    context: Context,
+    *,
+    member_id: str,
+    purpose: str,
+    fields: Mapping[str, Category],
+    direct: bool = False,
 ) -> MemberView:
     """One member; see read_members."""
     subject = parse_uuid(member_id, "id")
     [result] = await read_members(
-        context, member_ids=[str(subject)], purpose=purpose, fields=fields, operation="member"
+        context,
+        member_ids=[str(subject)],
+        purpose=purpose,
+        fields=fields,
+        operation="member",
+        direct=direct,
     )
     if isinstance(result, TillitError):
         raise result

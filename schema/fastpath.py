@@ -189,6 +189,7 @@ class FastPath:
                     purpose=arguments["purpose"],
                     fields=plan.fields,
                     operation="members",
+                    direct=True,
                 )
                 value: Any = []
                 for position, view in enumerate(views):
@@ -203,6 +204,7 @@ class FastPath:
                     member_id=arguments["id"],
                     purpose=arguments["purpose"],
                     fields=plan.fields,
+                    direct=True,
                 )
                 value = self._member(plan, context, view, [plan.key])
         except TillitError as refused:
