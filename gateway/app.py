@@ -169,5 +169,9 @@ def create_app(
 def create_app_from_environment() -> Starlette:
     """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
     settings = load_settings()
-    configure_logging(settings.log_level, settings.effective_log_format)
+    configure_logging(
+        settings.log_level,
+        settings.effective_log_format,
+        buffered=settings.effective_log_format == "json",
+    )
     return create_app(settings)

@@ -5,8 +5,11 @@ Log events carry ids and codes, never personal data: no names, emails, addresses
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -21,14 +24,56 @@ _LEVELS = {
 }
 
 
+FLUSH_SECONDS = 0.2
+
+
 class _Stderr:
-    """Whatever sys.stderr is at the time of writing (test runners swap it)."""
+    """Whatever sys.stderr is at the time of writing (test runners swap it).
+
+    Buffered (the production entry point turns it on): lines are gathered and written every
+    FLUSH_SECONDS by a daemon thread, and at exit, so a request's log line costs no write of its
+    own (measured: the write was about 4% of a profile read). A process killed with SIGKILL loses
+    at most the last FLUSH_SECONDS of lines; the audit trail is in the database, not here.
+    """
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._buffered = False
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        if not self._buffered:
+            return sys.stderr.write(text)
+        with self._lock:
+            self._lines.append(text)
+        return len(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        if not self._buffered:
+            sys.stderr.flush()
+
+    def drain(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            sys.stderr.write("".join(lines))
+            sys.stderr.flush()
+
+    def buffer(self) -> None:
+        if self._buffered:
+            return
+        self._buffered = True
+        atexit.register(self.drain)
+
+        def flusher() -> None:
+            while True:
+                time.sleep(FLUSH_SECONDS)
+                self.drain()
+
+        threading.Thread(target=flusher, name="tillit-log-flush", daemon=True).start()
+
+
+_STDERR = _Stderr()
 
 
 def _summarise_exceptions(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -47,8 +92,11 @@ def _json(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog; route the standard library's loggers (uvicorn, alembic) through it."""
+def configure_logging(level: str = "info", fmt: str = "json", *, buffered: bool = False) -> None:
+    """Configure structlog; route the standard library's loggers (uvicorn, alembic) through it.
+    `buffered` writes lines in batches (see _Stderr); for long-running servers."""
+    if buffered:
+        _STDERR.buffer()
     shared: list[Any] = [
         _summarise_exceptions,
         structlog.contextvars.merge_contextvars,
@@ -63,10 +111,10 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(file=_STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(_Stderr())
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

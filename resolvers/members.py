@@ -158,13 +158,12 @@ async def read_members(
             operation=operation, member_ids=ids, purpose=purpose, code=refused.code, fields=fields
         )
         raise
-    loaders = context.loaders
     # One statement for the members, their consent states and their enriched values.
     if direct:
         by_id = await fetch_bundles(context.connection, ids)
         bundles: Sequence[MemberBundle | None] = [by_id.get(i) for i in ids]
     else:
-        bundles = await loaders.bundle.load_many(ids)
+        bundles = await context.loaders.bundle.load_many(ids)
     records = [bundle.record if bundle else None for bundle in bundles]
     existing = [record.id for record in records if record is not None]
     basis = declared.legal_basis
@@ -174,7 +173,7 @@ async def read_members(
             objected = await fetch_objections(context.connection, existing)
             objections = [objected.get(i, frozenset()) for i in existing]
         else:
-            objections = await loaders.objections.load_many(existing)
+            objections = await context.loaders.objections.load_many(existing)
     consents_of = {b.record.id: b.consents for b in bundles if b is not None}
     enrichment = {b.record.id: b.enrichment for b in bundles if b is not None}
     objections_of = dict(zip(existing, objections, strict=False))
@@ -201,7 +200,7 @@ async def read_members(
         corrections = dict(
             zip(
                 address_ids,
-                await loaders.address_corrections.load_many(address_ids),
+                await context.loaders.address_corrections.load_many(address_ids),
                 strict=True,
             )
         )

@@ -148,3 +148,18 @@ def test_library_tracebacks_are_logged_without_their_message(
     assert "builtins.ValueError" in logged
     assert "example.org" not in logged
     assert "Traceback" not in logged
+
+
+def test_buffered_log_lines_are_written_in_batches(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.logs import _Stderr
+
+    stream = _Stderr()
+    stream._buffered = True  # as buffer() sets it, without starting the flusher thread
+    stream.write('{"event": "one"}\n')
+    stream.flush()  # what a logger calls after every line: nothing is written yet
+    before = capsys.readouterr().err
+    stream.write('{"event": "two"}\n')
+    stream.drain()  # what the flusher thread (and exit) does
+
+    assert before == ""
+    assert capsys.readouterr().err == '{"event": "one"}\n{"event": "two"}\n'
