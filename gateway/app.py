@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
+import asyncpg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
@@ -37,7 +38,7 @@ READINESS_TIMEOUT_SECONDS = 2.0
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
-    autocommit_engine: AsyncEngine
+    read_pool: asyncpg.Pool
     head_revision: str
     token_keys: TokenKeys
     client_cache: TtlCache[str, ClientPrincipal]
@@ -110,7 +111,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         token_keys = settings.token_keys()
         engine = db.create_engine(url, settings)
-        metrics.watch_pool(engine)
+        read_pool = await db.create_read_pool(url, settings)
+        metrics.watch_pools(engine, read_pool)
         stop = asyncio.Event()
         sealer = (
             asyncio.create_task(
@@ -132,8 +134,8 @@ def create_app(
             yield {
                 "settings": settings,
                 "engine": engine,
-                # The same pool, for operations that only read (see gateway.graphql_http).
-                "autocommit_engine": engine.execution_options(isolation_level="AUTOCOMMIT"),
+                # For operations that only read (see gateway.graphql_http).
+                "read_pool": read_pool,
                 "head_revision": migrate.head_revision(),
                 "token_keys": token_keys,
                 "client_cache": TtlCache(POLICY_TTL_SECONDS),
@@ -145,6 +147,7 @@ def create_app(
                 await sealer
             if syncing is not None:
                 await syncing
+            await read_pool.close()
             await engine.dispose()
 
     return Starlette(

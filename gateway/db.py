@@ -6,8 +6,11 @@ connection and never commit on their own.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -40,14 +43,7 @@ def create_engine(url: str, settings: Settings, *, pool_size: int | None = None)
         pool_pre_ping=False,
         # Parameters can be personal data: keep them out of exception messages and logs.
         hide_parameters=not settings.dev,
-        connect_args={
-            "timeout": 5,
-            "server_settings": {
-                "application_name": "tillit",
-                "statement_timeout": str(settings.db_statement_timeout_ms),
-                "idle_in_transaction_session_timeout": "60000",
-            },
-        },
+        connect_args={"timeout": 5, "server_settings": server_settings(settings)},
     )
 
 
@@ -60,7 +56,52 @@ async def schema_revision(connection: AsyncConnection) -> str | None:
     return revision
 
 
-async def driver(connection: AsyncConnection) -> tuple[Any, Any]:
+def asyncpg_dsn(url: str) -> str:
+    return normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def server_settings(settings: Settings) -> dict[str, str]:
+    return {
+        "application_name": "tillit",
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+    }
+
+
+async def _keep(connection: Any) -> None:
+    """Nothing to reset: read connections run single statements in autocommit and change no
+    session state (asyncpg's default reset would cost a round trip per request)."""
+
+
+async def create_read_pool(url: str, settings: Settings) -> asyncpg.Pool:
+    """The pool for operations that only read (see gateway.graphql_http): plain asyncpg, no
+    transaction, no SQLAlchemy, connected as the engine is."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        asyncpg_dsn(url),
+        min_size=0,
+        max_size=settings.db_pool_size,
+        timeout=5,
+        reset=_keep,
+        server_settings=server_settings(settings),
+    )
+    return pool
+
+
+@dataclass(eq=False)
+class ReadConnection:
+    """A connection from the read pool, as an operation that only reads holds it.
+
+    Resolvers get it as their `connection`; only this module's raw helpers (`fetch`, `execute`,
+    `driver`, `raw_connection`) may use it, and every function on the read roots' path does
+    (tests/test_fuzz.py runs every read root through the endpoint). The lock serialises
+    statements, as the asyncpg adapter's mutex does for SQLAlchemy connections.
+    """
+
+    raw: asyncpg.Connection
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+async def driver(connection: AsyncConnection | ReadConnection) -> tuple[Any, Any]:
     """The asyncpg connection under `connection`, inside its transaction, and the lock that
     serialises statements on it.
 
@@ -69,6 +110,8 @@ async def driver(connection: AsyncConnection) -> tuple[Any, Any]:
     the transaction is begun here if SQLAlchemy has not begun it yet; this reaches into the asyncpg
     adapter (`_transaction`, `_start_transaction`, `_execute_mutex`), which the tests pin down.
     """
+    if isinstance(connection, ReadConnection):
+        return connection.raw, connection.lock
     fairy = await connection.get_raw_connection()
     adapted: Any = fairy.dbapi_connection
     async with adapted._execute_mutex:
@@ -77,15 +120,17 @@ async def driver(connection: AsyncConnection) -> tuple[Any, Any]:
     return adapted.driver_connection, adapted._execute_mutex
 
 
-async def raw_connection(connection: AsyncConnection) -> Any:
+async def raw_connection(connection: AsyncConnection | ReadConnection) -> Any:
     """The asyncpg connection under `connection`, without beginning a transaction: a statement
     run on it before the operation's first statement commits on its own."""
+    if isinstance(connection, ReadConnection):
+        return connection.raw
     fairy = await connection.get_raw_connection()
     adapted: Any = fairy.dbapi_connection
     return adapted.driver_connection
 
 
-async def fetch(connection: AsyncConnection, sql: str, *args: Any) -> list[Any]:
+async def fetch(connection: AsyncConnection | ReadConnection, sql: str, *args: Any) -> list[Any]:
     """Run one statement on the raw driver in the operation's transaction; asyncpg caches the
     prepared statement per connection."""
     raw, mutex = await driver(connection)
@@ -94,7 +139,7 @@ async def fetch(connection: AsyncConnection, sql: str, *args: Any) -> list[Any]:
     return rows
 
 
-async def execute(connection: AsyncConnection, sql: str, *args: Any) -> None:
+async def execute(connection: AsyncConnection | ReadConnection, sql: str, *args: Any) -> None:
     raw, mutex = await driver(connection)
     async with mutex:
         await raw.execute(sql, *args)

@@ -145,16 +145,17 @@ async def fetch_objections(
     """member → purposes objected to and not lifted."""
     if not member_ids:
         return {}
-    o = models.Objection
-    rows = await connection.execute(
-        select(o.member_id, o.purpose_key).where(
-            o.member_id.in_(list(member_ids)), o.lifted_at.is_(None)
-        )
-    )
     objections: dict[uuid.UUID, set[str]] = {}
-    for member_id, purpose_key in rows:
-        objections.setdefault(member_id, set()).add(purpose_key)
+    for row in await db.fetch(connection, _OBJECTIONS, list(member_ids)):
+        objections.setdefault(row["member_id"], set()).add(row["purpose_key"])
     return {member_id: frozenset(keys) for member_id, keys in objections.items()}
+
+
+# Raw SQL: read on the profile-read path, which may run on a plain asyncpg connection.
+_OBJECTIONS = """
+    SELECT member_id, purpose_key FROM objections
+    WHERE member_id = ANY($1::uuid[]) AND lifted_at IS NULL
+"""
 
 
 ADDRESS_FIELDS = (
@@ -171,27 +172,35 @@ async def fetch_address_corrections(
     """member → cleansing changes to the address, newest first."""
     if not member_ids:
         return {}
-    c = models.CleansingRecord
-    rows = await connection.execute(
-        select(c.member_id, c.field, c.old_value, c.new_value, c.source, c.recorded_at)
-        .where(
-            c.member_id.in_(list(member_ids)),
-            c.field.in_([f.value for f in ADDRESS_FIELDS]),
-        )
-        .order_by(c.member_id, c.recorded_at.desc())
+    rows = await db.fetch(
+        connection, _CORRECTIONS, list(member_ids), [f.value for f in ADDRESS_FIELDS]
     )
     corrections: dict[uuid.UUID, list[Correction]] = {}
     for row in rows:
-        corrections.setdefault(row.member_id, []).append(
+        corrections.setdefault(row["member_id"], []).append(
             Correction(
-                CleansableField(row.field),
-                row.old_value,
-                row.new_value,
-                row.source,
-                row.recorded_at,
+                CleansableField(row["field"]),
+                _json_value(row["old_value"]),
+                _json_value(row["new_value"]),
+                row["source"],
+                row["recorded_at"],
             )
         )
     return corrections
+
+
+def _json_value(text: str | None) -> Any:
+    """A jsonb column read as text (the same on every connection, whatever codecs it has)."""
+    return None if text is None else json.loads(text)
+
+
+_CORRECTIONS = """
+    SELECT member_id, field, old_value::text AS old_value, new_value::text AS new_value, source,
+           recorded_at
+    FROM cleansing_records
+    WHERE member_id = ANY($1::uuid[]) AND field = ANY($2::text[])
+    ORDER BY member_id, recorded_at DESC
+"""
 
 
 @dataclass(frozen=True, slots=True)

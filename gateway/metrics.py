@@ -70,22 +70,22 @@ UNSEALED = Gauge(
     multiprocess_mode="max",
 )
 
-_engine_pool: Any = None
+_pools: list[Any] = []
 
 
-def watch_pool(engine: AsyncEngine) -> None:
-    global _engine_pool
-    _engine_pool = engine.pool
+def watch_pools(engine: AsyncEngine, read_pool: Any) -> None:
+    """The worker's two pools: SQLAlchemy's (writes, everything else) and the read pool."""
+    _pools[:] = [engine.pool, read_pool]
 
 
 def observe_request(operation: str, status: int, started: float) -> None:
     REQUESTS.labels(operation, str(status)).inc()
     LATENCY.labels(operation).observe(time.perf_counter() - started)
-    pool = _engine_pool
-    if pool is not None:
-        checked_out = pool.checkedout()
-        POOL.labels("in_use").set(checked_out)
-        POOL.labels("idle").set(pool.checkedin())
+    if _pools:
+        engine_pool, read_pool = _pools
+        idle = read_pool.get_idle_size()
+        POOL.labels("in_use").set(engine_pool.checkedout() + read_pool.get_size() - idle)
+        POOL.labels("idle").set(engine_pool.checkedin() + idle)
 
 
 def observe_audit_write(started: float, written: int) -> None:
