@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -245,7 +246,7 @@ async def fetch_bundles(
     for row in await db.fetch(connection, _BUNDLES, list(ids)):
         record = _record(row)
         consents = {}
-        for purpose, kind_, event_id, method, notice, occurred, expires in json.loads(
+        for purpose, kind_, event_id, method, notice, occurred, expires in orjson.loads(
             row["consents"]
         ):
             kind = ConsentEventKind(kind_)
@@ -258,7 +259,7 @@ async def fetch_bundles(
                 changed_at=_timestamp(occurred),
             )
         enrichment = {}
-        for field, value, source, obtained, purpose, consent_id in json.loads(row["enrichment"]):
+        for field, value, source, obtained, purpose, consent_id in orjson.loads(row["enrichment"]):
             enriched = EnrichedField(field)
             enrichment[enriched] = EnrichedValue(
                 enriched,

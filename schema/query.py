@@ -85,19 +85,20 @@ def member_field_errors(
 ) -> None:
     """One error per withheld field at its path, reported beside the data (not raised: no
     per-field resolver, no exception per field)."""
+    append = context.field_errors.append
+    # One extensions object per reason: the decision shares a Withheld between the fields a
+    # failed legal basis withholds, and the response may share it too (it is only serialised).
+    extensions_of: dict[int, dict[str, Any]] = {}
     for name, withheld in view.withheld.items():
+        extensions = extensions_of.get(id(withheld))
+        if extensions is None:
+            extensions = extensions_of[id(withheld)] = {
+                "code": withheld.code.value,
+                "purpose": view.purpose,
+                **withheld.hints,
+            }
         for key in keys.get(name, ()):
-            context.field_errors.append(
-                {
-                    "message": withheld.message,
-                    "path": [*path, key],
-                    "extensions": {
-                        "code": withheld.code.value,
-                        "purpose": view.purpose,
-                        **withheld.hints,
-                    },
-                }
-            )
+            append({"message": withheld.message, "path": [*path, key], "extensions": extensions})
 
 
 def _release(
