@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Subquery, insert, select, text
+from sqlalchemy import Subquery, select
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -94,21 +94,22 @@ _EVENT_COLUMNS = (
 
 
 def _event(row: Any) -> ConsentEventRecord:
+    """From an asyncpg record or a SQLAlchemy row's mapping."""
     return ConsentEventRecord(
-        id=row.id,
-        seq=row.seq,
-        member_id=row.member_id,
-        purpose=row.purpose_key,
-        kind=ConsentEventKind(row.kind),
-        method=ConsentMethod(row.method) if row.method else None,
-        notice_version=row.notice_version,
-        channel=row.channel,
-        actor_kind=ActorKind(row.actor_kind),
-        captured_by_client_id=row.captured_by_client_id,
-        evidence_sha256=row.evidence_sha256,
-        occurred_at=row.occurred_at,
-        expires_at=row.expires_at,
-        idempotency_key=row.idempotency_key,
+        id=row["id"],
+        seq=row["seq"],
+        member_id=row["member_id"],
+        purpose=row["purpose_key"],
+        kind=ConsentEventKind(row["kind"]),
+        method=ConsentMethod(row["method"]) if row["method"] else None,
+        notice_version=row["notice_version"],
+        channel=row["channel"],
+        actor_kind=ActorKind(row["actor_kind"]),
+        captured_by_client_id=row["captured_by_client_id"],
+        evidence_sha256=row["evidence_sha256"],
+        occurred_at=row["occurred_at"],
+        expires_at=row["expires_at"],
+        idempotency_key=row["idempotency_key"],
     )
 
 
@@ -118,39 +119,46 @@ async def lock_consent(connection: AsyncConnection, member_id: uuid.UUID, purpos
     With the lock held from before the insert until the commit, the order of `seq` is the order
     of commits: the newest event by `seq` is the last one committed.
     """
-    await connection.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"consent:{member_id}:{purpose}"},
-    )
+    await db.execute(connection, _LOCK, f"consent:{member_id}:{purpose}")
+
+
+# Raw SQL from here to append_event: each consent change runs these (measured: SQLAlchemy's
+# statement building was most of a grant's time).
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+_COLUMNS = (
+    "id, seq, member_id, purpose_key, kind, method, notice_version, channel, actor_kind, "
+    "captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+)
+# The interpolated part is the constant above, never input.
+_BY_KEY = (
+    f"SELECT {_COLUMNS} FROM consent_events "  # noqa: S608
+    "WHERE member_id = $1 AND purpose_key = $2 AND idempotency_key = $3"
+)
+_CURRENT = (
+    f"SELECT {_COLUMNS} FROM consent_events WHERE member_id = $1 AND purpose_key = $2 "  # noqa: S608
+    "ORDER BY seq DESC LIMIT 1"
+)
+_APPEND = (
+    "INSERT INTO consent_events (member_id, purpose_key, kind, method, notice_version, channel, "
+    "actor_kind, captured_by_client_id, evidence, evidence_sha256, occurred_at, expires_at, "
+    "idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+    "RETURNING id, seq, member_id, purpose_key, kind, method, notice_version, channel, "
+    "actor_kind, captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+)
 
 
 async def event_by_idempotency_key(
     connection: AsyncConnection, member_id: uuid.UUID, purpose: str, key: str
 ) -> ConsentEventRecord | None:
-    e = models.ConsentEvent
-    row = (
-        await connection.execute(
-            select(*_EVENT_COLUMNS).where(
-                e.member_id == member_id, e.purpose_key == purpose, e.idempotency_key == key
-            )
-        )
-    ).first()
-    return _event(row) if row else None
+    rows = await db.fetch(connection, _BY_KEY, member_id, purpose, key)
+    return _event(rows[0]) if rows else None
 
 
 async def current_event(
     connection: AsyncConnection, member_id: uuid.UUID, purpose: str
 ) -> ConsentEventRecord | None:
-    e = models.ConsentEvent
-    row = (
-        await connection.execute(
-            select(*_EVENT_COLUMNS)
-            .where(e.member_id == member_id, e.purpose_key == purpose)
-            .order_by(e.seq.desc())
-            .limit(1)
-        )
-    ).first()
-    return _event(row) if row else None
+    rows = await db.fetch(connection, _CURRENT, member_id, purpose)
+    return _event(rows[0]) if rows else None
 
 
 async def append_event(
@@ -170,27 +178,23 @@ async def append_event(
     idempotency_key: str | None = None,
 ) -> ConsentEventRecord:
     """Append one event to the history. Never updates or deletes. Does not commit."""
-    row = (
-        await connection.execute(
-            insert(models.ConsentEvent)
-            .values(
-                member_id=member_id,
-                purpose_key=purpose,
-                kind=kind.value,
-                method=method.value if method else None,
-                notice_version=notice_version,
-                channel=channel,
-                actor_kind=actor.kind.value,
-                captured_by_client_id=actor.client_id,
-                evidence=evidence,
-                evidence_sha256=evidence_sha256,
-                occurred_at=occurred_at,
-                expires_at=expires_at,
-                idempotency_key=idempotency_key,
-            )
-            .returning(*_EVENT_COLUMNS)
-        )
-    ).one()
+    [row] = await db.fetch(
+        connection,
+        _APPEND,
+        member_id,
+        purpose,
+        kind.value,
+        method.value if method else None,
+        notice_version,
+        channel,
+        actor.kind.value,
+        actor.client_id,
+        evidence,
+        evidence_sha256,
+        occurred_at,
+        expires_at,
+        idempotency_key,
+    )
     return _event(row)
 
 
@@ -202,7 +206,7 @@ async def fetch_history(
     rows = await connection.execute(
         select(*_EVENT_COLUMNS).where(e.member_id == member_id).order_by(e.seq)
     )
-    return [_event(row) for row in rows]
+    return [_event(row._mapping) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
