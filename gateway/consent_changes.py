@@ -32,7 +32,7 @@ from gateway.domain import (
     Purpose,
 )
 from gateway.enrichment import purge_uncovered
-from gateway.errors import BadUserInput, Refused
+from gateway.errors import BadUserInput, NotFound, Refused
 
 MAX_EVIDENCE = 20_000
 MAX_CHANNEL = 64
@@ -135,7 +135,8 @@ async def grant_consent(
     assert purpose.consent_lifetime is not None
     assert channel_ is not None
 
-    await lock_consent(connection, member_id, purpose.key)
+    if not await lock_consent(connection, member_id, purpose.key):
+        raise NotFound("No member has this id.", argument="memberId")
     if key is not None:
         existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
         if existing is not None:
@@ -178,7 +179,8 @@ async def withdraw_consent(
     key = _check_text(idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY, required=False)
     assert channel_ is not None
 
-    await lock_consent(connection, member_id, purpose.key)
+    if not await lock_consent(connection, member_id, purpose.key):
+        raise NotFound("No member has this id.", argument="memberId")
     if key is not None:
         existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
         if existing is not None:

@@ -113,18 +113,23 @@ def _event(row: Any) -> ConsentEventRecord:
     )
 
 
-async def lock_consent(connection: AsyncConnection, member_id: uuid.UUID, purpose: str) -> None:
-    """Serialise changes to one (member, purpose) until this transaction ends.
+async def lock_consent(connection: AsyncConnection, member_id: uuid.UUID, purpose: str) -> bool:
+    """Serialise changes to one (member, purpose) until this transaction ends; returns whether
+    the member exists (asked in the same round trip).
 
     With the lock held from before the insert until the commit, the order of `seq` is the order
     of commits: the newest event by `seq` is the last one committed.
     """
-    await db.execute(connection, _LOCK, f"consent:{member_id}:{purpose}")
+    [row] = await db.fetch(connection, _LOCK, f"consent:{member_id}:{purpose}", member_id)
+    return bool(row["member_exists"])
 
 
 # Raw SQL from here to append_event: each consent change runs these (measured: SQLAlchemy's
 # statement building was most of a grant's time).
-_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), "
+    "EXISTS (SELECT 1 FROM members WHERE id = $2) AS member_exists"
+)
 _COLUMNS = (
     "id, seq, member_id, purpose_key, kind, method, notice_version, channel, actor_kind, "
     "captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"

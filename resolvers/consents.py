@@ -18,7 +18,6 @@ from gateway.domain import (
     LocalizedText,
     Purpose,
 )
-from gateway.errors import NotFound
 from resolvers.actors import (
     WriteScope,
     actor_of,
@@ -75,8 +74,7 @@ async def _consent_subject(
     scope.target = target = target_of(context.principal, member_id)
     authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
     declared = await known_purpose(context, purpose)
-    if await context.loaders.member.load(target) is None:
-        raise NotFound("No member has this id.", argument="memberId")
+    # Whether the member exists is asked with the consent lock (gateway.consents.lock_consent).
     return target, declared
 
 
