@@ -21,6 +21,7 @@ from gateway.consents import (
     current_event,
     event_by_idempotency_key,
     lock_consent,
+    withdraw_if_in_force,
 )
 from gateway.domain import (
     ActorKind,
@@ -186,24 +187,17 @@ async def withdraw_consent(
         if existing is not None:
             return Withdrawal(_replayed(existing, ConsentEventKind.WITHDRAWN), created=False)
     now = dt.datetime.now(dt.UTC)
-    current = await current_event(connection, member_id, purpose.key)
-    in_force = (
-        current is not None
-        and current.kind is ConsentEventKind.GRANTED
-        and (current.expires_at is None or current.expires_at > now)
-    )
-    if not in_force:
-        return Withdrawal(None, created=False)
-    event = await append_event(
+    event = await withdraw_if_in_force(
         connection,
         member_id=member_id,
         purpose=purpose.key,
-        kind=ConsentEventKind.WITHDRAWN,
         actor=actor,
         channel=channel_,
         occurred_at=now,
         idempotency_key=key,
     )
+    if event is None:
+        return Withdrawal(None, created=False)
     purged = await purge_uncovered(connection, member_id=member_id, purposes=purposes, now=now)
     return Withdrawal(event, created=True, purged=tuple(purged))
 

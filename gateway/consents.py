@@ -152,6 +152,47 @@ _APPEND = (
 )
 
 
+_WITHDRAW_IF_IN_FORCE = (
+    "INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind, "
+    "captured_by_client_id, occurred_at, idempotency_key) "
+    "SELECT $1::uuid, $2::text, 'WITHDRAWN', $3::text, $4::text, $5::uuid, $6::timestamptz, "
+    "$7::text WHERE EXISTS (SELECT 1 FROM ("
+    "SELECT kind, expires_at FROM consent_events WHERE member_id = $1 AND purpose_key = $2 "
+    "ORDER BY seq DESC LIMIT 1) AS newest WHERE newest.kind = 'GRANTED' "
+    "AND (newest.expires_at IS NULL OR newest.expires_at > $6)) "
+    "RETURNING id, seq, member_id, purpose_key, kind, method, notice_version, channel, "
+    "actor_kind, captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+)
+
+
+async def withdraw_if_in_force(
+    connection: AsyncConnection,
+    *,
+    member_id: uuid.UUID,
+    purpose: str,
+    actor: Actor,
+    channel: str,
+    occurred_at: dt.datetime,
+    idempotency_key: str | None = None,
+) -> ConsentEventRecord | None:
+    """Append a withdrawal if a consent is in force at `occurred_at` (its newest event a grant
+    that has not expired), in one statement; None when there was nothing to withdraw. Run it
+    under lock_consent, so that the newest event cannot change between the check and the insert.
+    """
+    rows = await db.fetch(
+        connection,
+        _WITHDRAW_IF_IN_FORCE,
+        member_id,
+        purpose,
+        channel,
+        actor.kind.value,
+        actor.client_id,
+        occurred_at,
+        idempotency_key,
+    )
+    return _event(rows[0]) if rows else None
+
+
 async def event_by_idempotency_key(
     connection: AsyncConnection, member_id: uuid.UUID, purpose: str, key: str
 ) -> ConsentEventRecord | None:

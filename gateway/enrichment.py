@@ -14,10 +14,9 @@ from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import models
-from gateway.consents import fetch_consent_states
 from gateway.domain import Category, EnrichedField, LegalBasis, Purpose
 from gateway.errors import BadUserInput, Refused
-from gateway.members import fetch_enrichment
+from gateway.members import fetch_bundles
 from gateway.policy import ConsentState, MemberState, consent_problem, decide
 
 MAX_SOURCE = 100
@@ -171,8 +170,11 @@ async def purge_uncovered(
 ) -> list[EnrichedField]:
     """Delete the member's enriched values that no valid consent covers any more; values another
     consent still covers are moved onto that consent. Returns what was deleted."""
-    states = (await fetch_consent_states(connection, [member_id])).get(member_id, {})
-    values = (await fetch_enrichment(connection, [member_id])).get(member_id, {})
+    # The member's consent states and enriched values, in one statement.
+    bundle = (await fetch_bundles(connection, [member_id])).get(member_id)
+    if bundle is None:
+        return []
+    states, values = bundle.consents, bundle.enrichment
     purged: list[EnrichedField] = []
     r = models.EnrichmentRecord
     for field, value in sorted(values.items()):
