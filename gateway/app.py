@@ -38,7 +38,7 @@ READINESS_TIMEOUT_SECONDS = 2.0
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
-    read_pool: asyncpg.Pool
+    raw_pool: asyncpg.Pool
     head_revision: str
     token_keys: TokenKeys
     client_cache: TtlCache[str, ClientPrincipal]
@@ -111,8 +111,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         token_keys = settings.token_keys()
         engine = db.create_engine(url, settings)
-        read_pool = await db.create_read_pool(url, settings)
-        metrics.watch_pools(engine, read_pool)
+        raw_pool = await db.create_raw_pool(url, settings)
+        metrics.watch_pools(engine, raw_pool)
         stop = asyncio.Event()
         sealer = (
             asyncio.create_task(
@@ -134,8 +134,8 @@ def create_app(
             yield {
                 "settings": settings,
                 "engine": engine,
-                # For operations that only read (see gateway.graphql_http).
-                "read_pool": read_pool,
+                # For the hot operations: reads and consent changes (see gateway.graphql_http).
+                "raw_pool": raw_pool,
                 "head_revision": migrate.head_revision(),
                 "token_keys": token_keys,
                 "client_cache": TtlCache(POLICY_TTL_SECONDS),
@@ -147,7 +147,7 @@ def create_app(
                 await sealer
             if syncing is not None:
                 await syncing
-            await read_pool.close()
+            await raw_pool.close()
             await engine.dispose()
 
     return Starlette(

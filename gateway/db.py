@@ -69,13 +69,14 @@ def server_settings(settings: Settings) -> dict[str, str]:
 
 
 async def _keep(connection: Any) -> None:
-    """Nothing to reset: read connections run single statements in autocommit and change no
-    session state (asyncpg's default reset would cost a round trip per request)."""
+    """Nothing to reset: raw connections run autocommit statements or one transaction that has
+    ended by release, and change no session state (asyncpg's default reset would cost a round
+    trip per request)."""
 
 
-async def create_read_pool(url: str, settings: Settings) -> asyncpg.Pool:
-    """The pool for operations that only read (see gateway.graphql_http): plain asyncpg, no
-    transaction, no SQLAlchemy, connected as the engine is."""
+async def create_raw_pool(url: str, settings: Settings) -> asyncpg.Pool:
+    """The pool for the hot operations (see gateway.graphql_http): plain asyncpg, no
+    SQLAlchemy, connected as the engine is."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         asyncpg_dsn(url),
         min_size=0,
@@ -88,20 +89,21 @@ async def create_read_pool(url: str, settings: Settings) -> asyncpg.Pool:
 
 
 @dataclass(eq=False)
-class ReadConnection:
-    """A connection from the read pool, as an operation that only reads holds it.
+class RawConnection:
+    """A connection from the raw pool, as a hot operation holds it (in autocommit for reads,
+    in one transaction for consent changes).
 
     Resolvers get it as their `connection`; only this module's raw helpers (`fetch`, `execute`,
-    `driver`, `raw_connection`) may use it, and every function on the read roots' path does
-    (tests/test_fuzz.py runs every read root through the endpoint). The lock serialises
-    statements, as the asyncpg adapter's mutex does for SQLAlchemy connections.
+    `driver`, `raw_connection`) may use it, and every function on those operations' paths does
+    (tests/test_fuzz.py runs every root field and mutation through the endpoint). The lock
+    serialises statements, as the asyncpg adapter's mutex does for SQLAlchemy connections.
     """
 
     raw: asyncpg.Connection
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-async def driver(connection: AsyncConnection | ReadConnection) -> tuple[Any, Any]:
+async def driver(connection: AsyncConnection | RawConnection) -> tuple[Any, Any]:
     """The asyncpg connection under `connection`, inside its transaction, and the lock that
     serialises statements on it.
 
@@ -110,7 +112,7 @@ async def driver(connection: AsyncConnection | ReadConnection) -> tuple[Any, Any
     the transaction is begun here if SQLAlchemy has not begun it yet; this reaches into the asyncpg
     adapter (`_transaction`, `_start_transaction`, `_execute_mutex`), which the tests pin down.
     """
-    if isinstance(connection, ReadConnection):
+    if isinstance(connection, RawConnection):
         return connection.raw, connection.lock
     fairy = await connection.get_raw_connection()
     adapted: Any = fairy.dbapi_connection
@@ -120,17 +122,17 @@ async def driver(connection: AsyncConnection | ReadConnection) -> tuple[Any, Any
     return adapted.driver_connection, adapted._execute_mutex
 
 
-async def raw_connection(connection: AsyncConnection | ReadConnection) -> Any:
+async def raw_connection(connection: AsyncConnection | RawConnection) -> Any:
     """The asyncpg connection under `connection`, without beginning a transaction: a statement
     run on it before the operation's first statement commits on its own."""
-    if isinstance(connection, ReadConnection):
+    if isinstance(connection, RawConnection):
         return connection.raw
     fairy = await connection.get_raw_connection()
     adapted: Any = fairy.dbapi_connection
     return adapted.driver_connection
 
 
-async def fetch(connection: AsyncConnection | ReadConnection, sql: str, *args: Any) -> list[Any]:
+async def fetch(connection: AsyncConnection | RawConnection, sql: str, *args: Any) -> list[Any]:
     """Run one statement on the raw driver in the operation's transaction; asyncpg caches the
     prepared statement per connection."""
     raw, mutex = await driver(connection)
@@ -139,7 +141,7 @@ async def fetch(connection: AsyncConnection | ReadConnection, sql: str, *args: A
     return rows
 
 
-async def execute(connection: AsyncConnection | ReadConnection, sql: str, *args: Any) -> None:
+async def execute(connection: AsyncConnection | RawConnection, sql: str, *args: Any) -> None:
     raw, mutex = await driver(connection)
     async with mutex:
         await raw.execute(sql, *args)

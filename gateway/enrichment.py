@@ -10,10 +10,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, text, update
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway import models
+from gateway import db
 from gateway.domain import Category, EnrichedField, LegalBasis, Purpose
 from gateway.errors import BadUserInput, Refused
 from gateway.members import fetch_bundles
@@ -176,7 +176,6 @@ async def purge_uncovered(
         return []
     states, values = bundle.consents, bundle.enrichment
     purged: list[EnrichedField] = []
-    r = models.EnrichmentRecord
     for field, value in sorted(values.items()):
         covering = covering_purposes(field.category, purposes, states, now)
         if not covering:
@@ -184,13 +183,15 @@ async def purge_uncovered(
             continue
         if value.consent_id not in {grant for _, grant in covering}:
             purpose, grant = covering[0]
-            await connection.execute(
-                update(r)
-                .where(r.member_id == member_id, r.field == field.value)
-                .values(purpose_key=purpose.key, consent_event_id=grant)
-            )
+            await db.execute(connection, _MOVE, member_id, field.value, purpose.key, grant)
     if purged:
-        await connection.execute(
-            delete(r).where(r.member_id == member_id, r.field.in_([f.value for f in purged]))
-        )
+        await db.execute(connection, _PURGE, member_id, [f.value for f in purged])
     return purged
+
+
+# Raw SQL: part of every withdrawal, which runs on a plain asyncpg connection.
+_MOVE = (
+    "UPDATE enrichment_records SET purpose_key = $3, consent_event_id = $4 "
+    "WHERE member_id = $1 AND field = $2"
+)
+_PURGE = "DELETE FROM enrichment_records WHERE member_id = $1 AND field = ANY($2::text[])"

@@ -72,8 +72,10 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 # Root fields that only read and write nothing but their access events.
-READ_POOL_TIMEOUT_SECONDS = 5.0
+RAW_POOL_TIMEOUT_SECONDS = 5.0
 READ_ONLY_ROOTS = frozenset({"member", "members", "purposes", "__typename"})
+# Mutations whose every statement is raw SQL (gateway.consents, gateway.enrichment's purge).
+RAW_WRITE_ROOTS = frozenset({"grantConsent", "withdrawConsent", "__typename"})
 
 
 def database_unavailable(exc: BaseException | None) -> bool:
@@ -153,11 +155,13 @@ def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionN
     return found
 
 
-def _read_only(operation: OperationDefinitionNode | None) -> bool:
-    if operation is None or operation.operation is not OperationType.QUERY:
+def _only(
+    operation: OperationDefinitionNode | None, kind: OperationType, roots: frozenset[str]
+) -> bool:
+    if operation is None or operation.operation is not kind:
         return False
     return all(
-        isinstance(s, FieldNode) and s.name.value in READ_ONLY_ROOTS
+        isinstance(s, FieldNode) and s.name.value in roots
         for s in operation.selection_set.selections
     )
 
@@ -173,13 +177,18 @@ def _label(operation: OperationDefinitionNode | None) -> str:
 
 
 @asynccontextmanager
-async def _read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """A connection from the read pool, for an operation that only reads: plain asyncpg in
-    autocommit, no SQLAlchemy on the way (measured: its connect and close were about 8% of a
-    profile read). Resolvers on these roots reach it only through gateway.db's raw helpers."""
-    pool: asyncpg.Pool = request.state.read_pool
-    async with pool.acquire(timeout=READ_POOL_TIMEOUT_SECONDS) as raw:
-        yield cast(AsyncConnection, db.ReadConnection(raw))
+async def _raw_connection(request: Request, *, transaction: bool) -> AsyncIterator[AsyncConnection]:
+    """A connection from the raw pool for a hot operation: plain asyncpg, no SQLAlchemy on the
+    way (measured: its connect, begin and commit were about 8% of a profile read). A read runs
+    in autocommit; a consent change in one transaction, committed when the block ends. Their
+    resolvers reach it only through gateway.db's raw helpers."""
+    pool: asyncpg.Pool = request.state.raw_pool
+    async with pool.acquire(timeout=RAW_POOL_TIMEOUT_SECONDS) as raw:
+        if transaction:
+            async with raw.transaction():
+                yield cast(AsyncConnection, db.RawConnection(raw))
+        else:
+            yield cast(AsyncConnection, db.RawConnection(raw))
 
 
 class _Rollback(Exception):
@@ -327,9 +336,14 @@ class GraphQLEndpoint:
         operation: OperationDefinitionNode | None,
     ) -> Answer:
         request_id = request_id_of(request.scope)
-        read_only = _read_only(operation)
+        read_only = _only(operation, OperationType.QUERY, READ_ONLY_ROOTS)
         # A read's one INSERT commits on its own; anything else commits as one transaction.
-        transaction = _read_connection(request) if read_only else request.state.engine.begin()
+        if read_only:
+            transaction = _raw_connection(request, transaction=False)
+        elif _only(operation, OperationType.MUTATION, RAW_WRITE_ROOTS):
+            transaction = _raw_connection(request, transaction=True)
+        else:
+            transaction = request.state.engine.begin()
         outcome: dict[str, Any] = {}
         executed = False
         try:

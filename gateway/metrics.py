@@ -73,18 +73,18 @@ UNSEALED = Gauge(
 _pools: list[Any] = []
 
 
-def watch_pools(engine: AsyncEngine, read_pool: Any) -> None:
-    """The worker's two pools: SQLAlchemy's (writes, everything else) and the read pool."""
-    _pools[:] = [engine.pool, read_pool]
+def watch_pools(engine: AsyncEngine, raw_pool: Any) -> None:
+    """The worker's two pools: SQLAlchemy's and the raw one for the hot operations."""
+    _pools[:] = [engine.pool, raw_pool]
 
 
 def observe_request(operation: str, status: int, started: float) -> None:
     REQUESTS.labels(operation, str(status)).inc()
     LATENCY.labels(operation).observe(time.perf_counter() - started)
     if _pools:
-        engine_pool, read_pool = _pools
-        idle = read_pool.get_idle_size()
-        POOL.labels("in_use").set(engine_pool.checkedout() + read_pool.get_size() - idle)
+        engine_pool, raw_pool = _pools
+        idle = raw_pool.get_idle_size()
+        POOL.labels("in_use").set(engine_pool.checkedout() + raw_pool.get_size() - idle)
         POOL.labels("idle").set(engine_pool.checkedin() + idle)
 
 
