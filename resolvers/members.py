@@ -192,9 +192,7 @@ async def read_members(
     address_ids = [m for m, d in decisions.items() if "address" in d.released]
     if direct:
         corrections: Mapping[uuid.UUID, Sequence[Correction]] = (
-            await fetch_address_corrections(context.connection, address_ids)
-            if address_ids
-            else {}
+            await fetch_address_corrections(context.connection, address_ids) if address_ids else {}
         )
     else:
         corrections = dict(
