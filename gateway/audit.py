@@ -96,8 +96,10 @@ class AuditTrail:
             )
 
     @staticmethod
-    def _event(record: AccessRecord) -> dict[str, Any]:
-        """One event's own values (the operation's common ones travel as parameters)."""
+    def _event(record: AccessRecord, arrays: dict[tuple[Any, ...], str]) -> dict[str, Any]:
+        """One event's own values (the operation's common ones travel as parameters). Its lists
+        travel as PostgreSQL array literals: cheaper for the server to read than JSON arrays
+        (measured: a hundred-member read spent most of its database time in this INSERT)."""
         return {
             "operation": record.operation,
             "member_id": record.member_id,
@@ -105,10 +107,10 @@ class AuditTrail:
             "purpose": record.purpose[:64] if record.purpose is not None else None,
             "legal_basis": record.legal_basis.value if record.legal_basis else None,
             "outcome": record.outcome.value,
-            "requested": record.fields_requested,
-            "released": record.fields_released,
+            "requested": _array(record.fields_requested, arrays),
+            "released": _array(record.fields_released, arrays),
             "withheld": record.fields_withheld,
-            "consents": record.consent_ids,
+            "consents": _array(record.consent_ids, arrays),
             "details": record.details,
         }
 
@@ -117,7 +119,10 @@ class AuditTrail:
         count = len(self.records)
         if count:
             actor = _actor(self.principal)
-            events = orjson.dumps([self._event(r) for r in self.records], default=_as_text)
+            arrays: dict[tuple[Any, ...], str] = {}
+            events = orjson.dumps(
+                [self._event(r, arrays) for r in self.records], default=_as_text
+            )
             await db.execute(
                 connection,
                 _INSERT,
@@ -130,6 +135,18 @@ class AuditTrail:
             )
         self.records.clear()
         return count
+
+
+def _array(items: tuple[Any, ...], known: dict[tuple[Any, ...], str]) -> str:
+    """A PostgreSQL array literal, every element quoted and escaped; the same lists recur in
+    one operation (each member of a batch read asked the same fields), so each is built once."""
+    found = known.get(items)
+    if found is None:
+        quoted = (
+            '"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items
+        )
+        found = known[items] = "{" + ",".join(quoted) + "}"
+    return found
 
 
 def _as_text(value: object) -> str:
@@ -146,14 +163,11 @@ _INSERT = """
         fields_released, fields_withheld, consent_ids, details)
     SELECT $2::timestamptz, $3::text, e.operation, $4::text, $5::uuid, $6::uuid, e.member_id,
         e.purpose, e.legal_basis, e.outcome,
-        ARRAY(SELECT jsonb_array_elements_text(e.requested)),
-        ARRAY(SELECT jsonb_array_elements_text(e.released)),
-        e.withheld,
-        ARRAY(SELECT CAST(jsonb_array_elements_text(e.consents) AS uuid)),
-        e.details
+        CAST(e.requested AS text[]), CAST(e.released AS text[]), e.withheld,
+        CAST(e.consents AS uuid[]), e.details
     FROM ROWS FROM (jsonb_to_recordset(CAST($1::text AS jsonb))
             AS (operation text, member_id uuid, purpose text, legal_basis text, outcome text,
-                requested jsonb, released jsonb, withheld jsonb, consents jsonb, details jsonb))
+                requested text, released text, withheld jsonb, consents text, details jsonb))
         WITH ORDINALITY AS e(operation, member_id, purpose, legal_basis, outcome, requested,
                              released, withheld, consents, details, n)
     ORDER BY e.n

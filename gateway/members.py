@@ -61,6 +61,15 @@ _MEMBERS = (
 )
 
 
+# Enum members by value: a dict lookup, where calling the Enum class is several times slower
+# (it shows in a profile of a hundred-member read).
+_TIERS = {t.value: t for t in Tier}
+_STATUSES = {s.value: s for s in MembershipStatus}
+_KINDS = {k.value: k for k in ConsentEventKind}
+_METHODS = {m.value: m for m in ConsentMethod}
+_FIELDS = {f.value: f for f in EnrichedField}
+
+
 def _record(row: Any) -> MemberRecord:
     return MemberRecord(
         id=row["id"],
@@ -69,10 +78,10 @@ def _record(row: Any) -> MemberRecord:
         email=row["email"],
         phone=row["phone"],
         address=Address(row["street"], row["postal_code"], row["city"], row["country"]),
-        tier=Tier(row["tier"]),
+        tier=_TIERS[row["tier"]],
         points=row["points"],
         member_since=row["member_since"],
-        membership_status=MembershipStatus(row["membership_status"]),
+        membership_status=_STATUSES[row["membership_status"]],
         deceased=row["deceased"],
     )
 
@@ -249,18 +258,18 @@ async def fetch_bundles(
         for purpose, kind_, event_id, method, notice, occurred, expires in orjson.loads(
             row["consents"]
         ):
-            kind = ConsentEventKind(kind_)
+            kind = _KINDS[kind_]
             consents[purpose] = ConsentState(
                 kind=kind,
                 grant_id=uuid.UUID(event_id) if kind is ConsentEventKind.GRANTED else None,
-                method=ConsentMethod(method) if method else None,
+                method=_METHODS[method] if method else None,
                 notice_version=notice,
                 expires_at=_timestamp(expires),
                 changed_at=_timestamp(occurred),
             )
         enrichment = {}
         for field, value, source, obtained, purpose, consent_id in orjson.loads(row["enrichment"]):
-            enriched = EnrichedField(field)
+            enriched = _FIELDS[field]
             enrichment[enriched] = EnrichedValue(
                 enriched,
                 value,

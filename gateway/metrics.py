@@ -9,6 +9,7 @@ scrape of any worker reports the sum over all of them.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import os
 import time
@@ -94,9 +95,12 @@ def observe_audit_write(started: float, written: int) -> None:
 
 
 def observe_decisions(records: Iterable[Any], known: Mapping[str, Any]) -> None:
-    for record in records:
-        purpose = record.purpose if record.purpose in known else "other"
-        DECISIONS.labels(purpose, record.outcome.value).inc()
+    counts: collections.Counter[tuple[str, str]] = collections.Counter(
+        (record.purpose if record.purpose in known else "other", record.outcome.value)
+        for record in records
+    )
+    for (purpose, outcome), count in counts.items():
+        DECISIONS.labels(purpose, outcome).inc(count)
 
 
 _SEALER_STATE = text(

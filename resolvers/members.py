@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.audit import AccessRecord, outcome_of
 from gateway.domain import (
+    AccessOutcome,
     Category,
     ConsentEventKind,
     ConsentMethod,
@@ -77,6 +78,32 @@ class MemberView:
     purpose: str
     values: Mapping[str, Any]
     withheld: Mapping[str, Withheld]
+
+
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    outcome: AccessOutcome
+    released: tuple[str, ...]
+    withheld: Mapping[str, str]
+
+
+class _Summaries:
+    """The audit summary of each distinct decision in one read: a hundred members fall into a
+    handful of them (released, or withheld for one reason), so each is computed once."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[frozenset[str], tuple[tuple[str, ErrorCode], ...]], _Summary] = {}
+
+    def get(self, released: frozenset[str], withheld: Mapping[str, Withheld]) -> _Summary:
+        key = (released, tuple((name, w.code) for name, w in withheld.items()))
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = _Summary(
+                outcome_of(released, withheld),
+                tuple(sorted(released)),
+                {f: w.code.value for f, w in sorted(withheld.items())},
+            )
+        return found
 
 
 def parse_member_ids(raw: Sequence[str]) -> list[uuid.UUID]:
@@ -204,6 +231,7 @@ async def read_members(
         )
 
     requested = tuple(sorted(fields))
+    summaries = _Summaries()
     results: list[MemberView | TillitError] = []
     for member_id, record in zip(ids, records, strict=True):
         if record is None:
@@ -229,16 +257,17 @@ async def read_members(
                 )
             else:
                 values[name] = _base_value(record, name, corrections.get(member_id, ()))
+        summary = summaries.get(decision.released, decision.withheld)
         context.audit.record(
             AccessRecord(
                 operation=operation,
                 member_id=member_id,
                 purpose=declared.key,
                 legal_basis=basis,
-                outcome=outcome_of(decision.released, decision.withheld),
+                outcome=summary.outcome,
                 fields_requested=requested,
-                fields_released=tuple(sorted(decision.released)),
-                fields_withheld={f: w.code.value for f, w in sorted(decision.withheld.items())},
+                fields_released=summary.released,
+                fields_withheld=summary.withheld,
                 consent_ids=decision.consent_ids,
             )
         )

@@ -383,3 +383,17 @@ def test_canonical_event_bytes_equal_sorted_compact_json() -> None:
         produced
         == json.dumps(expected, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     )
+
+
+async def test_list_values_reach_postgres_exactly(db: AsyncEngine) -> None:
+    """The audit insert sends its lists as PostgreSQL array literals: quoting must hold."""
+    from gateway.audit import _array
+
+    awkward = ("plain", 'with "quotes"', "back\\slash", "comma,brace}", "", "NULL")
+    async with db.connect() as connection:
+        back = await connection.scalar(
+            text("SELECT CAST(CAST(:literal AS text) AS text[])"),
+            {"literal": _array(awkward, {})},
+        )
+
+    assert tuple(back) == awkward
