@@ -21,7 +21,6 @@ import datetime as dt
 import os
 import random
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -33,14 +32,11 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.seed import seed_members
+from bench.seed import prepare_database, seed_members
+from bench.serving import free_port, uvicorn_command
 from gateway import db as gateway_db
-from gateway import migrate
 from gateway.auth import mint_member_token
-from gateway.clients import ensure_client
-from gateway.domain import Capability, Role
 from gateway.embedded import start_embedded, with_database
-from gateway.purposes import load_purposes, read_policy_file
 from gateway.settings import Settings
 from gateway.signing import Signer
 
@@ -77,13 +73,6 @@ MIX = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def plain(url: str) -> str:
     return gateway_db.normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
 
@@ -114,17 +103,7 @@ async def prepare(url: str, *, members: int = 2_000) -> World:
     settings = Settings(dev=True)
     engine = gateway_db.create_engine(url, settings, pool_size=2)
     try:
-        await migrate.upgrade(engine)
-        async with engine.begin() as connection:
-            await load_purposes(connection, read_policy_file())
-            app = await ensure_client(
-                connection,
-                name="loadtest-app",
-                role=Role.APP,
-                purposes=["personalized_offers", "customer_insight", "membership_service"],
-                capabilities=[Capability.CAPTURE_CONSENT],
-            )
-            auditor = await ensure_client(connection, name="loadtest-auditor", role=Role.AUDITOR)
+        app, auditor = await prepare_database(engine, name="loadtest")
         await seed_members(engine, count=members)
         async with engine.connect() as connection:
             rows = await gateway_db.fetch(connection, "SELECT id FROM members ORDER BY email")
@@ -145,7 +124,7 @@ async def prepare(url: str, *, members: int = 2_000) -> World:
         "TILLIT_RATE_LIMIT_PER_SECOND": "100000",
         "TILLIT_RATE_LIMIT_BURST": "100000",
     }
-    return World(url, app.key, auditor.key, ids, tokens, env)
+    return World(url, app, auditor, ids, tokens, env)
 
 
 class Gateway:
@@ -156,25 +135,13 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("ab")
         self.process = subprocess.Popen(  # our own interpreter and arguments
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
+            uvicorn_command(
                 "gateway.app:create_app_from_environment",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-                "--no-access-log",
+                self.port,
+                workers=workers,
                 # As behind a load balancer: keep connections longer than the run lasts.
-                "--timeout-keep-alive",
-                "300",
-                "--log-level",
-                "warning",
-            ],
+                extra=("--timeout-keep-alive", "300"),
+            ),
             env=env,
             stdout=self.log,
             stderr=self.log,

@@ -18,10 +18,8 @@ import datetime as dt
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,13 +29,10 @@ import asyncpg
 import httpx
 import psutil
 
-from bench.seed import seed_events, seed_members
+from bench.seed import prepare_database, seed_events, seed_members
+from bench.serving import free_port, uvicorn_command
 from gateway import db as gateway_db
-from gateway import migrate
-from gateway.clients import ensure_client
-from gateway.domain import Capability, Role
 from gateway.embedded import ensure_database, start_embedded, with_database
-from gateway.purposes import load_purposes, read_policy_file
 from gateway.settings import Settings
 from gateway.signing import Signer
 
@@ -51,37 +46,15 @@ SERVERS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     """One server process: uvicorn, one worker, production settings, logs to a file."""
 
     def __init__(self, name: str, env: dict[str, str]) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         log = (RESULTS / f"{name}.log").open("ab")
         self.process = subprocess.Popen(  # our own interpreter and arguments
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                SERVERS[name],
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            uvicorn_command(SERVERS[name], self.port),
             env=env,
             stdout=log,
             stderr=log,
@@ -128,22 +101,12 @@ async def prepare(url: str, events: int) -> dict[str, str]:
     settings = Settings(dev=True, db_statement_timeout_ms=900_000)
     engine = gateway_db.create_engine(url, settings, pool_size=2)
     try:
-        await migrate.upgrade(engine)
-        async with engine.begin() as connection:
-            await load_purposes(connection, read_policy_file())
-            app = await ensure_client(
-                connection,
-                name="bench-app",
-                role=Role.APP,
-                purposes=["personalized_offers", "customer_insight", "membership_service"],
-                capabilities=[Capability.CAPTURE_CONSENT],
-            )
-            auditor = await ensure_client(connection, name="bench-auditor", role=Role.AUDITOR)
+        app, auditor = await prepare_database(engine, name="bench")
         await seed_members(engine, count=100_000)
         await seed_events(engine, count=events, signer=SIGNER)
     finally:
         await engine.dispose()
-    return {"app": app.key, "auditor": auditor.key}
+    return {"app": app, "auditor": auditor}
 
 
 def _bench_key() -> tuple[Signer, str]:

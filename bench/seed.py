@@ -6,8 +6,30 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway import migrate
+from gateway.clients import ensure_client
+from gateway.domain import Capability, Role
+from gateway.purposes import load_purposes, read_policy_file
 from gateway.sealer import seal_until_current
 from gateway.signing import Signer
+
+
+async def prepare_database(engine: AsyncEngine, *, name: str) -> tuple[str, str]:
+    """Migrate, load the policy, and make (or re-key) an app client `<name>-app` that may read
+    under the consent purposes and capture consent, and an auditor `<name>-auditor`; returns
+    their keys. Shared by the benchmark and the load test."""
+    await migrate.upgrade(engine)
+    async with engine.begin() as connection:
+        await load_purposes(connection, read_policy_file())
+        app = await ensure_client(
+            connection,
+            name=f"{name}-app",
+            role=Role.APP,
+            purposes=["personalized_offers", "customer_insight", "membership_service"],
+            capabilities=[Capability.CAPTURE_CONSENT],
+        )
+        auditor = await ensure_client(connection, name=f"{name}-auditor", role=Role.AUDITOR)
+    return app.key, auditor.key
 
 
 async def seed_members(engine: AsyncEngine, *, count: int) -> None:

@@ -120,9 +120,7 @@ class AuditTrail:
         if count:
             actor = _actor(self.principal)
             arrays: dict[tuple[Any, ...], str] = {}
-            events = orjson.dumps(
-                [self._event(r, arrays) for r in self.records], default=_as_text
-            )
+            events = orjson.dumps([self._event(r, arrays) for r in self.records], default=_as_text)
             await db.execute(
                 connection,
                 _INSERT,
@@ -142,9 +140,7 @@ def _array(items: tuple[Any, ...], known: dict[tuple[Any, ...], str]) -> str:
     one operation (each member of a batch read asked the same fields), so each is built once."""
     found = known.get(items)
     if found is None:
-        quoted = (
-            '"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items
-        )
+        quoted = ('"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"' for item in items)
         found = known[items] = "{" + ",".join(quoted) + "}"
     return found
 
