@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import structlog
@@ -10,15 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from gateway.audit import AccessRecord, AuditTrail
-from gateway.auth import Anonymous, MemberPrincipal, authenticate
-from gateway.domain import AccessOutcome, ErrorCode, LegalBasis
-from gateway.errors import Unauthenticated
+from gateway.auth import authenticate
+from gateway.domain import ErrorCode
+from gateway.errors import Forbidden, NotFound, Unauthenticated
 from gateway.graphql_http import DATABASE_UNAVAILABLE, error_response
 from gateway.logs import exception_summary
-from gateway.member_data import export_document, fetch_member
 from gateway.middleware import request_id_of
-from gateway.purposes import fetch_purposes
+from resolvers.context import Context
+from resolvers.me import export_my_data
 
 log = structlog.get_logger("tillit.me")
 PAGE = Path(__file__).resolve().parent / "static" / "me.html"
@@ -38,9 +36,9 @@ async def me_page(request: Request) -> Response:
 
 
 async def me_export(request: Request) -> Response:
-    """Everything about the calling member as one JSON document (member token only)."""
+    """Everything about the calling member as one JSON document (member token only): the same
+    export, and the same access event, as the `exportMyData` mutation."""
     engine: AsyncEngine = request.state.engine
-    now = dt.datetime.now(dt.UTC)
     try:
         async with engine.begin() as connection:
             principal = await authenticate(
@@ -48,53 +46,21 @@ async def me_export(request: Request) -> Response:
                 request.headers.get("authorization"),
                 token_secret=request.state.token_keys,
             )
-            trail = AuditTrail(
-                request_id=request_id_of(request.scope), principal=principal, now=now
+            context = Context.create(
+                connection=connection,
+                principal=principal,
+                request_id=request_id_of(request.scope),
+                settings=request.state.settings,
+                policy=request.state.policy_cache,
             )
-            if isinstance(principal, Anonymous):
-                raise Unauthenticated()
-            if not isinstance(principal, MemberPrincipal):
-                trail.record(
-                    AccessRecord(
-                        operation="exportMyData",
-                        member_id=None,
-                        purpose=None,
-                        legal_basis=None,
-                        outcome=AccessOutcome.DENIED,
-                        details={"reason": "FORBIDDEN"},
-                    )
-                )
-                await trail.flush(connection)
-                return error_response(403, ErrorCode.FORBIDDEN, "The export is for members.")
-            member = await fetch_member(connection, principal.member_id)
-            if member is None:
-                trail.record(
-                    AccessRecord(
-                        operation="exportMyData",
-                        member_id=principal.member_id,
-                        purpose=None,
-                        legal_basis=None,
-                        outcome=AccessOutcome.NOT_FOUND,
-                    )
-                )
-                await trail.flush(connection)
-                return error_response(
-                    404, ErrorCode.NOT_FOUND, "This token's member does not exist."
-                )
-            document = await export_document(
-                connection, member, purposes=await fetch_purposes(connection), now=now
-            )
-            trail.record(
-                AccessRecord(
-                    operation="exportMyData",
-                    member_id=member.id,
-                    purpose=None,
-                    legal_basis=LegalBasis.LEGAL_OBLIGATION,
-                    outcome=AccessOutcome.RELEASED,
-                    details={"format": document["format"]},
-                )
-            )
-            await trail.flush(connection)
+            try:
+                document = await export_my_data(context)
+            except (Forbidden, NotFound) as refused:
+                # The refusal is audited (own_record recorded it) and answered in HTTP terms.
+                await context.audit.flush(connection)
+                status = 404 if isinstance(refused, NotFound) else 403
+                return error_response(status, refused.code, refused.message)
+            await context.audit.flush(connection)
     except Unauthenticated as exc:
         return error_response(
             401, exc.code, exc.message, **{"WWW-Authenticate": 'Bearer realm="tillit"'}
@@ -107,7 +73,7 @@ async def me_export(request: Request) -> Response:
     return JSONResponse(
         document,
         headers={
-            "Content-Disposition": f'attachment; filename="my-data-{now:%Y%m%d}.json"',
+            "Content-Disposition": f'attachment; filename="my-data-{context.now:%Y%m%d}.json"',
             "Cache-Control": "no-store",
         },
     )
