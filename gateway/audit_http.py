@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.audit import AccessRecord, AuditTrail
-from gateway.auth import Anonymous, ClientPrincipal, authenticate
-from gateway.domain import AccessOutcome, ErrorCode, Role
-from gateway.errors import BadUserInput, TillitError, Unauthenticated
+from gateway.auth import authenticate
+from gateway.domain import AccessOutcome, ErrorCode
+from gateway.errors import BadUserInput, Forbidden, TillitError, Unauthenticated
 from gateway.export import (
     Digest,
     ExportRange,
@@ -27,6 +27,7 @@ from gateway.export import (
 from gateway.graphql_http import DATABASE_UNAVAILABLE, error_response
 from gateway.logs import exception_summary
 from gateway.middleware import request_id_of
+from gateway.policy import require_auditor
 from gateway.settings import Settings
 
 log = structlog.get_logger("tillit.export")
@@ -49,12 +50,7 @@ async def _authorised_export(
                 request.headers.get("authorization"),
                 token_secret=request.state.token_keys,
             )
-            if isinstance(principal, Anonymous):
-                raise Unauthenticated()
-            if not isinstance(principal, ClientPrincipal) or principal.role is not Role.AUDITOR:
-                return error_response(
-                    403, ErrorCode.FORBIDDEN, "Only auditors export the access log."
-                )
+            require_auditor(principal, "export the access log")
             export = parse_range(params.get("from"), params.get("to"), params.get("format"))
             pinned = params.get("checkpoint")
             if pinned is not None and not pinned.isdigit():
@@ -85,6 +81,8 @@ async def _authorised_export(
         return error_response(
             401, exc.code, exc.message, **{"WWW-Authenticate": 'Bearer realm="tillit"'}
         )
+    except Forbidden as exc:
+        return error_response(403, exc.code, exc.message)
     except TillitError as exc:
         return error_response(400, exc.code, exc.message)
     except DATABASE_UNAVAILABLE as exc:

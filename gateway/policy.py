@@ -62,6 +62,15 @@ class Decision:
     consent_ids: tuple[uuid.UUID, ...] = ()
 
 
+def require_auditor(caller: Principal, doing: str = "read the access log") -> ClientPrincipal:
+    """The caller, if it is an auditor client; Unauthenticated or Forbidden otherwise."""
+    if isinstance(caller, Anonymous):
+        raise Unauthenticated()
+    if not isinstance(caller, ClientPrincipal) or caller.role is not Role.AUDITOR:
+        raise Forbidden(f"Only auditors {doing}.")
+    return caller
+
+
 def purpose_for(caller: Principal, purpose_key: str, purposes: Mapping[str, Purpose]) -> Purpose:
     """The purpose a client declared, once it is known and the client may act under it."""
     if isinstance(caller, Anonymous):

@@ -8,18 +8,10 @@ import uuid
 from gateway.access_log import LogFilter, LogPage, TransparencyReport, fetch_page
 from gateway.access_log import transparency_report as build_report
 from gateway.audit import AccessRecord
-from gateway.auth import Anonymous, ClientPrincipal, Principal
-from gateway.domain import AccessOutcome, Role
-from gateway.errors import BadUserInput, Forbidden, Unauthenticated
+from gateway.domain import AccessOutcome
+from gateway.errors import BadUserInput
+from gateway.policy import require_auditor
 from resolvers.context import Context
-
-
-def require_auditor(principal: Principal) -> ClientPrincipal:
-    if isinstance(principal, Anonymous):
-        raise Unauthenticated()
-    if not isinstance(principal, ClientPrincipal) or principal.role is not Role.AUDITOR:
-        raise Forbidden("Only auditors read the access log.")
-    return principal
 
 
 async def access_log(
