@@ -73,12 +73,8 @@ MIX = (
 )
 
 
-def plain(url: str) -> str:
-    return gateway_db.normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 async def fresh_database(admin_url: str, name: str) -> str:
-    connection = await asyncpg.connect(plain(admin_url))
+    connection = await asyncpg.connect(gateway_db.asyncpg_dsn(admin_url))
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await connection.execute(f'CREATE DATABASE "{name}"')
@@ -248,7 +244,7 @@ async def drive(world: World, base_url: str, *, seconds: float, clients: int) ->
 
 
 async def audited_profiles(url: str) -> int:
-    connection = await asyncpg.connect(plain(url))
+    connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
     try:
         count: int = await connection.fetchval(
             "SELECT count(*) FROM access_events WHERE operation IN ('member', 'members') "

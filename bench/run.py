@@ -142,9 +142,7 @@ def server_env(url: str) -> dict[str, str]:
 
 def write_ids(url: str, path: Path) -> None:
     async def fetch() -> list[str]:
-        connection = await asyncpg.connect(
-            gateway_db.normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
-        )
+        connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
         try:
             rows = await connection.fetch(
                 "SELECT id::text FROM members WHERE email LIKE 'bench%' ORDER BY email"
@@ -213,7 +211,7 @@ def export_scenario(url: str, keys: dict[str, str], rounds: int) -> dict[str, li
     """S4: the whole log as CSV through /audit/export, against psql \\copy of the same rows."""
     runs: dict[str, list[dict[str, Any]]] = {"tillit": [], "psql": []}
     start, end = "2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z"
-    plain = gateway_db.normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+    plain = gateway_db.asyncpg_dsn(url)
     copy = (
         "\\copy (SELECT s.position, e.* FROM audit_seals s JOIN access_events e "
         "ON e.id = s.event_id ORDER BY s.position) TO STDOUT WITH CSV HEADER"

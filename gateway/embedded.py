@@ -46,9 +46,9 @@ def with_database(url: str, database: str) -> str:
 
 async def ensure_database(admin_url: str, database: str) -> None:
     """Create `database` on the server unless it exists."""
-    from gateway.db import normalize_url
+    from gateway.db import asyncpg_dsn
 
-    dsn = normalize_url(admin_url).replace("postgresql+asyncpg://", "postgresql://", 1)
+    dsn = asyncpg_dsn(admin_url)
     connection = await asyncpg.connect(dsn)
     try:
         exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)

@@ -32,7 +32,7 @@ from gateway.app import create_app
 from gateway.auth import mint_member_token
 from gateway.cli import app as cli_app
 from gateway.clients import IssuedClient, create_client
-from gateway.db import create_engine, normalize_url
+from gateway.db import asyncpg_dsn, create_engine, normalize_url
 from gateway.domain import Capability, Role
 from gateway.embedded import start_embedded, with_database
 from gateway.logs import configure_logging
@@ -43,10 +43,6 @@ from gateway.signing import Signer
 
 TEST_SECRET = secrets.token_urlsafe(48)
 TEST_SIGNER, TEST_AUDIT_KEY = Signer.generate()
-
-
-def plain_dsn(url: str) -> str:
-    return normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +56,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 async def create_database(server: str) -> str:
     name = f"tillit_test_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(plain_dsn(server))
+    connection = await asyncpg.connect(asyncpg_dsn(server))
     try:
         await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -70,7 +66,7 @@ async def create_database(server: str) -> str:
 
 async def drop_database(server: str, url: str) -> None:
     name = url.split("?")[0].rsplit("/", 1)[1]
-    connection = await asyncpg.connect(plain_dsn(server))
+    connection = await asyncpg.connect(asyncpg_dsn(server))
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

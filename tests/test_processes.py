@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from bench import loadtest
-from bench.loadtest import Gateway, World, fresh_database, plain, prepare
+from bench.loadtest import Gateway, World, fresh_database, prepare
+from gateway.db import asyncpg_dsn
 
 LOG = Path(__file__).resolve().parent.parent / "bench" / "results" / "test-processes.log"
 READ = 'query($id: ID!) { member(id: $id, purpose: "personalized_offers") { id incomeBand } }'
@@ -32,7 +33,7 @@ async def database(server_url: str) -> AsyncIterator[str]:
     name = f"tillit_proc_{uuid.uuid4().hex[:10]}"
     url = await fresh_database(server_url, name)
     yield url
-    connection = await asyncpg.connect(plain(server_url))
+    connection = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -40,7 +41,7 @@ async def database(server_url: str) -> AsyncIterator[str]:
 
 
 async def sql(url: str, statement: str, *args: Any) -> Any:
-    connection = await asyncpg.connect(plain(url))
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         if ";" in statement.strip().rstrip(";"):  # several statements: the simple protocol
             return await connection.execute(statement)
