@@ -42,6 +42,7 @@ from gateway.domain import Category
 from gateway.errors import TillitError
 from resolvers.context import Context
 from resolvers.members import MemberView, read_member, read_members
+from schema.by_nodes import ByNodes
 from schema.query import MEMBER_FIELD_CATEGORIES, member_field_errors
 
 _CACHE_SIZE = 512
@@ -104,20 +105,14 @@ class FastPath:
     def __init__(self, schema: GraphQLSchema, python_names: Mapping[str, str]) -> None:
         self.schema = schema
         self.python_names = python_names
-        self._plans: dict[tuple[int, str | None], tuple[DocumentNode, MemberPlan | None]] = {}
+        self._plans: ByNodes[MemberPlan | None] = ByNodes(_CACHE_SIZE)
 
     def plan(
         self, document: DocumentNode, operation: OperationDefinitionNode | None, name: str | None
     ) -> MemberPlan | None:
-        key = (id(document), name)
-        found = self._plans.get(key)
-        if found is not None and found[0] is document:
-            return found[1]
-        plan = self._make(operation) if operation is not None else None
-        if len(self._plans) >= _CACHE_SIZE:
-            self._plans.clear()
-        self._plans[key] = (document, plan)
-        return plan
+        return self._plans.get(
+            (document,), name, lambda: self._make(operation) if operation is not None else None
+        )
 
     def _make(self, operation: OperationDefinitionNode) -> MemberPlan | None:
         if operation.operation is not OperationType.QUERY or operation.directives:

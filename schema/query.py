@@ -25,6 +25,7 @@ from schema.audit import (
     counts,
     log_filter,
 )
+from schema.by_nodes import ByNodes
 from schema.categories import categories_of, graphql_names_of, released
 from schema.me import Me
 from schema.types import Member, Purpose
@@ -46,26 +47,15 @@ def _flatten(selections: list[Selection]) -> list[SelectedField]:
 
 
 Requested = tuple[dict[str, Category], dict[str, list[str]]]
-# By the identity of the field's AST nodes: documents are prepared once and kept (see
-# gateway.operations), so the same query asks the same fields every time. The nodes are held
-# beside the answer, so an id cannot be reused while its entry lives.
-_REQUESTED: dict[tuple[int, ...], tuple[tuple[Any, ...], Requested]] = {}
-_REQUESTED_SIZE = 1024
+# By the field's AST nodes: the same prepared query asks the same fields every time.
+_REQUESTED: ByNodes[Requested] = ByNodes(1024)
 
 
 def requested_member_fields(info: Info) -> Requested:
     """The gated Member fields this operation asks for, with their categories, and the response
     keys (aliases) each one is asked under."""
     nodes = tuple(info._raw_info.field_nodes)
-    key = tuple(map(id, nodes))
-    found = _REQUESTED.get(key)
-    if found is not None and all(a is b for a, b in zip(found[0], nodes, strict=True)):
-        return found[1]
-    answer = _requested_member_fields(info)
-    if len(_REQUESTED) >= _REQUESTED_SIZE:
-        _REQUESTED.clear()
-    _REQUESTED[key] = (nodes, answer)
-    return answer
+    return _REQUESTED.get(nodes, None, lambda: _requested_member_fields(info))
 
 
 def _requested_member_fields(info: Info) -> Requested:
