@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+from strawberry.dataloader import DataLoader
 
 from gateway.audit import AccessRecord, outcome_of
 from gateway.domain import (
@@ -23,7 +26,6 @@ from gateway.errors import BadUserInput, NotFound, TillitError
 from gateway.members import (
     Address,
     Correction,
-    MemberBundle,
     MemberRecord,
     fetch_address_corrections,
     fetch_bundles,
@@ -42,6 +44,7 @@ from resolvers.actors import parse_uuid
 from resolvers.context import Context
 
 MAX_IDS = 100
+V = TypeVar("V")
 _ENRICHED = {f.value: f for f in EnrichedField}
 
 
@@ -78,6 +81,22 @@ class MemberView:
     purpose: str
     values: Mapping[str, Any]
     withheld: Mapping[str, Withheld]
+
+
+async def _load(
+    context: Context,
+    direct: bool,
+    fetch: Callable[[AsyncConnection, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, V]]],
+    loader: Callable[[], DataLoader[uuid.UUID, V]],
+    ids: Sequence[uuid.UUID],
+    default: V,
+) -> Sequence[V]:
+    """The values for `ids`, in order: through the operation's DataLoader (batched with the other
+    fields that ask), or `direct`ly with one statement when nothing can batch with it."""
+    if not direct:
+        return await loader().load_many(ids)
+    found = await fetch(context.connection, ids)
+    return [found.get(member_id, default) for member_id in ids]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,21 +205,20 @@ async def read_members(
         )
         raise
     # One statement for the members, their consent states and their enriched values.
-    if direct:
-        by_id = await fetch_bundles(context.connection, ids)
-        bundles: Sequence[MemberBundle | None] = [by_id.get(i) for i in ids]
-    else:
-        bundles = await context.loaders.bundle.load_many(ids)
+    bundles = await _load(context, direct, fetch_bundles, lambda: context.loaders.bundle, ids, None)
     records = [bundle.record if bundle else None for bundle in bundles]
     existing = [record.id for record in records if record is not None]
     basis = declared.legal_basis
     objections: Sequence[frozenset[str]] = []
     if basis is LegalBasis.LEGITIMATE_INTEREST:
-        if direct:
-            objected = await fetch_objections(context.connection, existing)
-            objections = [objected.get(i, frozenset()) for i in existing]
-        else:
-            objections = await context.loaders.objections.load_many(existing)
+        objections = await _load(
+            context,
+            direct,
+            fetch_objections,
+            lambda: context.loaders.objections,
+            existing,
+            frozenset(),
+        )
     consents_of = {b.record.id: b.consents for b in bundles if b is not None}
     enrichment = {b.record.id: b.enrichment for b in bundles if b is not None}
     objections_of = dict(zip(existing, objections, strict=False))
@@ -217,18 +235,16 @@ async def read_members(
         decisions[record.id] = decide(declared, fields, state, context.now)
 
     address_ids = [m for m, d in decisions.items() if "address" in d.released]
-    if direct:
-        corrections: Mapping[uuid.UUID, Sequence[Correction]] = (
-            await fetch_address_corrections(context.connection, address_ids) if address_ids else {}
-        )
-    else:
-        corrections = dict(
-            zip(
-                address_ids,
-                await context.loaders.address_corrections.load_many(address_ids),
-                strict=True,
-            )
-        )
+    no_corrections: Sequence[Correction] = ()
+    found_corrections = await _load(
+        context,
+        direct,
+        fetch_address_corrections,
+        lambda: context.loaders.address_corrections,
+        address_ids,
+        no_corrections,
+    )
+    corrections = dict(zip(address_ids, found_corrections, strict=True))
 
     requested = tuple(sorted(fields))
     summaries = _Summaries()
