@@ -1,7 +1,9 @@
-"""The database engine: one per process, made in the lifespan (or a CLI command), never at import.
+"""The database engine and the raw pool: one each per process, made in the lifespan (or a CLI
+command), never at import.
 
-Every GraphQL operation runs in one transaction opened by the HTTP endpoint; data functions take a
-connection and never commit on their own.
+The HTTP endpoint opens each GraphQL operation's connection: a transaction for anything that
+writes, autocommit for operations that only read (their one INSERT of access events commits on its
+own). Data functions take a connection and never commit on their own.
 """
 
 from __future__ import annotations
