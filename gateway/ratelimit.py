@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from gateway import db
 from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal
 from gateway.errors import RateLimited
 
@@ -134,8 +135,6 @@ class RateLimiter:
 
     async def run_sync(self, engine: Any, stop: asyncio.Event) -> None:
         """The background task: sync every `sync_seconds` until `stop`."""
-        from gateway import db
-
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.sync_seconds)
