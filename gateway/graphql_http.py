@@ -65,6 +65,9 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # The protocol found the connection in a state it cannot continue from (seen when the
+    # server shut down in the middle of a statement).
+    asyncpg.InternalClientError,
     # Statement timeout, administrator shutdown, "the database system is starting up".
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import asyncpg
 import jwt
 import pytest
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth import generate_key, mint_member_token
+from gateway.graphql_http import database_unavailable
 from tests.conftest import TEST_SECRET, Api, add_client, add_member, row_counts
 
 PURPOSES = "{ purposes { key } }"
@@ -197,3 +200,22 @@ async def test_unknown_purpose_is_refused_and_only_audited(api: Api, db: AsyncEn
     after = await row_counts(db)
     assert after.pop("access_events") == before.pop("access_events") + 1
     assert after == before
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.InternalClientError("unexpected protocol state"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection"),
+        asyncpg.exceptions.QueryCanceledError("statement timeout"),
+        sqlalchemy.exc.DBAPIError("x", None, ConnectionRefusedError()),
+    ],
+    ids=["protocol-state", "closed", "shutdown", "timeout", "wrapped-refused"],
+)
+def test_database_failures_count_as_unavailable(error: BaseException) -> None:
+    """They end a request with 503 AUDIT_UNAVAILABLE (fail closed), not a masked 500."""
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        error.__cause__ = error.orig
+    assert database_unavailable(error)
+    assert not database_unavailable(ValueError("a bug"))
