@@ -176,12 +176,12 @@ async def purge_uncovered(
         return []
     states, values = bundle.consents, bundle.enrichment
     purged: list[EnrichedField] = []
-    for field, value in sorted(values.items()):
+    for field in sorted(values):
         covering = covering_purposes(field.category, purposes, states, now)
         if not covering:
             purged.append(field)
             continue
-        if value.consent_id not in {grant for _, grant in covering}:
+        if bundle.obtained_under(field) not in {grant for _, grant in covering}:
             purpose, grant = covering[0]
             await db.execute(connection, _MOVE, member_id, field.value, purpose.key, grant)
     if purged:

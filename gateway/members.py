@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,11 +219,18 @@ class MemberBundle:
 
     record: MemberRecord
     consents: dict[str, ConsentState]
-    enrichment: dict[EnrichedField, EnrichedValue]
+    enrichment: dict[EnrichedField, Any]  # the enriched values (provenance: fetch_enrichment)
+    _obtained_under: Mapping[EnrichedField, str]
+
+    def obtained_under(self, field: EnrichedField) -> uuid.UUID:
+        """The consent event an enriched value was obtained under (a withdrawal's purge asks;
+        a read does not, so the id is parsed only here)."""
+        return uuid.UUID(self._obtained_under[field])
 
 
 # One statement per read instead of three (measured: round trips dominated a profile read): the
 # member, the newest consent event per purpose, and the enriched values, as JSON beside the row.
+# {consents} narrows the consent events to some purposes, or not.
 _BUNDLES = """
 SELECT m.id, m.first_name, m.last_name, m.email, m.phone, m.street, m.postal_code, m.city,
        m.country, m.tier, m.points, m.member_since, m.membership_status, m.deceased,
@@ -232,13 +239,14 @@ SELECT m.id, m.first_name, m.last_name, m.email, m.phone, m.street, m.postal_cod
                         '[]')
           FROM (SELECT DISTINCT ON (purpose_key) purpose_key, kind, id, method, notice_version,
                        occurred_at, expires_at
-                  FROM consent_events WHERE member_id = m.id
+                  FROM consent_events WHERE member_id = m.id{consents}
                  ORDER BY purpose_key, seq DESC) AS c)::text AS consents,
-       (SELECT coalesce(json_agg(json_build_array(e.field, e.value, e.source, e.obtained_at,
-                                                  e.purpose_key, e.consent_event_id)), '[]')
+       (SELECT coalesce(json_agg(json_build_array(e.field, e.value, e.consent_event_id)), '[]')
           FROM enrichment_records e WHERE e.member_id = m.id)::text AS enrichment
 FROM members m WHERE m.id = ANY($1::uuid[])
 """
+_BUNDLES_ALL = _BUNDLES.format(consents="")
+_BUNDLES_FOR = _BUNDLES.format(consents=" AND purpose_key = ANY($2::text[])")
 
 
 def _timestamp(value: str | None) -> dt.datetime | None:
@@ -246,13 +254,20 @@ def _timestamp(value: str | None) -> dt.datetime | None:
 
 
 async def fetch_bundles(
-    connection: AsyncConnection, ids: Sequence[uuid.UUID]
+    connection: AsyncConnection,
+    ids: Sequence[uuid.UUID],
+    purposes: Sequence[str] | None = None,
 ) -> dict[uuid.UUID, MemberBundle]:
-    """Members with their current consent states and enriched values, in one statement."""
+    """Members with their current consent states (for `purposes`, or all) and enriched values,
+    in one statement."""
     if not ids:
         return {}
+    if purposes is None:
+        rows = await db.fetch(connection, _BUNDLES_ALL, list(ids))
+    else:
+        rows = await db.fetch(connection, _BUNDLES_FOR, list(ids), list(purposes))
     bundles: dict[uuid.UUID, MemberBundle] = {}
-    for row in await db.fetch(connection, _BUNDLES, list(ids)):
+    for row in rows:
         record = _record(row)
         consents = {}
         for purpose, kind_, event_id, method, notice, occurred, expires in orjson.loads(
@@ -268,15 +283,10 @@ async def fetch_bundles(
                 changed_at=_timestamp(occurred),
             )
         enrichment = {}
-        for field, value, source, obtained, purpose, consent_id in orjson.loads(row["enrichment"]):
+        obtained_under = {}
+        for field, value, consent_id in orjson.loads(row["enrichment"]):
             enriched = _FIELDS[field]
-            enrichment[enriched] = EnrichedValue(
-                enriched,
-                value,
-                source,
-                dt.datetime.fromisoformat(obtained),
-                purpose,
-                uuid.UUID(consent_id),
-            )
-        bundles[record.id] = MemberBundle(record, consents, enrichment)
+            enrichment[enriched] = value
+            obtained_under[enriched] = consent_id
+        bundles[record.id] = MemberBundle(record, consents, enrichment, obtained_under)
     return bundles

@@ -180,3 +180,39 @@ def decide(
             released.update(in_purpose)
             consent_ids = (consent_id,) if consent_id else ()
     return Decision(purpose, frozenset(released), withheld, consent_ids)
+
+
+class Decisions:
+    """`decide` for the members of one read: one purpose, one set of fields, one moment.
+
+    A hundred-member read falls into a handful of distinct outcomes (released; withheld for one
+    reason or another), so members whose states decide alike share one computed decision; only
+    the consent relied on is each member's own. The key is everything `decide` reads of a
+    member's state for this purpose, so a shared decision is the one `decide` would make.
+    """
+
+    def __init__(self, purpose: Purpose, fields: Mapping[str, Category], now: dt.datetime) -> None:
+        self.purpose = purpose
+        self.fields = fields
+        self.now = now
+        self._known: dict[tuple[Any, ...], Decision] = {}
+
+    def of(self, state: MemberState) -> Decision:
+        purpose_key = self.purpose.key
+        consent = state.consents.get(purpose_key)
+        key: tuple[Any, ...] = (
+            state.membership_active,
+            purpose_key in state.objections,
+            None
+            if consent is None
+            else (consent.kind, consent.method, consent.notice_version, consent.expires_at),
+        )
+        shared = self._known.get(key)
+        if shared is None:
+            shared = self._known[key] = decide(self.purpose, self.fields, state, self.now)
+        if not shared.consent_ids:
+            return shared
+        # Released under a consent: the member's own grant, with the shared outcome.
+        assert consent is not None
+        assert consent.grant_id is not None
+        return Decision(self.purpose, shared.released, shared.withheld, (consent.grant_id,))

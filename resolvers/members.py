@@ -26,6 +26,7 @@ from gateway.errors import BadUserInput, NotFound, TillitError
 from gateway.members import (
     Address,
     Correction,
+    MemberBundle,
     MemberRecord,
     fetch_address_corrections,
     fetch_bundles,
@@ -34,10 +35,10 @@ from gateway.members import (
 from gateway.policy import (
     ConsentState,
     Decision,
+    Decisions,
     MemberState,
     Withheld,
     consent_problem,
-    decide,
     purpose_for,
 )
 from resolvers.actors import parse_uuid
@@ -107,14 +108,16 @@ class _Summary:
 
 
 class _Summaries:
-    """The audit summary of each distinct decision in one read: a hundred members fall into a
-    handful of them (released, or withheld for one reason), so each is computed once."""
+    """The audit summary of each distinct decision in one read. Members decided alike share
+    their decision's `withheld` mapping (gateway.policy.Decisions), so each summary is made once
+    and found again by that mapping's identity (the decisions hold it, so it stays alive)."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[frozenset[str], tuple[tuple[str, ErrorCode], ...]], _Summary] = {}
+        self._known: dict[tuple[frozenset[str], int], _Summary] = {}
 
-    def get(self, released: frozenset[str], withheld: Mapping[str, Withheld]) -> _Summary:
-        key = (released, tuple((name, w.code) for name, w in withheld.items()))
+    def get(self, decision: Decision) -> _Summary:
+        released, withheld = decision.released, decision.withheld
+        key = (released, id(withheld))
         found = self._known.get(key)
         if found is None:
             found = self._known[key] = _Summary(
@@ -204,10 +207,15 @@ async def read_members(
             operation=operation, member_ids=ids, purpose=purpose, code=refused.code, fields=fields
         )
         raise
-    # One statement for the members, their consent states and their enriched values.
-    bundles = await _load(context, direct, fetch_bundles, lambda: context.loaders.bundle, ids, None)
-    records = [bundle.record if bundle else None for bundle in bundles]
-    existing = [record.id for record in records if record is not None]
+    # One statement for the members, their consent states and their enriched values. Read
+    # directly, only the declared purpose's consent is needed (all of them for `consents`).
+    if direct:
+        needed = None if "consents" in fields else [declared.key]
+        found = await fetch_bundles(context.connection, ids, needed)
+        bundles: Sequence[MemberBundle | None] = [found.get(member_id) for member_id in ids]
+    else:
+        bundles = await context.loaders.bundle.load_many(ids)
+    existing = [bundle.record.id for bundle in bundles if bundle is not None]
     basis = declared.legal_basis
     objections: Sequence[frozenset[str]] = []
     if basis is LegalBasis.LEGITIMATE_INTEREST:
@@ -219,22 +227,21 @@ async def read_members(
             existing,
             frozenset(),
         )
-    consents_of = {b.record.id: b.consents for b in bundles if b is not None}
-    enrichment = {b.record.id: b.enrichment for b in bundles if b is not None}
     objections_of = dict(zip(existing, objections, strict=False))
 
-    decisions: dict[uuid.UUID, Decision] = {}
-    for record in records:
-        if record is None:
-            continue
-        state = MemberState(
-            membership_active=record.membership_active,
-            consents=consents_of.get(record.id, {}),
-            objections=objections_of.get(record.id, frozenset()),
-        )
-        decisions[record.id] = decide(declared, fields, state, context.now)
+    decisions = Decisions(declared, fields, context.now)
+    decided: dict[uuid.UUID, Decision] = {}
+    for bundle in bundles:
+        if bundle is not None:
+            member_id = bundle.record.id
+            state = MemberState(
+                bundle.record.membership_active,
+                bundle.consents,
+                objections_of.get(member_id, frozenset()),
+            )
+            decided[member_id] = decisions.of(state)
 
-    address_ids = [m for m, d in decisions.items() if "address" in d.released]
+    address_ids = [m for m, d in decided.items() if "address" in d.released]
     no_corrections: Sequence[Correction] = ()
     found_corrections = await _load(
         context,
@@ -249,8 +256,8 @@ async def read_members(
     requested = tuple(sorted(fields))
     summaries = _Summaries()
     results: list[MemberView | TillitError] = []
-    for member_id, record in zip(ids, records, strict=True):
-        if record is None:
+    for member_id, bundle in zip(ids, bundles, strict=True):
+        if bundle is None:
             context.audit.denied(
                 operation=operation,
                 member_ids=[member_id],
@@ -261,19 +268,17 @@ async def read_members(
             )
             results.append(NotFound("No member has this id.", argument="id"))
             continue
-        decision = decisions[member_id]
+        decision = decided[member_id]
         values: dict[str, Any] = {}
         for name in decision.released:
-            if name in _ENRICHED:
-                found = enrichment.get(member_id, {}).get(_ENRICHED[name])
-                values[name] = found.value if found else None
+            enriched = _ENRICHED.get(name)
+            if enriched is not None:
+                values[name] = bundle.enrichment.get(enriched)
             elif name == "consents":
-                values[name] = consent_statuses(
-                    purposes, consents_of.get(member_id, {}), context.now
-                )
+                values[name] = consent_statuses(purposes, bundle.consents, context.now)
             else:
-                values[name] = _base_value(record, name, corrections.get(member_id, ()))
-        summary = summaries.get(decision.released, decision.withheld)
+                values[name] = _base_value(bundle.record, name, corrections.get(member_id, ()))
+        summary = summaries.get(decision)
         context.audit.record(
             AccessRecord(
                 operation=operation,
