@@ -95,44 +95,84 @@ class AuditTrail:
                 )
             )
 
-    @staticmethod
-    def _event(record: AccessRecord, arrays: dict[tuple[Any, ...], str]) -> dict[str, Any]:
-        """One event's own values (the operation's common ones travel as parameters). Its lists
-        travel as PostgreSQL array literals: cheaper for the server to read than JSON arrays
-        (measured: a hundred-member read spent most of its database time in this INSERT)."""
-        return {
-            "operation": record.operation,
-            "member_id": record.member_id,
-            # The declared purpose is recorded as sent, cut to the column's size.
-            "purpose": record.purpose[:64] if record.purpose is not None else None,
-            "legal_basis": record.legal_basis.value if record.legal_basis else None,
-            "outcome": record.outcome.value,
-            "requested": _array(record.fields_requested, arrays),
-            "released": _array(record.fields_released, arrays),
-            "withheld": record.fields_withheld,
-            "consents": _array(record.consent_ids, arrays),
-            "details": record.details,
-        }
-
     async def flush(self, connection: AsyncConnection) -> int:
-        """Write the held events in one statement; returns how many."""
+        """Write the held events in one statement; returns how many.
+
+        The events of one operation mostly differ only in their member and consent: a
+        hundred-member read is a hundred events in a handful of classes (same operation,
+        purpose, outcome, fields). So each class travels once, and each event as its member, its
+        class and its consents' place in one flat array: typed arrays PostgreSQL reads without
+        parsing a JSON document per event (measured: the insert was a hundred-member read's
+        largest database cost).
+        """
         count = len(self.records)
-        if count:
-            actor = _actor(self.principal)
-            arrays: dict[tuple[Any, ...], str] = {}
-            events = orjson.dumps([self._event(r, arrays) for r in self.records], default=_as_text)
-            await db.execute(
-                connection,
-                _INSERT,
-                events.decode(),
-                self.now,
-                self.request_id,
-                actor["actor_kind"],
-                actor.get("client_id"),
-                actor.get("actor_member_id"),
+        if not count:
+            return 0
+        classes: dict[tuple[Any, ...], int] = {}
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        member_ids: list[uuid.UUID | None] = []
+        class_of: list[int] = []
+        firsts: list[int] = []
+        lasts: list[int] = []
+        consents: list[uuid.UUID] = []
+        arrays: dict[tuple[Any, ...], str] = {}
+        for record in self.records:
+            # Mappings by identity (one decision's are shared by its members' events), and every
+            # empty one alike.
+            withheld, details = record.fields_withheld, record.details
+            key = (
+                record.operation,
+                record.purpose,
+                record.legal_basis,
+                record.outcome,
+                record.fields_requested,
+                record.fields_released,
+                id(withheld) if withheld else None,
+                id(details) if details else None,
             )
+            number = classes.get(key)
+            if number is None:
+                number = classes[key] = len(classes) + 1
+                for column, value in zip(columns, self._class(record, arrays), strict=True):
+                    column.append(value)
+            member_ids.append(record.member_id)
+            class_of.append(number)
+            firsts.append(len(consents) + 1)
+            consents.extend(record.consent_ids)
+            lasts.append(len(consents))
+        actor = _actor(self.principal)
+        await db.execute(
+            connection,
+            _INSERT,
+            self.now,
+            self.request_id,
+            actor["actor_kind"],
+            actor.get("client_id"),
+            actor.get("actor_member_id"),
+            member_ids,
+            class_of,
+            firsts,
+            lasts,
+            consents,
+            *columns,
+        )
         self.records.clear()
         return count
+
+    @staticmethod
+    def _class(record: AccessRecord, arrays: dict[tuple[Any, ...], str]) -> tuple[Any, ...]:
+        """What the events of one class share, as text PostgreSQL casts once per event."""
+        return (
+            record.operation,
+            # The declared purpose is recorded as sent, cut to the column's size.
+            record.purpose[:64] if record.purpose is not None else None,
+            record.legal_basis.value if record.legal_basis else None,
+            record.outcome.value,
+            _array(record.fields_requested, arrays),
+            _array(record.fields_released, arrays),
+            _json(record.fields_withheld),
+            _json(record.details),
+        )
 
 
 def _array(items: tuple[Any, ...], known: dict[tuple[Any, ...], str]) -> str:
@@ -145,26 +185,32 @@ def _array(items: tuple[Any, ...], known: dict[tuple[Any, ...], str]) -> str:
     return found
 
 
+def _json(value: Mapping[str, Any]) -> str:
+    return orjson.dumps(dict(value), default=_as_text).decode()
+
+
 def _as_text(value: object) -> str:
     if isinstance(value, Mapping):  # a mappingproxy or another read-only mapping
         return orjson.dumps(dict(value)).decode()
     return str(value)
 
 
-# Raw SQL because this runs on every request: the events travel as one JSON document (encoded
-# by orjson, one parameter however many events), prepared once per connection.
+# Raw SQL because this runs on every request, prepared once per connection. $6-$10 are per
+# event (member, class, the slice of $10 holding its consents); $11-$18 per class.
 _INSERT = """
     INSERT INTO access_events (occurred_at, request_id, operation, actor_kind, client_id,
         actor_member_id, member_id, purpose, legal_basis, outcome, fields_requested,
         fields_released, fields_withheld, consent_ids, details)
-    SELECT $2::timestamptz, $3::text, e.operation, $4::text, $5::uuid, $6::uuid, e.member_id,
-        e.purpose, e.legal_basis, e.outcome,
-        CAST(e.requested AS text[]), CAST(e.released AS text[]), e.withheld,
-        CAST(e.consents AS uuid[]), e.details
-    FROM ROWS FROM (jsonb_to_recordset(CAST($1::text AS jsonb))
-            AS (operation text, member_id uuid, purpose text, legal_basis text, outcome text,
-                requested text, released text, withheld jsonb, consents text, details jsonb))
-        WITH ORDINALITY AS e(operation, member_id, purpose, legal_basis, outcome, requested,
-                             released, withheld, consents, details, n)
+    SELECT $1::timestamptz, $2::text, c.operation, $3::text, $4::uuid, $5::uuid, e.member_id,
+        c.purpose, c.legal_basis, c.outcome, CAST(c.requested AS text[]),
+        CAST(c.released AS text[]), CAST(c.withheld AS jsonb), ($10::uuid[])[e.first:e.last],
+        CAST(c.details AS jsonb)
+    FROM unnest($6::uuid[], $7::int[], $8::int[], $9::int[])
+            WITH ORDINALITY AS e(member_id, class, first, last, n)
+        JOIN unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                    $17::text[], $18::text[])
+            WITH ORDINALITY AS c(operation, purpose, legal_basis, outcome, requested, released,
+                                 withheld, details, k)
+        ON c.k = e.class
     ORDER BY e.n
 """

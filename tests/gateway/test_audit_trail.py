@@ -397,3 +397,106 @@ async def test_list_values_reach_postgres_exactly(db: AsyncEngine) -> None:
         )
 
     assert tuple(back) == awkward
+
+
+async def test_an_operations_events_are_stored_as_recorded_and_in_order(db: AsyncEngine) -> None:
+    """The insert sends classes of alike events once and each event's consents as a slice of one
+    array: every event must come back whole, in the order recorded."""
+
+    shared_withheld = {"incomeBand": "CONSENT_REQUIRED"}
+    grants = [uuid.uuid4() for _ in range(3)]
+    records = [
+        AccessRecord(
+            "members",
+            uuid.uuid4(),
+            "offers",
+            LegalBasis.CONSENT,
+            AccessOutcome.RELEASED,
+            ("id", "incomeBand"),
+            ("id", "incomeBand"),
+            consent_ids=(grants[0],),
+        ),
+        AccessRecord(
+            "members",
+            uuid.uuid4(),
+            "offers",
+            LegalBasis.CONSENT,
+            AccessOutcome.PARTIAL,
+            ("id", "incomeBand"),
+            ("id",),
+            shared_withheld,
+        ),
+        AccessRecord(
+            "members",
+            uuid.uuid4(),
+            "offers",
+            LegalBasis.CONSENT,
+            AccessOutcome.RELEASED,
+            ("id", "incomeBand"),
+            ("id", "incomeBand"),
+            consent_ids=(grants[1], grants[2]),
+        ),
+        AccessRecord(
+            "members",
+            uuid.uuid4(),
+            "offers",
+            LegalBasis.CONSENT,
+            AccessOutcome.PARTIAL,
+            ("id", "incomeBand"),
+            ("id",),
+            shared_withheld,
+        ),
+        AccessRecord(
+            "accessLog",
+            None,
+            "x" * 80,
+            None,
+            AccessOutcome.DENIED,
+            details={"reason": 'a "quoted", {braced} reason', "n": 1},
+        ),
+        AccessRecord(
+            "members",
+            uuid.uuid4(),
+            "offers",
+            LegalBasis.CONSENT,
+            AccessOutcome.RELEASED,
+            ("id", "incomeBand"),
+            ("id", "incomeBand"),
+            consent_ids=(grants[0],),
+        ),
+    ]
+    request_id = uuid.uuid4().hex
+    trail = AuditTrail(
+        request_id=request_id, principal=SystemPrincipal("test"), now=dt.datetime.now(dt.UTC)
+    )
+    for record in records:
+        trail.record(record)
+    async with db.begin() as connection:
+        assert await trail.flush(connection) == len(records)
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT operation, member_id, purpose, legal_basis, outcome, fields_requested,"
+                    " fields_released, fields_withheld, consent_ids, details, actor_kind"
+                    " FROM access_events WHERE request_id = :r ORDER BY id"
+                ),
+                {"r": request_id},
+            )
+        ).all()
+
+    assert [tuple(row) for row in rows] == [
+        (
+            r.operation,
+            r.member_id,
+            r.purpose[:64] if r.purpose else None,
+            r.legal_basis.value if r.legal_basis else None,
+            r.outcome.value,
+            list(r.fields_requested),
+            list(r.fields_released),
+            dict(r.fields_withheld),
+            list(r.consent_ids),
+            dict(r.details),
+            "SYSTEM",
+        )
+        for r in records
+    ]
