@@ -21,7 +21,8 @@ from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal,
 from gateway.domain import AccessOutcome, ActorKind, ErrorCode, LegalBasis
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.members).
+@dataclass(slots=True)
 class AccessRecord:
     """One access event, before it is written."""
 

@@ -26,7 +26,8 @@ from gateway.domain import (
 from gateway.errors import Forbidden, PurposeNotPermitted, Unauthenticated, UnknownPurpose
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.members).
+@dataclass(slots=True)
 class ConsentState:
     """The newest consent event of one member for one purpose, and the grant it concerns."""
 
@@ -38,7 +39,8 @@ class ConsentState:
     changed_at: dt.datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.members).
+@dataclass(slots=True)
 class MemberState:
     """What the decision needs to know about one member."""
 
@@ -54,7 +56,8 @@ class Withheld:
     hints: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.members).
+@dataclass(slots=True)
 class Decision:
     purpose: Purpose
     released: frozenset[str]

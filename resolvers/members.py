@@ -74,7 +74,8 @@ class ConsentStatusView:
     receipt_id: uuid.UUID | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.members).
+@dataclass(slots=True)
 class MemberView:
     """One member as released to one caller: the values that passed, and why the rest did not."""
 
