@@ -14,8 +14,10 @@ variables that do not coerce) returns None and takes the general path.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from graphql import (
@@ -30,13 +32,25 @@ from graphql import (
     GraphQLObjectType,
     GraphQLScalarType,
     GraphQLSchema,
+    ListTypeNode,
+    NamedTypeNode,
+    NonNullTypeNode,
     OperationDefinitionNode,
     OperationType,
+    VariableDefinitionNode,
     get_named_type,
     is_leaf_type,
     located_error,
 )
-from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
+from graphql.type.scalars import (
+    GRAPHQL_MAX_INT,
+    GRAPHQL_MIN_INT,
+    serialize_boolean,
+    serialize_id,
+    serialize_int,
+    serialize_string,
+)
 
 from gateway.domain import Category
 from gateway.errors import TillitError
@@ -96,7 +110,88 @@ def _leaf(schema: GraphQLSchema, node: FieldNode, python_names: Mapping[str, str
     if attribute is None:
         return None
     assert isinstance(named, GraphQLScalarType | GraphQLEnumType)
-    return Leaf(key, attribute, named.serialize, many=many, non_null=non_null)
+    return Leaf(key, attribute, _serializer(named), many=many, non_null=non_null)
+
+
+def _serializer(named: GraphQLScalarType | GraphQLEnumType) -> Callable[[Any], Any]:
+    """The type's own `serialize`, with the values a profile holds answered directly: each
+    shortcut gives what graphql-core's serializer gives for that exact type (a str is its own
+    String or ID, an ID of a UUID is its text, an Int in range is itself, an enum member is
+    the name whose value it has), and anything else goes to the serializer."""
+    general = named.serialize
+    if general is serialize_id:
+
+        def id_(value: Any) -> Any:
+            if type(value) is str:
+                return value
+            return str(value) if isinstance(value, uuid.UUID) else general(value)
+
+        return id_
+    if general is serialize_string:
+        return lambda value: value if type(value) is str else general(value)
+    if general is serialize_boolean:
+        return lambda value: value if type(value) is bool else general(value)
+    if general is serialize_int:
+        return lambda value: (
+            value
+            if type(value) is int and GRAPHQL_MIN_INT <= value <= GRAPHQL_MAX_INT
+            else general(value)
+        )
+    wrapped = getattr(named, "wrapped_cls", None)  # a Strawberry enum
+    if (
+        isinstance(named, GraphQLEnumType)
+        and isinstance(wrapped, type)
+        and issubclass(wrapped, Enum)
+    ):
+        names: dict[Any, str] = {}
+        for member in wrapped:
+            for name, value in named.values.items():
+                if member.value == value.value:
+                    names[member] = name
+                    break
+        return lambda value: (
+            names[value] if type(value) is wrapped and value in names else general(value)
+        )
+    return general
+
+
+_TEXT_TYPES = frozenset({"String", "ID"})
+
+
+def _plain_variables(
+    definitions: tuple[VariableDefinitionNode, ...] | None, given: dict[str, Any] | None
+) -> VariableValues | None:
+    """The variables as graphql-core would coerce them, when that is to take them as they are:
+    each declared `String!`/`ID!` given a str, or `[String!]!`/`[ID!]!` a list of str, no
+    defaults. Otherwise None, and graphql-core coerces (and reports what does not coerce)."""
+    if not definitions or given is None:
+        return None
+    plain: dict[str, Any] = {}
+    for definition in definitions:
+        type_ = definition.type
+        if definition.default_value is not None or not isinstance(type_, NonNullTypeNode):
+            return None
+        name = definition.variable.name.value
+        value = given.get(name)
+        inner = type_.type
+        if isinstance(inner, NamedTypeNode):
+            if inner.name.value not in _TEXT_TYPES or type(value) is not str:
+                return None
+            plain[name] = value
+        elif isinstance(inner, ListTypeNode):
+            item = inner.type
+            if (
+                not isinstance(item, NonNullTypeNode)
+                or not isinstance(item.type, NamedTypeNode)
+                or item.type.name.value not in _TEXT_TYPES
+                or type(value) is not list
+                or not all(type(element) is str for element in value)
+            ):
+                return None
+            plain[name] = list(value)
+        else:
+            return None
+    return VariableValues({}, plain)  # no sources: those serve defaults and fragment variables
 
 
 class FastPath:
@@ -160,13 +255,17 @@ class FastPath:
         *,
         hide_suggestions: bool,
     ) -> ExecutionResult | None:
-        coerced = get_variable_values(
-            self.schema,
-            plan.operation.variable_definitions or (),
-            variables or {},
-            max_errors=50,
-            hide_suggestions=hide_suggestions,
+        coerced: VariableValues | list[GraphQLError] | None = _plain_variables(
+            plan.operation.variable_definitions, variables
         )
+        if coerced is None:
+            coerced = get_variable_values(
+                self.schema,
+                plan.operation.variable_definitions or (),
+                variables or {},
+                max_errors=50,
+                hide_suggestions=hide_suggestions,
+            )
         if isinstance(coerced, list):
             return None  # the general path reports these errors
         try:

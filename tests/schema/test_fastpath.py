@@ -86,7 +86,9 @@ def operations(draw: Any) -> tuple[str, dict[str, Any]]:
         ids = draw(st.lists(some_id, min_size=0, max_size=4))
         if draw(st.booleans()):
             head, args = "query($ids: [ID!]!)", f'ids: $ids, purpose: "{purpose}"'
-            variables["ids"] = draw(st.one_of(st.just(ids), st.just(42), st.just([None])))
+            variables["ids"] = draw(
+                st.one_of(st.just(ids), st.just(42), st.just([None]), st.just([*ids, 3]))
+            )
         else:
             head, args = "query", f'ids: {orjson.dumps(ids).decode()}, purpose: "{purpose}"'
         root = "members"
@@ -96,10 +98,12 @@ def operations(draw: Any) -> tuple[str, dict[str, Any]]:
             head = "query($id: ID!, $purpose: String!)"
             args = "id: $id, purpose: $purpose"
             variables["id"] = draw(st.one_of(st.just(member), st.just(None), st.just(7)))
-            variables["purpose"] = purpose
+            variables["purpose"] = draw(st.one_of(st.just(purpose), st.just(5)))
         else:
             head, args = "query", f'id: "{member}", purpose: "{purpose}"'
         root = "member"
+    if draw(st.booleans()):
+        variables["undeclared"] = "ignored"
     alias = "m: " if draw(st.booleans()) else ""
     return f"{head} {{ {alias}{root}({args}) {{ {selection} }} }}", variables
 
