@@ -23,6 +23,7 @@ from gateway.domain import (
     Tier,
 )
 from gateway.policy import ConsentState
+from gateway.uuids import uuid_of
 
 
 # Not frozen: made per member by a profile read (see MemberRecord).
@@ -230,7 +231,7 @@ class MemberBundle:
     def obtained_under(self, field: EnrichedField) -> uuid.UUID:
         """The consent event an enriched value was obtained under (a withdrawal's purge asks;
         a read does not, so the id is parsed only here)."""
-        return uuid.UUID(self._obtained_under[field])
+        return uuid_of(self._obtained_under[field])
 
 
 # One statement per read instead of three (measured: round trips dominated a profile read): the
@@ -281,7 +282,7 @@ async def fetch_bundles(
             kind = _KINDS[kind_]
             consents[purpose] = ConsentState(
                 kind=kind,
-                grant_id=uuid.UUID(event_id) if kind is ConsentEventKind.GRANTED else None,
+                grant_id=uuid_of(event_id) if kind is ConsentEventKind.GRANTED else None,
                 method=_METHODS[method] if method else None,
                 notice_version=notice,
                 expires_at=_timestamp(expires),

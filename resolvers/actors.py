@@ -18,12 +18,13 @@ from gateway.errors import (
     Unauthenticated,
     UnknownPurpose,
 )
+from gateway.uuids import uuid_of
 from resolvers.context import Context
 
 
 def parse_uuid(raw: str, argument: str) -> uuid.UUID:
     try:
-        return uuid.UUID(raw)
+        return uuid_of(raw)
     except (ValueError, TypeError, AttributeError):
         raise BadUserInput("A member id is a UUID.", argument=argument) from None
 
