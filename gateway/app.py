@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -177,4 +178,26 @@ def create_app_from_environment() -> Starlette:
         settings.effective_log_format,
         buffered=settings.effective_log_format == "json",
     )
-    return create_app(settings)
+    app = create_app(settings)
+    tune_garbage_collector()
+    return app
+
+
+# Young-generation collections after this many net container allocations (CPython's is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """For a serving process, once what it loaded at start (schema, modules, routes) exists.
+
+    Measured on a hundred-member read: the cyclic collector took about 1 ms of each request's
+    7.8 ms of CPU, most of it full collections walking everything loaded at start. Frozen, those
+    objects are left out of every collection (they live as long as the process anyway), and the
+    young generation, which a request fills with short-lived dicts that reference counting frees,
+    is collected less often. With both the collector's share fell below 0.01 ms. Not done by
+    `create_app`, so a test process that builds many apps keeps the default collector.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)

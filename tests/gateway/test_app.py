@@ -163,3 +163,24 @@ def test_buffered_log_lines_are_written_in_batches(capsys: pytest.CaptureFixture
 
     assert before == ""
     assert capsys.readouterr().err == '{"event": "one"}\n{"event": "two"}\n'
+
+
+def test_a_serving_process_freezes_what_it_loaded_and_collects_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from gateway import app as app_module
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("TILLIT_DEV", "true")
+    monkeypatch.setattr(app_module, "configure_logging", lambda *args, **kwargs: None)
+    threshold = gc.get_threshold()
+    try:
+        app_module.create_app_from_environment()
+
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (app_module.GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
