@@ -45,11 +45,28 @@ EVENT_COLUMNS = ACCESS_EVENT_COLUMNS
 
 
 def _iso(value: dt.datetime) -> str:
+    """ISO 8601 in UTC with microseconds, as `isoformat(timespec="microseconds")` writes it.
+
+    orjson writes a UTC datetime with a fraction the same way, three times faster (the sealer
+    does this for every event); it leaves the fraction out when it is zero, so those (and any
+    other zone) take the slow road.
+    """
+    if value.microsecond and value.tzinfo is dt.UTC:
+        return orjson.dumps(value)[1:-1].decode()
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
+def _json(value: Any) -> Any:
+    """A jsonb column's value: decoded already, or its text (the sealer reads it as text)."""
+    return orjson.loads(value) if type(value) is str else value
+
+
 def event_document(row: Mapping[str, Any]) -> dict[str, Any]:
-    """An access event as plain JSON values: what its hash covers, and what exports show."""
+    """An access event as plain JSON values: what its hash covers, and what exports show.
+
+    `row` is the stored row by column name (a dict or an asyncpg record); the two jsonb columns
+    may be decoded or their text.
+    """
     return {
         "id": int(row["id"]),
         "occurred_at": _iso(row["occurred_at"]),
@@ -64,9 +81,9 @@ def event_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "outcome": row["outcome"],
         "fields_requested": list(row["fields_requested"]),
         "fields_released": list(row["fields_released"]),
-        "fields_withheld": row["fields_withheld"],
+        "fields_withheld": _json(row["fields_withheld"]),
         "consent_ids": [str(c) for c in row["consent_ids"]],
-        "details": row["details"],
+        "details": _json(row["details"]),
     }
 
 
@@ -88,15 +105,24 @@ def event_hash(row: Mapping[str, Any]) -> bytes:
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
-    """RFC 6962 Merkle tree hash over leaf hashes, in order."""
+    """RFC 6962 Merkle tree hash over leaf hashes, in order.
+
+    Bottom-up: pair neighbours level by level and carry a level's odd last node up unchanged,
+    which is the same tree as RFC 6962's split at the largest power of two below the count
+    (tests compare the two), without the recursion's copies of the list.
+    """
     if not leaves:
         return EMPTY_ROOT
-    if len(leaves) == 1:
-        return leaves[0]
-    split = 1 << ((len(leaves) - 1).bit_length() - 1)
-    return hashlib.sha256(
-        b"\x01" + merkle_root(leaves[:split]) + merkle_root(leaves[split:])
-    ).digest()
+    level = list(leaves)
+    sha256 = hashlib.sha256
+    while len(level) > 1:
+        paired = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -433,6 +433,28 @@ async def test_the_gateway_seals_in_the_background(db: AsyncEngine, gateway_url:
     assert (await verify(db)).ok
 
 
+async def test_a_sealer_behind_seals_batch_after_batch_without_waiting(
+    db: AsyncEngine, gateway_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More final events than one batch holds: the sealer goes on until it has caught up, not
+    one batch per interval (which would fall further behind under a steady load)."""
+    from gateway import sealer
+
+    monkeypatch.setattr(sealer, "MAX_BATCH", 3)
+    app = create_app(
+        make_settings(gateway_url, seal_interval_seconds=3600), database_url=gateway_url
+    )
+    await write_events(db, 10)
+    async with LifespanManager(app):
+        for _ in range(100):
+            if await scalar(db, "SELECT count(*) FROM audit_seals") == 10:
+                break
+            await asyncio.sleep(0.05)
+    assert await scalar(db, "SELECT count(*) FROM audit_seals") == 10
+    assert await scalar(db, "SELECT max(event_count) FROM audit_checkpoints") == 3
+    assert (await verify(db)).ok
+
+
 # -- the audit commands ---------------------------------------------------------------------------
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import random
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -383,6 +386,30 @@ def test_canonical_event_bytes_equal_sorted_compact_json() -> None:
         produced
         == json.dumps(expected, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     )
+    assert expected["occurred_at"] == "2026-11-29T12:00:00.001234+00:00"
+    # The sealer hands over the jsonb columns as their text: the same bytes.
+    as_text = {
+        **row,
+        "fields_withheld": json.dumps(row["fields_withheld"]),
+        "details": json.dumps(row["details"]),
+    }
+    assert canonical_event(as_text) == produced
+
+
+@given(
+    st.datetimes(
+        min_value=dt.datetime(1970, 1, 2),
+        max_value=dt.datetime(9999, 12, 30),
+        timezones=st.sampled_from([dt.UTC, dt.timezone(dt.timedelta(hours=1, minutes=30))]),
+    )
+)
+def test_event_times_are_written_as_isoformat_writes_them(moment: dt.datetime) -> None:
+    from gateway.sealing import _iso
+
+    assert _iso(moment) == moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    assert _iso(moment.replace(microsecond=0)) == moment.replace(microsecond=0).astimezone(
+        dt.UTC
+    ).isoformat(timespec="microseconds")
 
 
 async def test_list_values_reach_postgres_exactly(db: AsyncEngine) -> None:
@@ -500,3 +527,22 @@ async def test_an_operations_events_are_stored_as_recorded_and_in_order(db: Asyn
         )
         for r in records
     ]
+
+
+def _rfc6962_root(leaves: list[bytes]) -> bytes:
+    """RFC 6962, section 2.1, as written: split at the largest power of two below n."""
+    if len(leaves) == 1:
+        return leaves[0]
+    split = 1 << ((len(leaves) - 1).bit_length() - 1)
+    left, right = _rfc6962_root(leaves[:split]), _rfc6962_root(leaves[split:])
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+@pytest.mark.parametrize("count", [*range(1, 40), 63, 64, 65, 1000, 10_000])
+def test_the_merkle_root_is_rfc_6962s(count: int) -> None:
+    from gateway.sealing import EMPTY_ROOT, merkle_root
+
+    leaves = [hashlib.sha256(b"\x00" + str(n).encode()).digest() for n in range(count)]
+
+    assert merkle_root(leaves) == _rfc6962_root(leaves)
+    assert merkle_root([]) == EMPTY_ROOT
