@@ -432,47 +432,26 @@ async def test_an_operations_events_are_stored_as_recorded_and_in_order(db: Asyn
 
     shared_withheld = {"incomeBand": "CONSENT_REQUIRED"}
     grants = [uuid.uuid4() for _ in range(3)]
+
+    def read(outcome: AccessOutcome, released: tuple[str, ...], **more: object) -> AccessRecord:
+        fields = ("id", "incomeBand")
+        return AccessRecord(
+            "members",
+            uuid.uuid4(),
+            "offers",
+            LegalBasis.CONSENT,
+            outcome,
+            fields,
+            released,
+            **more,  # type: ignore[arg-type]
+        )
+
+    released, partial = AccessOutcome.RELEASED, AccessOutcome.PARTIAL
     records = [
-        AccessRecord(
-            "members",
-            uuid.uuid4(),
-            "offers",
-            LegalBasis.CONSENT,
-            AccessOutcome.RELEASED,
-            ("id", "incomeBand"),
-            ("id", "incomeBand"),
-            consent_ids=(grants[0],),
-        ),
-        AccessRecord(
-            "members",
-            uuid.uuid4(),
-            "offers",
-            LegalBasis.CONSENT,
-            AccessOutcome.PARTIAL,
-            ("id", "incomeBand"),
-            ("id",),
-            shared_withheld,
-        ),
-        AccessRecord(
-            "members",
-            uuid.uuid4(),
-            "offers",
-            LegalBasis.CONSENT,
-            AccessOutcome.RELEASED,
-            ("id", "incomeBand"),
-            ("id", "incomeBand"),
-            consent_ids=(grants[1], grants[2]),
-        ),
-        AccessRecord(
-            "members",
-            uuid.uuid4(),
-            "offers",
-            LegalBasis.CONSENT,
-            AccessOutcome.PARTIAL,
-            ("id", "incomeBand"),
-            ("id",),
-            shared_withheld,
-        ),
+        read(released, ("id", "incomeBand"), consent_ids=(grants[0],)),
+        read(partial, ("id",), fields_withheld=shared_withheld),
+        read(released, ("id", "incomeBand"), consent_ids=(grants[1], grants[2])),
+        read(partial, ("id",), fields_withheld=shared_withheld),
         AccessRecord(
             "accessLog",
             None,
@@ -481,16 +460,7 @@ async def test_an_operations_events_are_stored_as_recorded_and_in_order(db: Asyn
             AccessOutcome.DENIED,
             details={"reason": 'a "quoted", {braced} reason', "n": 1},
         ),
-        AccessRecord(
-            "members",
-            uuid.uuid4(),
-            "offers",
-            LegalBasis.CONSENT,
-            AccessOutcome.RELEASED,
-            ("id", "incomeBand"),
-            ("id", "incomeBand"),
-            consent_ids=(grants[0],),
-        ),
+        read(released, ("id", "incomeBand"), consent_ids=(grants[0],)),
     ]
     request_id = uuid.uuid4().hex
     trail = AuditTrail(
