@@ -211,7 +211,7 @@ async def read_members(
     # One statement for the members, their consent states and their enriched values. Read
     # directly, only the declared purpose's consent is needed (all of them for `consents`).
     if direct:
-        needed = None if "consents" in fields else [declared.key]
+        needed = None if "consents" in fields else declared.key
         found = await fetch_bundles(context.connection, ids, needed)
         bundles: Sequence[MemberBundle | None] = [found.get(member_id) for member_id in ids]
     else:

@@ -26,7 +26,7 @@ from schema.categories import graphql_names_of
 from schema.fastpath import FastPath
 from schema.types import Member
 from tests.conftest import add_client, add_member, make_settings, serving
-from tests.resolvers.test_member_reads import enrich, grant
+from tests.resolvers.test_member_reads import enrich, grant, withdraw
 
 LEAVES = [
     "id",
@@ -158,12 +158,18 @@ async def test_the_fast_path_answers_what_graphql_core_answers(
 async def world(db: AsyncEngine) -> None:
     IDS.clear()
     KEY.clear()
-    for index in range(3):
+    for index in range(5):
         member_id = await add_member(db)
         if index < 2:
             grant_id = await grant(db, member_id, "personalized_offers")
             if index == 0:
                 await enrich(db, member_id, grant_id)
+        elif index == 3:  # a withdrawn consent, with values obtained under it before
+            await enrich(db, member_id, await grant(db, member_id, "personalized_offers"))
+            await withdraw(db, member_id, "personalized_offers")
+        elif index == 4:  # conditional consent for one purpose, explicit for another
+            await grant(db, member_id, "customer_insight", method="CONDITIONAL")
+            await grant(db, member_id, "personalized_offers", notice="2025-01")
         IDS.append(str(member_id))
     client = await add_client(
         db,
