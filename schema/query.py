@@ -36,38 +36,59 @@ MEMBER_FIELD_CATEGORIES = categories_of(Member)
 _MEMBER_FIELD_NAMES = graphql_names_of(Member)
 
 
-def _flatten(selections: list[Selection]) -> list[SelectedField]:
+def _included(selection: Selection) -> bool:
+    """What `@skip` and `@include` say of a selection (their `if` already has its value)."""
+    directives = selection.directives
+    if not directives:
+        return True
+    if directives.get("skip", {}).get("if") is True:
+        return False
+    return directives.get("include", {}).get("if") is not False
+
+
+def _flatten(selections: list[Selection], seen: list[bool]) -> list[SelectedField]:
+    """The fields selected, through fragments, leaving out what `@skip`/`@include` leave out.
+    `seen` gets a True when a directive decided something (the answer then depends on the
+    request's variables)."""
     fields: list[SelectedField] = []
     for selection in selections:
+        if selection.directives:
+            seen.append(True)
+            if not _included(selection):
+                continue
         if isinstance(selection, SelectedField):
             fields.append(selection)
         elif isinstance(selection, FragmentSpread | InlineFragment):
-            fields.extend(_flatten(selection.selections))
+            fields.extend(_flatten(selection.selections, seen))
     return fields
 
 
 Requested = tuple[dict[str, Category], dict[str, list[str]]]
-# By the field's AST nodes: the same prepared query asks the same fields every time.
-_REQUESTED: ByNodes[Requested] = ByNodes(1024)
+# By the field's AST nodes: the same prepared query asks the same fields every time, unless a
+# directive's condition (a variable) decides; the bool says so.
+_REQUESTED: ByNodes[tuple[Requested, bool]] = ByNodes(1024)
 
 
 def requested_member_fields(info: Info) -> Requested:
     """The gated Member fields this operation asks for, with their categories, and the response
-    keys (aliases) each one is asked under."""
+    keys (aliases) each one is asked under. A field left out by `@skip`/`@include` is not asked
+    for: it is neither decided nor audited."""
     nodes = tuple(info._raw_info.field_nodes)
-    return _REQUESTED.get(nodes, None, lambda: _requested_member_fields(info))
+    requested, conditional = _REQUESTED.get(nodes, None, lambda: _requested_member_fields(info))
+    return _requested_member_fields(info)[0] if conditional else requested
 
 
-def _requested_member_fields(info: Info) -> Requested:
+def _requested_member_fields(info: Info) -> tuple[Requested, bool]:
     requested: dict[str, Category] = {}
     keys: dict[str, list[str]] = {}
+    seen: list[bool] = []
     for root in info.selected_fields:
-        for selected in _flatten(root.selections):
+        for selected in _flatten(root.selections, seen):
             python_name = _MEMBER_FIELD_NAMES.get(selected.name)
             if python_name in MEMBER_FIELD_CATEGORIES:
                 requested[python_name] = MEMBER_FIELD_CATEGORIES[python_name]
                 keys.setdefault(python_name, []).append(selected.alias or selected.name)
-    return requested, keys
+    return (requested, keys), bool(seen)
 
 
 def member_field_errors(

@@ -578,3 +578,39 @@ async def test_members_runs_as_many_statements_for_100_ids_as_for_2(
 
     assert two == hundred
     assert len(await access_events(db)) == 102
+
+
+@pytest.mark.parametrize("skip", [True, False])
+async def test_a_field_left_out_by_skip_or_include_is_neither_decided_nor_audited(
+    api: Api, db: AsyncEngine, app_key: str, skip: bool
+) -> None:
+    member_id = await add_member(db)  # a contract purpose: enriched fields are not in it
+    document = """
+        query($id: ID!, $skip: Boolean!) {
+          member(id: $id, purpose: "membership_service") {
+            points
+            incomeBand @skip(if: $skip)
+            ...Segment @include(if: false)
+            ... @include(if: true) { tier }
+          }
+        }
+        fragment Segment on Member { lifestyleSegment }
+    """
+
+    # The same document twice, with the other value first: nothing cached decides for it.
+    await api.graphql(document, {"id": str(member_id), "skip": not skip}, token=app_key)
+    response = await api.graphql(document, {"id": str(member_id), "skip": skip}, token=app_key)
+
+    body = response.json()
+    expected = (
+        {"points": 1200, "tier": "GOLD"}
+        if skip
+        else {"points": 1200, "incomeBand": None, "tier": "GOLD"}
+    )
+    assert body["data"]["member"] == expected
+    withheld_paths = [error["path"] for error in body.get("errors", [])]
+    assert withheld_paths == ([] if skip else [["member", "incomeBand"]])
+    latest = (await access_events(db))[-1]
+    assert latest["fields_requested"] == (
+        ["points", "tier"] if skip else ["income_band", "points", "tier"]
+    )
