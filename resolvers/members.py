@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,12 +211,15 @@ async def read_members(
         raise
     # One statement for the members, their consent states and their enriched values. Read
     # directly, only the declared purpose's consent is needed (all of them for `consents`).
-    if direct:
-        needed = None if "consents" in fields else declared.key
-        found = await fetch_bundles(context.connection, ids, needed)
-        bundles: Sequence[MemberBundle | None] = [found.get(member_id) for member_id in ids]
-    else:
-        bundles = await context.loaders.bundle.load_many(ids)
+    needed = None if "consents" in fields else declared.key
+    bundles: Sequence[MemberBundle | None] = await _load(
+        context,
+        direct,
+        functools.partial(fetch_bundles, purpose=needed),
+        lambda: context.loaders.bundle,
+        ids,
+        None,
+    )
     existing = [bundle.record.id for bundle in bundles if bundle is not None]
     basis = declared.legal_basis
     objections: Sequence[frozenset[str]] = []
