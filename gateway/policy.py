@@ -7,7 +7,6 @@ and objections); no database, no GraphQL. That keeps the rules in one place and 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,23 +107,14 @@ def _legal_basis_failure(
     return _consent_failure(purpose, state.consents.get(purpose.key), now)
 
 
-@functools.lru_cache(maxsize=256)
-def _consent_withheld(
-    required: ConsentMethod, notice_version: str, code: ErrorCode, message: str
-) -> Withheld:
-    """One Withheld per purpose and reason: they are immutable, and a batch read of a hundred
-    members would otherwise make the same one a hundred times."""
-    hints = {"requiredMethod": required.value, "noticeVersion": notice_version}
-    return Withheld(code, message, hints)
-
-
 def _consent_failure(
     purpose: Purpose, consent: ConsentState | None, now: dt.datetime
 ) -> tuple[Withheld | None, uuid.UUID | None]:
     required = purpose.required_consent_method or ConsentMethod.EXPLICIT
+    hints = {"requiredMethod": required.value, "noticeVersion": purpose.notice_version}
 
     def withheld(code: ErrorCode, message: str) -> tuple[Withheld, None]:
-        return _consent_withheld(required, purpose.notice_version, code, message), None
+        return Withheld(code, message, hints), None
 
     if consent is None:
         return withheld(ErrorCode.CONSENT_REQUIRED, "The member has not consented to this purpose.")
