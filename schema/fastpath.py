@@ -81,6 +81,7 @@ class MemberPlan:
     leaves: tuple[Leaf, ...]
     fields: Mapping[str, Category]
     keys: Mapping[str, list[str]]
+    text_variables: tuple[tuple[str, bool], ...] | None
 
 
 def _leaf(schema: GraphQLSchema, node: FieldNode, python_names: Mapping[str, str]) -> Leaf | None:
@@ -158,37 +159,50 @@ def _serializer(named: GraphQLScalarType | GraphQLEnumType) -> Callable[[Any], A
 _TEXT_TYPES = frozenset({"String", "ID"})
 
 
-def _plain_variables(
-    definitions: tuple[VariableDefinitionNode, ...] | None, given: dict[str, Any] | None
-) -> VariableValues | None:
-    """The variables as graphql-core would coerce them, when that is to take them as they are:
-    each declared `String!`/`ID!` given a str, or `[String!]!`/`[ID!]!` a list of str, no
-    defaults. Otherwise None, and graphql-core coerces (and reports what does not coerce)."""
-    if not definitions or given is None:
+def _text_variables(
+    definitions: tuple[VariableDefinitionNode, ...] | None,
+) -> tuple[tuple[str, bool], ...] | None:
+    """When every variable is declared `String!`/`ID!` or `[String!]!`/`[ID!]!` without a
+    default: each one's name and whether it is a list. Otherwise None. Made once per plan."""
+    if not definitions:
         return None
-    plain: dict[str, Any] = {}
+    plain: list[tuple[str, bool]] = []
     for definition in definitions:
         type_ = definition.type
         if definition.default_value is not None or not isinstance(type_, NonNullTypeNode):
             return None
-        name = definition.variable.name.value
-        value = given.get(name)
         inner = type_.type
-        if isinstance(inner, NamedTypeNode):
-            if inner.name.value not in _TEXT_TYPES or type(value) is not str:
-                return None
-            plain[name] = value
-        elif isinstance(inner, ListTypeNode):
+        if isinstance(inner, ListTypeNode):
             item = inner.type
-            if (
-                not isinstance(item, NonNullTypeNode)
-                or not isinstance(item.type, NamedTypeNode)
-                or item.type.name.value not in _TEXT_TYPES
-                or type(value) is not list
-                or not all(type(element) is str for element in value)
-            ):
+            if not isinstance(item, NonNullTypeNode):
+                return None
+            inner = item.type
+            many = True
+        else:
+            many = False
+        if not isinstance(inner, NamedTypeNode) or inner.name.value not in _TEXT_TYPES:
+            return None
+        plain.append((definition.variable.name.value, many))
+    return tuple(plain)
+
+
+def _plain_variables(
+    declared: tuple[tuple[str, bool], ...] | None, given: dict[str, Any] | None
+) -> VariableValues | None:
+    """The variables as graphql-core would coerce them, when that is to take them as they are:
+    each text variable (see _text_variables) given a str, each list of them a list of str.
+    Otherwise None, and graphql-core coerces (and reports what does not coerce)."""
+    if declared is None or given is None:
+        return None
+    plain: dict[str, Any] = {}
+    for name, many in declared:
+        value = given.get(name)
+        if many:
+            if type(value) is not list or not all(type(element) is str for element in value):
                 return None
             plain[name] = list(value)
+        elif type(value) is str:
+            plain[name] = value
         else:
             return None
     return VariableValues({}, plain)  # no sources: those serve defaults and fragment variables
@@ -245,6 +259,7 @@ class FastPath:
             leaves=tuple(leaves),
             fields=fields,
             keys=keys,
+            text_variables=_text_variables(operation.variable_definitions),
         )
 
     async def run(
@@ -256,7 +271,7 @@ class FastPath:
         hide_suggestions: bool,
     ) -> ExecutionResult | None:
         coerced: VariableValues | list[GraphQLError] | None = _plain_variables(
-            plan.operation.variable_definitions, variables
+            plan.text_variables, variables
         )
         if coerced is None:
             coerced = get_variable_values(
