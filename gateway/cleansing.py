@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import pycountry
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -50,10 +51,21 @@ def parse_value(field: CleansableField, raw: str) -> Any:
             raise BadUserInput("`deceased` is `true` or `false`.", argument="newValue")
         return value.lower() == "true"
     if field is CleansableField.COUNTRY:
-        if not re.fullmatch(r"[A-Za-z]{2}", value):
-            raise BadUserInput("`country` is an ISO 3166-1 alpha-2 code.", argument="newValue")
+        if not is_country_code(value):
+            raise BadUserInput(
+                "`country` is an assigned ISO 3166-1 alpha-2 code (NO, SE, DK, ...).",
+                argument="newValue",
+            )
         return value.upper()
     return value
+
+
+def is_country_code(value: str) -> bool:
+    """An assigned ISO 3166-1 alpha-2 code (`ZZ`, user-assigned, is none)."""
+    return (
+        re.fullmatch(r"[A-Za-z]{2}", value) is not None
+        and pycountry.countries.get(alpha_2=value.upper()) is not None
+    )
 
 
 def legitimate_interest_purpose(purpose: Purpose) -> Purpose:

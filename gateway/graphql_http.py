@@ -321,7 +321,13 @@ class GraphQLEndpoint:
             return Answer(400, {"errors": prepared.errors, "data": None}, operation="invalid")
         operation = _operation(prepared, operation_name)
         label = _label(operation)
-        problem = variables_problem(variables, self.settings.max_list_size) if variables else None
+        problem = (
+            variables_problem(
+                variables, self.settings.max_list_size, self.settings.max_variables_depth
+            )
+            if variables
+            else None
+        )
         if problem is not None:
             answer = _error_answer(400, *problem)
             answer.operation = label

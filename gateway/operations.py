@@ -10,6 +10,7 @@ per-request extension machinery around it.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -87,6 +88,23 @@ class Measure:
     aliases: int
     root_fields: int
     cost: int
+    # Selections the measurer looked at for this operation (and the ones before it): the work
+    # measuring took, which stays within the document's size.
+    work: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """What one selection set adds up to, fragments expanded: the levels it nests (itself
+    included), its aliases, its cost for one instance of its parent, and its fields."""
+
+    depth: int = 0
+    aliases: int = 0
+    cost: int = 0
+    fields: int = 0
+
+
+_EMPTY = _Summary()
 
 
 def _is_object_list(type_: Any, node: FieldNode) -> bool:
@@ -97,7 +115,11 @@ def _is_object_list(type_: Any, node: FieldNode) -> bool:
 
 
 class _Measurer:
-    """Walks one operation with the schema's types at hand, fragments expanded."""
+    """Measures one document with the schema's types at hand, as if its fragments were expanded,
+    in time linear in the document: each fragment is summed up once (per list bound above it) and
+    its summary reused wherever it is spread, since a selection set's cost under a list of n is n
+    times its cost under one. Expanding instead would take time exponential in the document
+    (fragment F(k) spreading F(k-1) twice is 2^k fields from a few bytes)."""
 
     def __init__(
         self,
@@ -108,61 +130,74 @@ class _Measurer:
         self.schema = schema
         self.fragments = fragments
         self.limits = limits
-        self.aliases = 0
-        self.cost = 0
-        self.depth = 0
+        self.visited = 0
+        self._fragment_summaries: dict[tuple[str, int | None], _Summary] = {}
 
-    def fields(
-        self, selections: SelectionSetNode, parent: GraphQLObjectType | None, seen: frozenset[str]
-    ) -> Iterable[tuple[FieldNode, GraphQLObjectType | None]]:
-        for selection in selections.selections:
-            if isinstance(selection, FieldNode):
-                yield selection, parent
-            elif isinstance(selection, InlineFragmentNode):
-                on = parent
-                if selection.type_condition is not None:
-                    named = self.schema.get_type(selection.type_condition.name.value)
-                    on = named if isinstance(named, GraphQLObjectType) else None
-                yield from self.fields(selection.selection_set, on, seen)
-            elif isinstance(selection, FragmentSpreadNode):
-                name = selection.name.value
-                fragment = self.fragments.get(name)
-                if fragment is None or name in seen:  # validation has refused both already
-                    continue
-                named = self.schema.get_type(fragment.type_condition.name.value)
-                on = named if isinstance(named, GraphQLObjectType) else None
-                yield from self.fields(fragment.selection_set, on, seen | {name})
+    def _type(self, name: str) -> GraphQLObjectType | None:
+        named = self.schema.get_type(name)
+        return named if isinstance(named, GraphQLObjectType) else None
 
-    def walk(
-        self,
-        selections: SelectionSetNode,
-        parent: GraphQLObjectType | None,
-        depth: int,
-        multiplier: int,
-        page: int | None = None,
-    ) -> None:
+    def summarize(
+        self, selections: SelectionSetNode, parent: GraphQLObjectType | None, page: int | None
+    ) -> _Summary:
         """`page` is the `first` of a connection above, which bounds the lists inside it."""
-        self.depth = max(self.depth, depth)
-        for node, owner in self.fields(selections, parent, frozenset()):
-            name = node.name.value
-            if node.alias is not None:
-                self.aliases += 1
-            if name.startswith("__"):
-                continue  # __typename is free; introspection has its own depth rule
-            definition = owner.fields.get(name) if owner is not None else None
-            bound = self.argument_bound(node)
-            is_list = definition is not None and _is_object_list(definition.type, node)
-            size = multiplier * ((bound or page or UNBOUNDED_LIST_ESTIMATE) if is_list else 1)
-            self.cost += size
-            if node.selection_set is not None:
-                child = get_named_type(definition.type) if definition else None
-                self.walk(
-                    node.selection_set,
-                    child if isinstance(child, GraphQLObjectType) else None,
-                    depth + 1,
-                    size,
-                    None if is_list else bound,
-                )
+        depth = 1
+        aliases = cost = fields = 0
+        for selection in selections.selections:
+            self.visited += 1
+            if isinstance(selection, FieldNode):
+                fields += 1
+                if selection.alias is not None:
+                    aliases += 1
+                name = selection.name.value
+                if name.startswith("__"):
+                    continue  # __typename is free; introspection has its own depth rule
+                definition = parent.fields.get(name) if parent is not None else None
+                bound = self.argument_bound(selection)
+                is_list = definition is not None and _is_object_list(definition.type, selection)
+                size = (bound or page or UNBOUNDED_LIST_ESTIMATE) if is_list else 1
+                cost += size
+                if selection.selection_set is not None:
+                    child_type = get_named_type(definition.type) if definition else None
+                    child = self.summarize(
+                        selection.selection_set,
+                        child_type if isinstance(child_type, GraphQLObjectType) else None,
+                        None if is_list else bound,
+                    )
+                    depth = max(depth, child.depth + 1)
+                    aliases += child.aliases
+                    cost += size * child.cost
+                continue
+            if isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                on = parent if condition is None else self._type(condition.name.value)
+                inner = self.summarize(selection.selection_set, on, page)
+            elif isinstance(selection, FragmentSpreadNode):
+                inner = self.fragment(selection.name.value, page)
+            else:
+                continue
+            depth = max(depth, inner.depth)
+            aliases += inner.aliases
+            cost += inner.cost
+            fields += inner.fields
+        return _Summary(depth, aliases, cost, fields)
+
+    def fragment(self, name: str, page: int | None) -> _Summary:
+        key = (name, page)
+        found = self._fragment_summaries.get(key)
+        if found is not None:
+            return found
+        definition = self.fragments.get(name)
+        # An unknown fragment or a cycle has been refused by validation already; the empty
+        # summary in place while this one is summed keeps a cycle from recursing here anyway.
+        self._fragment_summaries[key] = _EMPTY
+        if definition is None:
+            return _EMPTY
+        summary = self.summarize(
+            definition.selection_set, self._type(definition.type_condition.name.value), page
+        )
+        self._fragment_summaries[key] = summary
+        return summary
 
     def argument_bound(self, node: FieldNode) -> int | None:
         for argument in node.arguments or ():
@@ -180,21 +215,26 @@ class _Measurer:
         return 1
 
 
-def measure(schema: GraphQLSchema, document: DocumentNode, limits: Limits) -> dict[str, Measure]:
+def measure(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    limits: Limits,
+) -> dict[str, Measure]:
     """Depth, aliases, root fields and cost of each operation in the document."""
     fragments = {
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
+    walker = _Measurer(schema, fragments, limits)
     measures = {}
     for definition in document.definitions:
         if not isinstance(definition, OperationDefinitionNode):
             continue
         root = schema.get_root_type(definition.operation)
-        walker = _Measurer(schema, fragments, limits)
-        walker.walk(definition.selection_set, root, 1, 1)
-        root_fields = sum(1 for _ in walker.fields(definition.selection_set, root, frozenset()))
+        found = walker.summarize(definition.selection_set, root, None)
         name = definition.name.value if definition.name else ""
-        measures[name] = Measure(walker.depth, walker.aliases, root_fields, walker.cost)
+        measures[name] = Measure(
+            found.depth, found.aliases, found.fields, found.cost, walker.visited
+        )
     return measures
 
 
@@ -261,6 +301,12 @@ class Preparer:
                     [limit_error(f"The document has more than {self.limits.max_tokens} tokens.")]
                 )
             return Refusal([graphql_error(error, ErrorCode.GRAPHQL_PARSE_FAILED)])
+        # Measured before validation: measuring is linear in the document and needs no valid
+        # one, while the validation rules walk every selection, so a document far over a limit
+        # is refused at the least cost.
+        over = _over_limits(measure(self.schema, document, self.limits), self.limits)
+        if over:
+            return Refusal(over)
         errors = validate(
             self.schema,
             document,
@@ -270,49 +316,78 @@ class Preparer:
         )
         if errors:
             return Refusal([graphql_error(e, ErrorCode.GRAPHQL_VALIDATION_FAILED) for e in errors])
-        if _has_nul(document):
+        problem = _text_in_literals(document)
+        if problem is not None:
             return Refusal(
-                [{"message": NUL_MESSAGE, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]
+                [{"message": problem, "extensions": {"code": ErrorCode.BAD_USER_INPUT.value}}]
             )
-        over = _over_limits(measure(self.schema, document, self.limits), self.limits)
-        if over:
-            return Refusal(over)
         return document
 
 
 NUL_MESSAGE = "Text may not contain NUL (U+0000) characters."
+# Characters that make stored text show something other than it says: C0 and C1 controls (tab,
+# line feed and carriage return excepted: wording shown to a member may run over lines), the
+# bidirectional embeddings, overrides, isolates and marks ("Trojan Source"), and the Unicode line
+# and paragraph separators. Refused in every string a caller sends, since every string may end up
+# on a member's page, an auditor's export or a log.
+_UNSAFE_TEXT = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]"
+)
 
 
-def variables_problem(value: Any, limit: int) -> tuple[ErrorCode, str] | None:
+def text_problem(value: str) -> str | None:
+    """Why a caller's string may not be kept, or None."""
+    found = _UNSAFE_TEXT.search(value)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return NUL_MESSAGE
+    return (
+        "Text may not contain control or bidirectional-formatting characters "
+        f"(found U+{ord(found.group()):04X})."
+    )
+
+
+def variables_problem(value: Any, limit: int, max_depth: int) -> tuple[ErrorCode, str] | None:
     """What is wrong with the variables before they reach a resolver: a list longer than
-    `limit`, or a NUL character (PostgreSQL text cannot hold one), at any depth."""
-    if isinstance(value, str):
-        return (ErrorCode.BAD_USER_INPUT, NUL_MESSAGE) if "\x00" in value else None
-    if isinstance(value, list):
-        if len(value) > limit:
+    `limit`, nesting deeper than `max_depth`, or text no string may hold (see `text_problem`), at
+    any depth. Walked with a stack of its own, so no JSON the body parser accepts can exhaust
+    Python's."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem is not None:
+                return ErrorCode.BAD_USER_INPUT, problem
+            continue
+        if isinstance(item, list):
+            if len(item) > limit:
+                return (
+                    ErrorCode.OPERATION_LIMIT_EXCEEDED,
+                    f"A list in the variables holds more than {limit} items.",
+                )
+            children: Iterable[Any] = item
+        elif isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        else:
+            continue
+        if depth >= max_depth:
             return (
                 ErrorCode.OPERATION_LIMIT_EXCEEDED,
-                f"A list in the variables holds more than {limit} items.",
+                f"The variables nest deeper than {max_depth} levels.",
             )
-        items: Iterable[Any] = value
-    elif isinstance(value, dict):
-        items = [*value.keys(), *value.values()]
-    else:
-        return None
-    for item in items:
-        problem = variables_problem(item, limit)
-        if problem is not None:
-            return problem
+        stack.extend((child, depth + 1) for child in children)
     return None
 
 
-def _has_nul(document: DocumentNode) -> bool:
-    found = False
+def _text_in_literals(document: DocumentNode) -> str | None:
+    found: str | None = None
 
     class Visitor(graphql.Visitor):
         def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
             nonlocal found
-            found = found or "\x00" in node.value
+            found = found or text_problem(node.value)
 
     graphql.visit(document, Visitor())
     return found

@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     max_list_size: int = Field(
         default=100, ge=1, le=10_000, description="Items in any list argument or variable."
     )
+    max_variables_depth: int = Field(
+        default=16,
+        ge=2,
+        le=1000,
+        description="Deepest nesting of lists and objects in the variables.",
+    )
     max_query_cost: int = Field(
         default=25_000,
         ge=10,

@@ -3,6 +3,7 @@ introspection and suggestions are off outside dev mode; batches are off, or capp
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -13,7 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.operations import Limits, Preparer, Refusal, measure
 from gateway.settings import Settings
 from schema import schema
-from tests.conftest import Api, add_client, make_settings, row_counts, serving
+from tests.conftest import (
+    Api,
+    add_client,
+    add_member,
+    make_settings,
+    member_token,
+    row_counts,
+    serving,
+)
 
 FIELDS = "id tier points"
 
@@ -228,3 +237,98 @@ async def test_a_nul_character_is_refused_before_it_reaches_the_database(
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert "NUL" in response.json()["errors"][0]["message"]
     assert await row_counts(db) == before
+
+
+def doubling(fragments: int, name: str = "") -> str:
+    """Fragment F(k) spreads F(k-1) twice: 2^k fields from a few bytes a fragment."""
+    parts = ["fragment F0 on Query { __typename }"]
+    parts += [
+        f"fragment F{k} on Query {{ ...F{k - 1} ...F{k - 1} }}" for k in range(1, fragments + 1)
+    ]
+    parts.append(f"query {name} {{ ...F{fragments} }}")
+    return "\n".join(parts)
+
+
+def test_measuring_fragment_doubling_takes_work_linear_in_the_document() -> None:
+    document = parse(doubling(40))
+
+    [found] = measure(schema._schema, document, Limits()).values()
+
+    assert found.root_fields == 2**40
+    # Each fragment is summed up once: two spreads per fragment, one field, one spread at the top.
+    assert found.work <= 2 * 40 + 2
+
+
+async def test_fragment_doubling_is_refused_whatever_the_operation_is_called(
+    api: Api, db: AsyncEngine
+) -> None:
+    before = await row_counts(db)
+
+    for name in ("A", "B"):
+        response = await api.graphql(doubling(40, name))
+
+        assert response.status_code == 400
+        error = response.json()["errors"][0]
+        assert error["extensions"]["code"] == "OPERATION_LIMIT_EXCEEDED"
+        assert "top-level fields" in error["message"]
+    assert await row_counts(db) == before
+
+
+async def test_deeply_nested_variables_are_a_400_with_a_code(api: Api, db: AsyncEngine) -> None:
+    # Built by hand: Python's own JSON encoder recurses, and gives up before 1,000 levels.
+    body = '{"query": "{ __typename }", "variables": {"v": ' + "[" * 1000 + "]" * 1000 + "}}"
+
+    response = await api.http.post(
+        "/graphql", content=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "OPERATION_LIMIT_EXCEEDED"
+    assert "nest deeper than 16" in error["message"]
+
+
+@pytest.mark.parametrize("character", ["\u202e", "\u2066", "\u0085", "\u2028", "\u0007"])
+async def test_control_and_bidi_characters_are_refused_in_any_text(
+    api: Api, db: AsyncEngine, character: str
+) -> None:
+    client = await add_client(db, purposes=("personalized_offers",))
+    before = await row_counts(db)
+    grant = (
+        'grantConsent(purpose: "personalized_offers", method: EXPLICIT, noticeVersion: "2024-01", '
+        f'channel: CHANNEL, memberId: "{uuid.uuid4()}") {{ receiptId }}'
+    )
+    channel = f"web{character}shop"
+
+    variable = await api.graphql(
+        "mutation($c: String!) { " + grant.replace("CHANNEL", "$c") + " }",
+        {"c": channel},
+        token=client.key,
+    )
+    literal = await api.graphql(
+        "mutation { " + grant.replace("CHANNEL", f'"{channel}"') + " }", token=client.key
+    )
+
+    assert variable.status_code == 400
+    assert variable.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert f"U+{ord(character):04X}" in variable.json()["errors"][0]["message"]
+    assert literal.status_code == 400
+    assert literal.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert await row_counts(db) == before
+
+
+async def test_line_breaks_and_tabs_are_allowed_in_text(api: Api, db: AsyncEngine) -> None:
+    member = await add_member(db)
+    wording = "Ja, jeg vil ha tilbud.\n\tYes, I want offers.\r\n"
+
+    response = await api.graphql(
+        'mutation($e: String) { grantConsent(purpose: "personalized_offers", method: EXPLICIT, '
+        'noticeVersion: "2026-01", channel: "web", evidence: $e) { evidenceSha256 } }',
+        {"e": wording},
+        token=member_token(member),
+    )
+
+    assert response.status_code == 200
+    assert response.json()["data"]["grantConsent"]["evidenceSha256"] == (
+        hashlib.sha256(wording.encode()).hexdigest()
+    )

@@ -266,6 +266,19 @@ async def test_deceased_flag_is_cleansed_as_a_boolean(
     assert (result["oldValue"], result["newValue"]) == ("false", "true")
 
 
+async def test_a_country_is_corrected_to_its_iso_code(
+    api: Api, db: AsyncEngine, register_key: str
+) -> None:
+    member_id = await add_member(db, country="NO")
+
+    response = await api.graphql(
+        CLEANSE, {"member": str(member_id), "field": "country", "value": "se"}, token=register_key
+    )
+
+    result = response.json()["data"]["recordCleansing"]
+    assert (result["oldValue"], result["newValue"]) == ("NO", "SE")
+
+
 @pytest.mark.parametrize(
     ("variables", "code"),
     [
@@ -273,6 +286,7 @@ async def test_deceased_flag_is_cleansed_as_a_boolean(
         ({"field": "city", "value": ""}, "BAD_USER_INPUT"),
         ({"field": "city", "value": "x" * 201}, "BAD_USER_INPUT"),
         ({"field": "country", "value": "Norway"}, "BAD_USER_INPUT"),
+        ({"field": "country", "value": "ZZ"}, "BAD_USER_INPUT"),
         ({"field": "deceased", "value": "maybe"}, "BAD_USER_INPUT"),
         (
             {"field": "city", "value": "Bergen", "purpose": "personalized_offers"},
@@ -285,6 +299,7 @@ async def test_deceased_flag_is_cleansed_as_a_boolean(
         "empty",
         "oversized",
         "bad-country",
+        "unassigned-country",
         "bad-boolean",
         "purpose-not-permitted",
         "unknown-member",
