@@ -72,10 +72,23 @@ def consent_purpose(purpose: Purpose) -> Purpose:
     return purpose
 
 
-def _replayed(existing: ConsentEventRecord, kind: ConsentEventKind) -> ConsentEventRecord:
-    if existing.kind is not kind:
-        raise BadUserInput(
-            "This idempotency key was used for another consent change.", argument="idempotencyKey"
+def _replayed(
+    existing: ConsentEventRecord, kind: ConsentEventKind, actor: Actor, **asked: object
+) -> ConsentEventRecord:
+    """The earlier event an idempotency key names, if this request asks for exactly what it
+    recorded; a key sent again with another payload is refused, as payment APIs do, since
+    replaying the old receipt would tell the caller that what it asked for now was done."""
+    recorded = {name: getattr(existing, name) for name in asked}
+    if (
+        existing.kind is not kind
+        or existing.actor_kind is not actor.kind
+        or existing.captured_by_client_id != actor.client_id
+        or recorded != asked
+    ):
+        raise Refused(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "This idempotency key was used for a different consent change; send a new key.",
+            argument="idempotencyKey",
         )
     return existing
 
@@ -141,7 +154,16 @@ async def grant_consent(
     if key is not None:
         existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
         if existing is not None:
-            return Grant(_replayed(existing, ConsentEventKind.GRANTED), created=False)
+            replayed = _replayed(
+                existing,
+                ConsentEventKind.GRANTED,
+                actor,
+                method=method,
+                notice_version=version,
+                channel=channel_,
+                evidence_sha256=digest,
+            )
+            return Grant(replayed, created=False)
     now = dt.datetime.now(dt.UTC)
     event = await append_event(
         connection,
@@ -185,7 +207,8 @@ async def withdraw_consent(
     if key is not None:
         existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
         if existing is not None:
-            return Withdrawal(_replayed(existing, ConsentEventKind.WITHDRAWN), created=False)
+            replayed = _replayed(existing, ConsentEventKind.WITHDRAWN, actor, channel=channel_)
+            return Withdrawal(replayed, created=False)
     now = dt.datetime.now(dt.UTC)
     event = await withdraw_if_in_force(
         connection,

@@ -225,6 +225,46 @@ async def test_same_idempotency_key_gives_the_same_receipt_and_one_event(
     assert len(await consent_events(db, member_id)) == 1
 
 
+@pytest.mark.parametrize(
+    "changed",
+    [{"evidence": "Another wording."}, {"method": "CONDITIONAL", "purpose": "customer_insight"}],
+    ids=["other-wording", "other-method"],
+)
+async def test_an_idempotency_key_sent_again_with_another_payload_is_refused(
+    api: Api, db: AsyncEngine, changed: dict[str, Any]
+) -> None:
+    member_id = await add_member(db)
+    token = member_token(member_id)
+    purpose = changed.get("purpose", "personalized_offers")
+    first = await api.graphql(
+        GRANT, grant_vars(None, key="k-1", purpose=purpose, method="EXPLICIT"), token=token
+    )
+    assert first.json()["data"]["grantConsent"]["replayed"] is False
+    before = await consent_events(db, member_id)
+
+    again = await api.graphql(GRANT, grant_vars(None, key="k-1", **changed), token=token)
+
+    body = again.json()
+    assert body["data"] == {"grantConsent": None}
+    assert body["errors"][0]["extensions"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert await consent_events(db, member_id) == before
+
+
+async def test_an_idempotency_key_of_a_grant_cannot_replay_as_a_withdrawal(
+    api: Api, db: AsyncEngine
+) -> None:
+    member_id = await add_member(db)
+    token = member_token(member_id)
+    await api.graphql(GRANT, grant_vars(None, key="k-1"), token=token)
+
+    again = await api.graphql(
+        WITHDRAW, {"purpose": "personalized_offers", "key": "k-1"}, token=token
+    )
+
+    assert again.json()["errors"][0]["extensions"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert len(await consent_events(db, member_id)) == 1
+
+
 async def test_withdrawal_is_immediate_and_purges_values_no_consent_covers(
     api: Api, db: AsyncEngine
 ) -> None:
