@@ -47,6 +47,7 @@ from gateway.auth import authenticate
 from gateway.domain import ErrorCode
 from gateway.errors import AuditUnavailable, RateLimited, TillitError, Unauthenticated
 from gateway.logs import exception_summary
+from gateway.media import GRAPHQL_RESPONSE_JSON, JSON, negotiate, status_of
 from gateway.middleware import request_id_of
 from gateway.operations import Limits, Preparer, Refusal, variables_problem
 from gateway.ratelimit import RateLimiter, subject_of
@@ -102,16 +103,23 @@ def error_response(status: int, code: ErrorCode, message: str, **headers: str) -
 
 @dataclass
 class Answer:
-    """One operation's HTTP status, body and extra headers."""
+    """One operation's HTTP status, body and extra headers. A request error (well-formed, but
+    it could not execute: see gateway.media) has no `data` entry, and its status depends on the
+    media type asked for."""
 
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     operation: str = "unknown"
+    request_error: bool = False
 
 
 def _error_answer(status: int, code: ErrorCode, message: str, **headers: str) -> Answer:
     return Answer(status, error_body(code, message), dict(headers))
+
+
+def _request_error(errors: list[dict[str, Any]], operation: str = "invalid") -> Answer:
+    return Answer(400, {"errors": errors}, operation=operation, request_error=True)
 
 
 def _format_error(error: GraphQLError) -> tuple[dict[str, Any], bool]:
@@ -230,28 +238,39 @@ class GraphQLEndpoint:
 
     async def post(self, request: Request) -> Response:
         started = time.perf_counter()
+        media_type = negotiate(request.headers.get("accept"))
+        if media_type is None:
+            answer = _error_answer(
+                406,
+                ErrorCode.BAD_REQUEST,
+                f"Accept {GRAPHQL_RESPONSE_JSON} or {JSON}: no other response type is served.",
+            )
+            metrics.observe_request(answer.operation, answer.status, started)
+            return self._respond(answer, JSON)
         payload = await self._read_body(request)
         if isinstance(payload, Answer):
             metrics.observe_request(payload.operation, payload.status, started)
-            return self._respond(payload)
+            return self._respond(payload, media_type)
         if isinstance(payload, list):
             answers = [await self.run(request, item) for item in payload]
             for answer in answers:
                 metrics.observe_request(answer.operation, answer.status, started)
             failed = [a for a in answers if a.status in (401, 429, 503)]
             if failed:  # the whole batch shares the caller and the database: say it once
-                return self._respond(failed[0])
-            return Response(orjson.dumps([a.body for a in answers]), media_type="application/json")
+                return self._respond(failed[0], media_type)
+            return Response(orjson.dumps([a.body for a in answers]), media_type=media_type)
         answer = await self.run(request, payload)
         metrics.observe_request(answer.operation, answer.status, started)
-        return self._respond(answer)
+        return self._respond(answer, media_type)
 
     @staticmethod
-    def _respond(answer: Answer) -> Response:
+    def _respond(answer: Answer, media_type: str) -> Response:
         return Response(
             orjson.dumps(answer.body),
-            status_code=answer.status,
-            media_type="application/json",
+            status_code=status_of(
+                answer.status, request_error=answer.request_error, media_type=media_type
+            ),
+            media_type=media_type,
             headers=answer.headers or None,
         )
 
@@ -309,6 +328,9 @@ class GraphQLEndpoint:
             return bad("`variables` must be a JSON object.")
         if operation_name is not None and not isinstance(operation_name, str):
             return bad("`operationName` must be a string.")
+        extensions = payload.get("extensions")
+        if extensions is not None and not isinstance(extensions, dict):
+            return bad("`extensions` must be a JSON object.")
         return query, variables, operation_name
 
     async def run(self, request: Request, payload: Any) -> Answer:
@@ -318,7 +340,7 @@ class GraphQLEndpoint:
         query, variables, operation_name = shaped
         prepared = self.preparer.prepare(query)
         if isinstance(prepared, Refusal):
-            return Answer(400, {"errors": prepared.errors, "data": None}, operation="invalid")
+            return _request_error(prepared.errors)
         operation = _operation(prepared, operation_name)
         label = _label(operation)
         problem = (
@@ -329,9 +351,8 @@ class GraphQLEndpoint:
             else None
         )
         if problem is not None:
-            answer = _error_answer(400, *problem)
-            answer.operation = label
-            return answer
+            code, message = problem
+            return _request_error([{"message": message, "extensions": {"code": code.value}}], label)
         answer = await self._execute(request, prepared, variables, operation_name, operation)
         answer.operation = label
         return answer
@@ -421,7 +442,7 @@ class GraphQLEndpoint:
             )
         except _Rollback:
             # Nothing of a failed operation is kept, so nothing of it may be shown either.
-            return Answer(500, {"data": None, "errors": [e for e, _ in outcome["errors"]]})
+            return Answer(500, {"errors": [e for e, _ in outcome["errors"]]})
         except Exception as exc:
             if not executed and not database_unavailable(exc):
                 raise
@@ -429,13 +450,13 @@ class GraphQLEndpoint:
             log.error("graphql.audit_unavailable", **exception_summary(exc))
             unavailable = AuditUnavailable()
             return _error_answer(503, unavailable.code, unavailable.message, **{"Retry-After": "1"})
-        body: dict[str, Any] = {}
-        if outcome["errors"]:
-            body["errors"] = [e for e, _ in outcome["errors"]]
+        shown: list[dict[str, Any]] = [e for e, _ in outcome["errors"]]
+        if outcome["data"] is None and shown and not any("path" in e for e in shown):
+            # Nothing executed: variables that do not coerce, no such operation.
+            return _request_error(shown)
+        body: dict[str, Any] = {"errors": shown} if shown else {}
         body["data"] = outcome["data"]
-        # A document that could not run (variables, operation name) is the caller's error.
-        status = 400 if outcome["data"] is None and outcome["errors"] else 200
-        return Answer(status, body)
+        return Answer(200, body)
 
     async def _run_document(
         self,

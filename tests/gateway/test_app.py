@@ -120,7 +120,7 @@ async def test_unexpected_error_is_masked_and_logged_once_without_its_message(
 
     assert response.status_code == 500
     body = response.json()
-    assert body["data"] is None
+    assert "data" not in body  # nothing of a failed operation is kept, so nothing is shown
     assert body["errors"][0]["message"] == "Internal server error."
     assert body["errors"][0]["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
     assert "example.org" not in response.text

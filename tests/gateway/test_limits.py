@@ -15,6 +15,7 @@ from gateway.operations import Limits, Preparer, Refusal, measure
 from gateway.settings import Settings
 from schema import schema
 from tests.conftest import (
+    ACCEPT,
     Api,
     add_client,
     add_member,
@@ -279,7 +280,7 @@ async def test_deeply_nested_variables_are_a_400_with_a_code(api: Api, db: Async
     body = '{"query": "{ __typename }", "variables": {"v": ' + "[" * 1000 + "]" * 1000 + "}}"
 
     response = await api.http.post(
-        "/graphql", content=body, headers={"Content-Type": "application/json"}
+        "/graphql", content=body, headers={"Content-Type": "application/json", "Accept": ACCEPT}
     )
 
     assert response.status_code == 400
