@@ -17,10 +17,19 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# Real GraphQL clients (the GraphQL-over-HTTP audit suite, Apollo Client) for tests/clients, from
+# their lock file; skipped where there is no npm (the tests then say how to install them).
+CLIENTS := tests/clients/node_modules/.installed
+
+$(CLIENTS): tests/clients/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the tests of real GraphQL clients will be skipped"; fi
+
 run: $(INSTALLED)
 	TILLIT_DEV=$${TILLIT_DEV:-true} $(BIN)/tillit serve --demo $${TILLIT_DEMO_MEMBERS:-50}
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(CLIENTS)
 	$(BIN)/pytest
 
 lint: $(INSTALLED)

@@ -71,10 +71,11 @@ def graphql_names_of(cls: type) -> dict[str, str]:
 
 
 def released(
-    gated_fields: Iterable[str], member_id: Any, values: Mapping[str, Any]
+    gated_fields: Iterable[str], member_id: Any, purpose: str, values: Mapping[str, Any]
 ) -> SimpleNamespace:
     """What a gated type resolves from: the released values, and None for every other gated
     field, so that nothing the decision did not release can be read (fail closed)."""
     view = SimpleNamespace(**{**dict.fromkeys(gated_fields), **values})
     view.id = member_id
+    view.purpose = purpose
     return view

@@ -339,7 +339,14 @@ class FastPath:
             if leaf.attribute is None:
                 result[leaf.key] = "Member"
                 continue
-            raw: Any = view.id if leaf.attribute == "id" else values.get(leaf.attribute)
+            attribute = leaf.attribute
+            raw: Any = (
+                view.id
+                if attribute == "id"
+                else view.purpose
+                if attribute == "purpose"
+                else values.get(attribute)
+            )
             if raw is None:
                 result[leaf.key] = None
             elif leaf.many:

@@ -118,7 +118,7 @@ def _release(
     """The object GraphQL resolves the member from, and the errors of its withheld fields."""
     base = info.path.as_list() if position is None else [*info.path.as_list(), position]
     member_field_errors(info.context, view, keys, base)
-    return released(MEMBER_FIELD_CATEGORIES, view.id, view.values)
+    return released(MEMBER_FIELD_CATEGORIES, view.id, view.purpose, view.values)
 
 
 @strawberry.type

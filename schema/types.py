@@ -128,10 +128,17 @@ class ConsentStatus:
 @categorized
 @strawberry.type(
     description="A member's profile as released under the declared purpose. Every field but `id` "
-    "is gated: a withheld field is null and adds an error whose `extensions.code` says why."
+    "and `purpose` is gated: a withheld field is null and adds an error whose `extensions.code` "
+    "says why."
 )
 class Member:
     id: strawberry.ID = ungated("The member's id.")
+    purpose: str = ungated(
+        "The purpose this view of the member was released under. With `id` it is the view's "
+        "identity: a client cache must key Member objects by both (Apollo Client: "
+        '`typePolicies: { Member: { keyFields: ["id", "purpose"] } }`), or a value released '
+        "under one purpose would be shown under another."
+    )
     # contact
     first_name: str | None = gated(Category.CONTACT, "Given name.")
     last_name: str | None = gated(Category.CONTACT, "Family name.")

@@ -16,7 +16,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth import mint_member_token
-from tests.conftest import TEST_SECRET, Api, add_client, add_member, row_counts
+from tests.conftest import (
+    TEST_SECRET,
+    Api,
+    add_client,
+    add_member,
+    make_settings,
+    row_counts,
+    serving,
+)
 
 ALL_PURPOSES = ("membership_service", "personalized_offers", "customer_insight", "data_quality")
 NOW = dt.datetime.now(dt.UTC)
@@ -614,3 +622,20 @@ async def test_a_field_left_out_by_skip_or_include_is_neither_decided_nor_audite
     assert latest["fields_requested"] == (
         ["points", "tier"] if skip else ["income_band", "points", "tier"]
     )
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["direct", "graphql-core"])
+async def test_a_member_carries_the_purpose_it_was_released_under(
+    db: AsyncEngine, gateway_url: str, app_key: str, fast_path: bool
+) -> None:
+    """With `id`, the identity a client cache keys a Member by (README: partial results)."""
+    member_id = await add_member(db)
+    document = 'query($id: ID!) { member(id: $id, purpose: "membership_service") { id purpose } }'
+
+    async with serving(make_settings(gateway_url, fast_path=fast_path), gateway_url) as api:
+        response = await api.graphql(document, {"id": str(member_id)}, token=app_key)
+
+    assert response.json()["data"]["member"] == {
+        "id": str(member_id),
+        "purpose": "membership_service",
+    }
