@@ -46,6 +46,7 @@ _CLIENT_BY_KEY_ID = (
 MEMBER_TOKEN_ALGORITHM = "HS256"  # noqa: S105  # an algorithm name, not a secret
 MEMBER_TOKEN_ISSUER = "tillit"  # noqa: S105  # a claim value, not a secret
 MEMBER_TOKEN_AUDIENCE = "tillit-member"  # noqa: S105  # a claim value, not a secret
+DEFAULT_LEEWAY_SECONDS = 5
 _ASYMMETRIC: dict[str, type] = {"RS256": RSAPublicKey, "ES256": EllipticCurvePublicKey}
 
 
@@ -150,6 +151,8 @@ class TokenKeys:
     public_keys: Mapping[str | None, Any] = field(default_factory=dict)
     issuer: str = MEMBER_TOKEN_ISSUER
     audience: str = MEMBER_TOKEN_AUDIENCE
+    # Seconds a token is still taken past `exp` (and before `nbf`), for clocks that disagree.
+    leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
 
     @classmethod
     def load(
@@ -160,6 +163,7 @@ class TokenKeys:
         jwks_file: Path | None = None,
         issuer: str = MEMBER_TOKEN_ISSUER,
         audience: str = MEMBER_TOKEN_AUDIENCE,
+        leeway_seconds: int = DEFAULT_LEEWAY_SECONDS,
     ) -> TokenKeys:
         keys: dict[str | None, Any] = {}
         if public_key_file is not None:
@@ -167,7 +171,13 @@ class TokenKeys:
         if jwks_file is not None:
             for jwk in jwt.PyJWKSet.from_json(jwks_file.read_text(encoding="utf-8")).keys:
                 keys[jwk.key_id] = jwk.key
-        return cls(secret=secret, public_keys=keys, issuer=issuer, audience=audience)
+        return cls(
+            secret=secret,
+            public_keys=keys,
+            issuer=issuer,
+            audience=audience,
+            leeway_seconds=leeway_seconds,
+        )
 
     def key_for(self, header: Mapping[str, Any]) -> tuple[Any, str]:
         """The key and the one algorithm a token with this header may be checked with."""
@@ -199,7 +209,7 @@ def verify_member_token(token: str, keys: TokenKeys | str) -> MemberPrincipal:
             audience=keys.audience,
             issuer=keys.issuer,
             options={"require": ["exp", "sub"]},
-            leeway=dt.timedelta(seconds=30),
+            leeway=dt.timedelta(seconds=keys.leeway_seconds),
         )
         return MemberPrincipal(member_id=uuid.UUID(str(claims["sub"])))
     except (jwt.PyJWTError, ValueError):

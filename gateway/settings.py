@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     )
     member_token_issuer: str = Field(default="tillit", description="Required `iss` claim.")
     member_token_audience: str = Field(default="tillit-member", description="Required `aud` claim.")
+    member_token_leeway_seconds: int = Field(
+        default=5,
+        ge=0,
+        le=300,
+        description="Seconds a member token is still accepted past its `exp` (clock skew).",
+    )
     member_token_ttl_seconds: int = Field(
         default=3600,
         ge=60,
@@ -231,6 +237,7 @@ class Settings(BaseSettings):
             jwks_file=self.member_token_jwks_file,
             issuer=self.member_token_issuer,
             audience=self.member_token_audience,
+            leeway_seconds=self.member_token_leeway_seconds,
         )
 
     @property

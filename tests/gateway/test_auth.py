@@ -31,7 +31,7 @@ from gateway.auth import (
 )
 from gateway.domain import Role
 from gateway.errors import Unauthenticated
-from tests.conftest import TEST_SECRET, add_client
+from tests.conftest import TEST_SECRET, add_client, make_settings
 
 
 async def test_good_key_yields_the_client_with_its_purposes(db: AsyncEngine) -> None:
@@ -145,6 +145,34 @@ def _claims(**overrides: object) -> dict[str, object]:
 def test_bad_member_token_is_refused(token: str) -> None:
     with pytest.raises(Unauthenticated):
         verify_member_token(token, TEST_SECRET)
+
+
+@pytest.mark.parametrize(("expired_ago", "accepted"), [(3, True), (10, False), (30, False)])
+def test_a_token_is_taken_past_its_expiry_only_within_the_default_leeway(
+    expired_ago: int, accepted: bool
+) -> None:
+    """The default leeway is 5 s (TILLIT_MEMBER_TOKEN_LEEWAY_SECONDS)."""
+    member = uuid.uuid4()
+    token = jwt.encode(
+        _claims(sub=str(member), exp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=expired_ago)),
+        TEST_SECRET,
+    )
+
+    if accepted:
+        assert verify_member_token(token, TEST_SECRET).member_id == member
+    else:
+        with pytest.raises(Unauthenticated):
+            verify_member_token(token, TEST_SECRET)
+
+
+def test_the_leeway_is_a_setting() -> None:
+    token = jwt.encode(_claims(exp=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)), TEST_SECRET)
+    strict = make_settings(member_token_leeway_seconds=0).token_keys()
+    lenient = make_settings(member_token_leeway_seconds=60).token_keys()
+
+    with pytest.raises(Unauthenticated):
+        verify_member_token(token, strict)
+    assert verify_member_token(token, lenient)
 
 
 # -- tokens from an external identity provider (RS256 / ES256) -----------------------------------
