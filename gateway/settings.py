@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.auth import TokenKeys
@@ -163,6 +170,11 @@ class Settings(BaseSettings):
         description="Run `member`/`members` operations with leaf fields only through the direct "
         "executor (schema/fastpath.py); false sends every operation through graphql-core.",
     )
+    cors_origins: str = Field(
+        default="",
+        description="Origins (comma-separated, e.g. `https://shop.example.org`) whose web pages "
+        "may call the API from the browser; empty: none.",
+    )
     metrics_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for GET /metrics (Prometheus); unset: /metrics answers 404.",
@@ -212,6 +224,22 @@ class Settings(BaseSettings):
             except InvalidKey as exc:
                 raise ValueError(str(exc)) from None
         return self
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _plain_origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",") if o.strip()):
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest or origin == "*":
+                raise ValueError(
+                    f"TILLIT_CORS_ORIGINS holds {origin!r}; give origins such as "
+                    "https://shop.example.org (scheme and host, no path, no wildcard)."
+                )
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def audit_signer(self) -> Signer:
