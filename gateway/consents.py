@@ -247,10 +247,12 @@ async def append_event(
 async def fetch_history(
     connection: AsyncConnection, member_id: uuid.UUID
 ) -> list[ConsentEventRecord]:
-    """Every consent event of a member, oldest first."""
+    """Every consent event of a member, oldest first by the time of the change (an import or
+    a back-dated record may be inserted after later changes; `seq`, the order of insertion,
+    breaks ties)."""
     e = models.ConsentEvent
     rows = await connection.execute(
-        select(*_EVENT_COLUMNS).where(e.member_id == member_id).order_by(e.seq)
+        select(*_EVENT_COLUMNS).where(e.member_id == member_id).order_by(e.occurred_at, e.seq)
     )
     return [_event(row._mapping) for row in rows]
 

@@ -117,6 +117,23 @@ async def test_me_shows_everything_held_about_the_member(api: Api, db: AsyncEngi
     assert access["node"]["fieldsReleased"] == ["email"]
 
 
+async def test_consent_history_is_ordered_by_the_time_of_each_change(
+    api: Api, db: AsyncEngine
+) -> None:
+    member_id = await add_member(db)
+    now = dt.datetime.now(dt.UTC)
+    # Inserted newest first, as an import of an older register may.
+    await grant(db, member_id, "personalized_offers", granted_at=now - dt.timedelta(days=1))
+    await grant(db, member_id, "customer_insight", granted_at=now - dt.timedelta(days=30))
+
+    response = await api.graphql(
+        "{ me { consentHistory { purpose at } } }", token=token_for(member_id)
+    )
+
+    history = response.json()["data"]["me"]["consentHistory"]
+    assert [e["purpose"] for e in history] == ["customer_insight", "personalized_offers"]
+
+
 async def test_reading_notices_marks_them_delivered(api: Api, db: AsyncEngine) -> None:
     member_id, _ = await fixture_member(db)
 
