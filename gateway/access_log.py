@@ -171,27 +171,25 @@ async def transparency_report(
                 f"AND {in_span} GROUP BY 1"
             )
         )
-    r = models.EnrichmentRecord
-    report.enrichment_records = int(
-        await connection.scalar(
-            select(func.count()).where(r.recorded_at >= start, r.recorded_at < end)
-        )
-        or 0
+    # Counted from the period's access events, which are never rewritten, and not from the
+    # rows as they are now: a purge, an erasure or a later correction must not change the report
+    # of a closed period. Enrichment counts the values written, cleansing the corrections,
+    # objections the ones newly made.
+    written = await connection.execute(
+        text(
+            "SELECT count(*) FILTER (WHERE operation = 'recordCleansing'), "  # noqa: S608  # constant text
+            "count(*) FILTER (WHERE operation = 'objectToProcessing'), "
+            "coalesce(sum(cardinality(fields_released)) FILTER (WHERE operation IN "
+            "('recordEnrichment', 'enrichImport')), 0) FROM access_events "
+            f"WHERE outcome = 'WRITTEN' AND {in_span} AND operation IN "
+            "('recordEnrichment', 'enrichImport', 'recordCleansing', 'objectToProcessing')"
+        ),
+        span,
     )
-    c = models.CleansingRecord
-    report.cleansing_records = int(
-        await connection.scalar(
-            select(func.count()).where(c.recorded_at >= start, c.recorded_at < end)
-        )
-        or 0
-    )
-    o = models.Objection
-    report.objections = int(
-        await connection.scalar(
-            select(func.count()).where(o.objected_at >= start, o.objected_at < end)
-        )
-        or 0
-    )
+    cleansed, objected, enriched = written.one()
+    report.enrichment_records = int(enriched)
+    report.cleansing_records = int(cleansed)
+    report.objections = int(objected)
     n = models.MemberNotice
     report.notices_overdue = int(
         await connection.scalar(

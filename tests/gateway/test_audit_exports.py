@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.app import create_app
 from gateway.auth import mint_member_token
-from gateway.domain import Role
+from gateway.domain import Capability, Role
 from gateway.export import csv_cell_sql
 from gateway.sealer import seal_until_current
 from gateway.signing import Signer, Verifier
@@ -32,6 +32,7 @@ from tests.conftest import (
     add_client,
     add_member,
     make_settings,
+    member_token,
     scalar,
     tillit,
 )
@@ -182,11 +183,11 @@ async def test_transparency_report_counts_a_known_fixture(
     await grant(db, members[0], "personalized_offers", granted_at=NOW)
     await grant(db, members[1], "personalized_offers", granted_at=NOW)
     await withdraw(db, members[1], "personalized_offers")
-    async with db.begin() as connection:
-        await connection.execute(
-            text("INSERT INTO objections (member_id, purpose_key) VALUES (:m, 'data_quality')"),
-            {"m": members[2]},
-        )
+    objected = await api.graphql(
+        'mutation { objectToProcessing(purpose: "data_quality") { alreadyObjected } }',
+        token=member_token(members[2]),
+    )
+    assert objected.json()["data"]["objectToProcessing"]["alreadyObjected"] is False
 
     body = (await api.graphql(REPORT, {"from": DAY_AGO, "to": DAY_AHEAD}, token=auditor)).json()
 
@@ -195,15 +196,54 @@ async def test_transparency_report_counts_a_known_fixture(
         k: {c["key"]: c["count"] for c in v} if isinstance(v, list) else v
         for k, v in report.items()
     }
-    assert flat["accesses"] == 5
-    assert flat["accessesByOutcome"] == {"RELEASED": 3, "DENIED": 2}
-    assert flat["accessesByPurpose"] == {"membership_service": 3, "data_quality": 2}
-    assert flat["accessesByClient"] == {"shop": 5}
+    assert flat["accesses"] == 6
+    assert flat["accessesByOutcome"] == {"RELEASED": 3, "DENIED": 2, "WRITTEN": 1}
+    assert flat["accessesByPurpose"] == {"membership_service": 3, "data_quality": 3}
+    assert flat["accessesByClient"] == {"shop": 5, "member": 1}
     assert flat["withheldReasons"] == {"PURPOSE_NOT_PERMITTED": 2}
     assert flat["consentsGranted"] == {"personalized_offers": 2}
     assert flat["consentsWithdrawn"] == {"personalized_offers": 1}
     assert flat["objections"] == 1
     assert flat["enrichmentRecords"] == flat["cleansingRecords"] == flat["noticesOverdue"] == 0
+
+
+async def test_a_past_period_keeps_its_enrichment_count_after_the_values_are_purged(
+    api: Api, db: AsyncEngine, auditor: str
+) -> None:
+    broker = await add_client(
+        db, name="broker", purposes=("personalized_offers",), capabilities=(Capability.ENRICH,)
+    )
+    member = await add_member(db)
+    await grant(db, member, "personalized_offers", granted_at=NOW)
+    enriched = await api.graphql(
+        'mutation($m: ID!) { recordEnrichment(memberId: $m, purpose: "personalized_offers", '
+        'source: "Broker", values: {incomeBand: "500-750k", lifestyleSegment: "urban"}) '
+        "{ written } }",
+        {"m": str(member)},
+        token=broker.key,
+    )
+    assert enriched.json()["data"]["recordEnrichment"]["written"] == [
+        "income_band",
+        "lifestyle_segment",
+    ]
+
+    async def enrichment_records() -> int:
+        body = await api.graphql(REPORT, {"from": DAY_AGO, "to": DAY_AHEAD}, token=auditor)
+        count: int = body.json()["data"]["transparencyReport"]["enrichmentRecords"]
+        return count
+
+    before = await enrichment_records()
+    withdrawn = await api.graphql(
+        'mutation { withdrawConsent(purpose: "personalized_offers") { purgedFields } }',
+        token=member_token(member),
+    )
+    assert withdrawn.json()["data"]["withdrawConsent"]["purgedFields"] == [
+        "income_band",
+        "lifestyle_segment",
+    ]
+    after = await enrichment_records()
+
+    assert before == after == 2
 
 
 # -- export ---------------------------------------------------------------------------------------
