@@ -55,6 +55,17 @@ class LogEntry:
     def cursor(self) -> str:
         return encode_cursor(self.occurred_at, self.id)
 
+    @property
+    def actor_label(self) -> str:
+        """Who acted, as the member whose data it was is told: the app's name, `you`, `another
+        member` (an attempt through another member's token: the other member is never named to
+        them; auditors see `actor_member_id`), or `system`."""
+        if self.client_name:
+            return self.client_name
+        if self.actor_kind == "MEMBER":
+            return "you" if self.actor_member_id == self.member_id else "another member"
+        return self.actor_kind.lower()
+
 
 @dataclass(frozen=True, slots=True)
 class LogPage:

@@ -148,8 +148,7 @@ async def export_document(
             {
                 "at": _iso(e.occurred_at),
                 "operation": e.operation,
-                "by": e.client_name
-                or ("you" if e.actor_kind == "MEMBER" else e.actor_kind.lower()),
+                "by": e.actor_label,
                 "by_role": e.client_role,
                 "purpose": e.purpose,
                 "outcome": e.outcome,

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import strawberry
 
+from gateway.access_log import LogEntry
 from gateway.members import MemberRecord
 from resolvers import me as resolve
 from resolvers.context import Context
@@ -119,11 +120,12 @@ class MyAccess:
     outcome: str
     fields_released: list[str]
 
-    @strawberry.field(description="The app or service (its name, not a person), or `you`.")
-    def by(self, root: strawberry.Parent[Any]) -> str:
-        if root.client_name:
-            return str(root.client_name)
-        return "you" if root.actor_kind == "MEMBER" else str(root.actor_kind).lower()
+    @strawberry.field(
+        description="The app or service (its name, not a person), `you`, `another member` (an "
+        "attempt by someone else's member token, which was refused), or `system`."
+    )
+    def by(self, root: strawberry.Parent[LogEntry]) -> str:
+        return root.actor_label
 
     @strawberry.field(description="app, auditor or admin.")
     def by_role(self, root: strawberry.Parent[Any]) -> str | None:

@@ -380,6 +380,33 @@ async def test_a_member_can_never_reach_another_member(
     assert city == "Oslo"
 
 
+async def test_another_members_refused_attempt_is_shown_without_naming_them(
+    api: Api, db: AsyncEngine
+) -> None:
+    attacker = await add_member(db, first_name="Attacker")
+    victim = await add_member(db)
+    query, _ = OPERATIONS["grantConsent"]
+    await api.graphql(query, {"other": str(victim)}, token=token_for(attacker))
+
+    response = await api.graphql(
+        "{ me { accessLog(first: 10) { edges { node { by operation outcome } } } } }",
+        token=token_for(victim),
+    )
+    export = await api.http.get(
+        "/me/export", headers={"Authorization": f"Bearer {token_for(victim)}"}
+    )
+
+    nodes = [e["node"] for e in response.json()["data"]["me"]["accessLog"]["edges"]]
+    attempt = next(n for n in nodes if n["operation"] == "grantConsent")
+    assert attempt == {"by": "another member", "operation": "grantConsent", "outcome": "DENIED"}
+    assert str(attacker) not in response.text
+    assert str(attacker) not in export.text
+    exported = [a for a in export.json()["access_log"] if a["operation"] == "grantConsent"]
+    assert exported[0]["by"] == "another member"
+    audited = [e for e in await access_events(db) if e["operation"] == "grantConsent"]
+    assert audited[0]["actor_member_id"] == attacker  # auditors still see who it was
+
+
 @pytest.mark.parametrize("operation", ["me", "exportMyData"])
 @pytest.mark.parametrize("caller", ["app", "auditor", "anonymous", "ghost"])
 async def test_member_only_operations_refuse_everyone_else(
