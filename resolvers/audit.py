@@ -9,15 +9,33 @@ from gateway.access_log import LogFilter, LogPage, TransparencyReport, fetch_pag
 from gateway.access_log import transparency_report as build_report
 from gateway.audit import AccessRecord
 from gateway.domain import AccessOutcome
-from gateway.errors import BadUserInput
+from gateway.errors import BadUserInput, TillitError
 from gateway.policy import require_auditor
 from resolvers.context import Context
+
+
+def _auditor_only(context: Context, operation: str, member_id: uuid.UUID | None) -> None:
+    """Refuse anyone but an auditor, and record the refusal as an event like any other."""
+    try:
+        require_auditor(context.principal)
+    except TillitError as error:
+        context.audit.record(
+            AccessRecord(
+                operation=operation,
+                member_id=member_id,
+                purpose=None,
+                legal_basis=None,
+                outcome=AccessOutcome.DENIED,
+                details={"reason": error.code.value},
+            )
+        )
+        raise
 
 
 async def access_log(
     context: Context, *, where: LogFilter, first: int, after: str | None
 ) -> LogPage:
-    require_auditor(context.principal)
+    _auditor_only(context, "accessLog", where.member_id)
     page = await fetch_page(context.connection, where, first=first, after=after)
     context.audit.record(
         AccessRecord(
@@ -45,7 +63,7 @@ async def access_log(
 async def transparency_report(
     context: Context, *, start: dt.datetime, end: dt.datetime
 ) -> TransparencyReport:
-    require_auditor(context.principal)
+    _auditor_only(context, "transparencyReport", None)
     if end <= start:
         raise BadUserInput("`to` must be after `from`.", argument="to")
     report = await build_report(context.connection, start=start, end=end)

@@ -147,6 +147,28 @@ async def test_access_log_is_for_auditors_only(api: Api, db: AsyncEngine, who: s
     assert body["errors"][0]["extensions"]["code"] == expected
 
 
+@pytest.mark.parametrize("operation", ["accessLog", "transparencyReport"])
+async def test_a_refused_look_at_the_log_is_an_access_event(
+    api: Api, db: AsyncEngine, operation: str
+) -> None:
+    shop = await add_client(db, name="shop")
+    member_id = await add_member(db)
+    if operation == "accessLog":
+        document, variables = LOG, {"first": 5, "filter": {"memberId": str(member_id)}}
+    else:
+        document, variables = REPORT, {"from": DAY_AGO, "to": DAY_AHEAD}
+
+    body = (await api.graphql(document, variables, token=shop.key)).json()
+
+    assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    [event] = await access_events(db)
+    assert event["operation"] == operation
+    assert event["outcome"] == "DENIED"
+    assert event["client_id"] == shop.id
+    assert event["details"]["reason"] == "FORBIDDEN"
+    assert event["member_id"] == (member_id if operation == "accessLog" else None)
+
+
 @pytest.mark.parametrize(
     ("variables", "code"),
     [
