@@ -6,6 +6,7 @@ See gateway/sealing.py for what a checkpoint holds. One sealer runs per database
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.sealing import (
     MAX_BATCH,
     SEAL_LOCK,
     Checkpoint,
+    checkpoints_after,
     event_hash,
     last_checkpoint,
     merkle_root,
@@ -152,6 +154,35 @@ async def seal_until_current(engine: AsyncEngine, signer: Signer) -> list[Checkp
         written.append(checkpoint)
         if not _full(checkpoint):
             return written
+
+
+# How often `seal_through_now` looks whether the running sealer has passed its horizon.
+_POLL_SECONDS = 0.2
+
+
+async def seal_through_now(engine: AsyncEngine, signer: Signer) -> list[Checkpoint]:
+    """Every event committed before this call sealed: by this process, or, when another one
+    holds the sealer lock (a running gateway), by waiting until that sealer's checkpoints pass
+    the transactions that had begun when it was called. Returns the checkpoints written
+    meanwhile, by whichever sealer. Bound it with a timeout: a sealer that is far behind takes
+    long."""
+    async with engine.connect() as connection:
+        target = int(
+            await connection.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+        )
+        start = await last_checkpoint(connection)
+    since = start.id if start is not None else 0
+    while True:
+        # When another sealer holds the lock, wait for it to pass the target.
+        with contextlib.suppress(RuntimeError):
+            await seal_until_current(engine, signer)
+        async with engine.connect() as connection:
+            newest = await last_checkpoint(connection)
+            if newest is not None and (
+                newest.horizon > target or (newest.horizon >= target and not _full(newest))
+            ):
+                return await checkpoints_after(connection, since)
+        await asyncio.sleep(_POLL_SECONDS)
 
 
 def _full(checkpoint: Checkpoint) -> bool:

@@ -217,6 +217,14 @@ async def last_checkpoint(connection: AsyncConnection) -> Checkpoint | None:
     return _checkpoint(row) if row else None
 
 
+async def checkpoints_after(connection: AsyncConnection, after_id: int) -> list[Checkpoint]:
+    rows = await connection.execute(
+        text(f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE id > :id ORDER BY id"),  # noqa: S608  # constant columns
+        {"id": after_id},
+    )
+    return [_checkpoint(row) for row in rows]
+
+
 async def all_checkpoints(connection: AsyncConnection) -> list[Checkpoint]:
     rows = await connection.execute(
         text(f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY id")  # noqa: S608  # constant columns

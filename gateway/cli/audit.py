@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -17,7 +18,7 @@ from gateway.audit import AccessRecord, AuditTrail
 from gateway.auth import SystemPrincipal
 from gateway.cli.support import err, fail, out, parse_duration, run_with_database, settings_or_exit
 from gateway.domain import AccessOutcome
-from gateway.errors import BadUserInput
+from gateway.errors import BadUserInput, TillitError
 from gateway.export import (
     Digest,
     count_rows,
@@ -29,7 +30,8 @@ from gateway.export import (
 )
 from gateway.report_html import render
 from gateway.retention import RetentionRefused, drop_before, month_start
-from gateway.sealer import seal_until_current
+from gateway.sealer import seal_through_now
+from gateway.sealing import Checkpoint
 from gateway.signing import Signer
 from gateway.verify import VerifyReport, verify_export, verify_log
 
@@ -74,20 +76,36 @@ def keygen() -> None:
 
 
 @audit_app.command("seal")
-def seal() -> None:
-    """Seal what is final now and write a checkpoint (the gateway does this every interval)."""
+def seal(
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for a running gateway's sealer to seal up to now, when one "
+            "holds the sealer lock.",
+            min=0,
+        ),
+    ] = 60.0,
+) -> None:
+    """Seal everything committed before now and write a checkpoint (the gateway does this every
+    interval). While a gateway's sealer runs, wait for it to pass now instead, then exit 0."""
     settings = settings_or_exit()
-    try:
-        written = run_with_database(
-            lambda engine: seal_until_current(engine, settings.audit_signer), settings=settings
-        )
-    except RuntimeError:
-        raise fail("another sealer holds the lock; it is sealing already") from None
-    last = written[-1]
-    out.print(
-        f"sealed {sum(c.event_count for c in written)} events; checkpoint {last.id} at "
-        f"position {last.last_position}"
+
+    async def through_now(engine: AsyncEngine) -> list[Checkpoint]:
+        try:
+            return await asyncio.wait_for(seal_through_now(engine, settings.audit_signer), wait)
+        except TimeoutError:
+            raise TillitError(
+                f"the running sealer did not seal up to now within {wait:g} s; is it behind? "
+                "(see tillit_audit_unsealed_events)"
+            ) from None
+
+    written = run_with_database(through_now, settings=settings)
+    sealed = sum(c.event_count for c in written)
+    last = written[-1] if written else None
+    where = (
+        f"checkpoint {last.id} at position {last.last_position}" if last else "no new checkpoint"
     )
+    out.print(f"sealed {sealed} events up to now; {where}")
 
 
 def _print_report(report: VerifyReport) -> None:

@@ -22,7 +22,8 @@ from gateway.app import create_app
 from gateway.auth import mint_member_token
 from gateway.domain import Capability, Role
 from gateway.export import csv_cell_sql
-from gateway.sealer import seal_until_current
+from gateway.sealer import run_sealer, seal_until_current
+from gateway.sealing import SEAL_LOCK
 from gateway.signing import Signer, Verifier
 from gateway.verify import verify_export
 from tests.conftest import (
@@ -520,6 +521,44 @@ async def test_a_sealer_behind_seals_batch_after_batch_without_waiting(
 # -- the audit commands ---------------------------------------------------------------------------
 
 
+async def test_audit_seal_waits_for_a_running_sealer_to_pass_now(
+    api: Api, db: AsyncEngine, cli_env: object
+) -> None:
+    app_key = (await add_client(db, name="shop")).key
+    stop = asyncio.Event()
+    # A gateway's sealer, holding the sealer lock, on a long interval: it seals once now (nothing
+    # yet), and next only when the command's wait has begun.
+    running = asyncio.create_task(run_sealer(db, TEST_SIGNER, interval=1.0, stop=stop))
+    try:
+        await asyncio.sleep(0.3)
+        await read_members(
+            api, app_key, [await add_member(db) for _ in range(3)], "membership_service"
+        )
+
+        sealed = await tillit("audit", "seal", "--wait", "30")
+    finally:
+        stop.set()
+        await running
+
+    assert sealed.exit_code == 0, sealed.output
+    assert "sealed 3 events up to now" in sealed.output
+    assert await scalar(db, "SELECT count(*) FROM audit_seals") == 3
+
+
+async def test_audit_seal_gives_up_after_its_wait(db: AsyncEngine, cli_env: object) -> None:
+    async with db.connect() as holder:  # a sealer that holds the lock and never seals
+        await holder.execute(text(f"SELECT pg_advisory_lock({SEAL_LOCK})"))
+        await holder.commit()
+        try:
+            sealed = await tillit("audit", "seal", "--wait", "0.5")
+        finally:
+            await holder.execute(text(f"SELECT pg_advisory_unlock({SEAL_LOCK})"))
+            await holder.commit()
+
+    assert sealed.exit_code == 1
+    assert "did not seal up to now within 0.5 s" in sealed.output
+
+
 async def test_audit_commands_seal_export_verify_and_report(
     api: Api, db: AsyncEngine, cli_env: object, tmp_path: Path
 ) -> None:
@@ -535,7 +574,7 @@ async def test_audit_commands_seal_export_verify_and_report(
     verified = await tillit("audit", "verify", "--export", str(out_file))
     reported = await tillit("report", "--from", DAY_AGO, "--to", DAY_AHEAD, "--out", str(html))
 
-    assert "sealed 4 events" in sealed.output
+    assert "sealed 4 events up to now" in sealed.output
     assert "4 rows" in exported.output, exported.output
     assert verified.exit_code == 0, verified.output
     assert reported.exit_code == 0, reported.output
