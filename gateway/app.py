@@ -27,7 +27,7 @@ from gateway.caches import POLICY_TTL_SECONDS, TtlCache
 from gateway.domain import ErrorCode, Purpose
 from gateway.errors import SettingsError
 from gateway.graphql_http import DATABASE_UNAVAILABLE, GraphQLEndpoint, error_body
-from gateway.logs import configure_logging, exception_summary
+from gateway.logs import configure_logging
 from gateway.me_http import me_export, me_page
 from gateway.middleware import RequestContextMiddleware
 from gateway.sealer import run_sealer
@@ -82,13 +82,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
     message = "No such route." if exc.status_code == 404 else str(exc.detail)
     return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("http.unexpected_error", **exception_summary(exc))
-    return JSONResponse(
-        error_body(ErrorCode.INTERNAL_SERVER_ERROR, "Internal server error."), status_code=500
-    )
 
 
 def create_app(
@@ -176,7 +169,9 @@ def create_app(
                 max_age=600,
             ),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
+        # An unexpected exception is answered and logged by RequestContextMiddleware, which
+        # knows the request id.
+        exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
 

@@ -1,5 +1,7 @@
-"""ASGI middleware: a request id on every request, response and log line, and one log line per
-request. Written as plain ASGI (not BaseHTTPMiddleware) so it adds no task per request.
+"""ASGI middleware: a request id on every request, response and log line, one log line per
+request, and the last word on an unexpected failure: a masked 500 that carries the request id,
+logged once with it (outside this middleware nothing knows the id any more). Written as plain ASGI
+(not BaseHTTPMiddleware) so it adds no task per request.
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.logs import exception_summary
+
 REQUEST_ID_HEADER = "x-request-id"
 SCOPE_KEY = "tillit.request_id"
 # Accept a caller's id only if it is short and plain, so it is safe in logs and the audit trail.
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = structlog.get_logger("tillit.http")
+_MASKED = (
+    b'{"errors":[{"message":"Internal server error.",'
+    b'"extensions":{"code":"INTERNAL_SERVER_ERROR"}}]}'
+)
 
 
 def request_id_of(scope: Scope) -> str:
@@ -51,15 +59,36 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        started_response = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Logged here, once, with the request id, and never re-raised: the server would log
+            # it a second time, without the id, and with the exception's message.
+            log.error("http.unexpected_error", **exception_summary(exc))
+            status = 500
+            if not started_response:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(_MASKED)).encode()),
+                            (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": _MASKED})
         finally:
             log.info(
                 "request.finished",
