@@ -78,19 +78,31 @@ async def seed_members(engine: AsyncEngine, *, count: int) -> None:
         )
 
 
-async def seed_events(engine: AsyncEngine, *, count: int, signer: Signer) -> None:
-    """At least `count` access events, and every event sealed: for the export scenario, and so
-    that no server starts behind with events an earlier run left unsealed."""
+async def seed_events(
+    engine: AsyncEngine, *, count: int, signer: Signer, spacing_seconds: float = 1.0
+) -> None:
+    """At least `count` access events, `spacing_seconds` apart back from now, and every event
+    sealed: for the export scenario, and so that no server starts behind with events an earlier
+    run left unsealed. The monthly partitions the oldest of them need are made first (a million
+    events reach 11.6 days back: before the month began, in its first days)."""
     async with engine.begin() as connection:
         present = await connection.scalar(text("SELECT count(*) FROM audit_seals"))
         missing = count - present
         if count > 0 and missing > 0:
             await connection.execute(
                 text(
+                    "SELECT tillit_ensure_audit_partitions(CAST(now() - make_interval("
+                    "secs => CAST(:span AS double precision)) AS date), 2)"
+                ),
+                {"span": missing * spacing_seconds},
+            )
+            await connection.execute(
+                text(
                     "INSERT INTO access_events (occurred_at, request_id, operation, actor_kind, "
                     "member_id, purpose, legal_basis, outcome, fields_requested, "
                     "fields_released, fields_withheld) "
-                    "SELECT now() - make_interval(secs => g), 'bench-' || g, 'member', "
+                    "SELECT now() - make_interval(secs => g * CAST(:spacing AS double precision)), "
+                    "'bench-' || g, 'member', "
                     "'SYSTEM', gen_random_uuid(), 'personalized_offers', 'CONSENT', "
                     "CASE WHEN g % 2 = 0 THEN 'RELEASED' ELSE 'DENIED' END, "
                     "ARRAY['tier','points','income_band'], "
@@ -100,6 +112,6 @@ async def seed_events(engine: AsyncEngine, *, count: int, signer: Signer) -> Non
                     '\'{"tier": "CONSENT_REQUIRED"}\'::jsonb END '
                     "FROM generate_series(1, CAST(:missing AS int)) AS g"
                 ),
-                {"missing": missing},
+                {"missing": missing, "spacing": spacing_seconds},
             )
     await seal_until_current(engine, signer)

@@ -3,6 +3,7 @@ the bare Strawberry schema answer the benchmark's requests with the same data.""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.seed import seed_events
 from bench.servers import bare_app, raw_app
-from tests.conftest import Api, add_client, add_member
+from tests.conftest import TEST_SIGNER, Api, add_client, add_member
 from tests.resolvers.test_member_reads import enrich, grant
 
 WRK = Path(__file__).resolve().parent.parent / "bench" / "wrk"
@@ -91,3 +94,15 @@ async def test_all_three_servers_answer_the_same_data(
         assert json.dumps(tillit).count("active_outdoor") == (
             1 if query == MEMBER else len(members)
         )
+
+
+async def test_the_benchmark_seeds_events_from_before_this_month_began(db: AsyncEngine) -> None:
+    """`make bench` runs on any day: its events reach back past the first of the month (a
+    million a second apart is 11.6 days; these 40 days) and all land in partitions and seals."""
+    await seed_events(db, count=200, signer=TEST_SIGNER, spacing_seconds=40 * 86_400 / 200)
+
+    async with db.connect() as connection:
+        sealed = await connection.scalar(text("SELECT count(*) FROM audit_seals"))
+        oldest = await connection.scalar(text("SELECT min(occurred_at) FROM access_events"))
+    assert sealed == 200
+    assert oldest < dt.datetime.now(dt.UTC) - dt.timedelta(days=39)
