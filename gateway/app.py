@@ -27,7 +27,7 @@ from gateway.caches import POLICY_TTL_SECONDS, TtlCache
 from gateway.domain import ErrorCode, Purpose
 from gateway.errors import SettingsError
 from gateway.graphql_http import DATABASE_UNAVAILABLE, GraphQLEndpoint, error_body
-from gateway.logs import configure_logging
+from gateway.logs import configure_logging, flush_logs
 from gateway.me_http import me_export, me_page
 from gateway.middleware import RequestContextMiddleware
 from gateway.sealer import run_sealer
@@ -144,6 +144,9 @@ def create_app(
                 await syncing
             await raw_pool.close()
             await engine.dispose()
+            log.info("gateway.stopped")
+            # A worker process ends by its signal's default action: nothing after this runs.
+            flush_logs()
 
     return Starlette(
         debug=False,

@@ -76,6 +76,11 @@ class _Stderr:
 _STDERR = _Stderr()
 
 
+def flush_logs() -> None:
+    """Write the lines still buffered now (at shutdown; they are written at exit too)."""
+    _STDERR.drain()
+
+
 def _summarise_exceptions(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
     """Libraries (uvicorn) log exceptions with tracebacks whose messages may quote data: keep the
     type and the frames, drop the message."""

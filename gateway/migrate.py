@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -58,3 +59,28 @@ async def current_revision(connection: AsyncConnection) -> str | None:
         return MigrationContext.configure(sync_connection).get_current_revision()
 
     return await connection.run_sync(read)
+
+
+GATEWAY_ROLE = "tillit_gateway"
+# The login the embedded default serves as: a member of the restricted role, owning nothing.
+GATEWAY_LOGIN = "tillit_serve"
+
+
+async def ensure_gateway_login(engine: AsyncEngine, login: str = GATEWAY_LOGIN) -> None:
+    """Make `login` (no password, no superuser, no right to create anything) a member of the
+    role the migrations made for the gateway, which may only insert and read audit rows. For a
+    server that trusts its local socket, as the embedded one does; elsewhere the operator makes
+    the login with a password (README: the restricted role)."""
+    async with engine.begin() as connection:
+        exists = await connection.scalar(
+            text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": GATEWAY_ROLE}
+        )
+        if not exists:
+            raise RuntimeError(f"no role {GATEWAY_ROLE}: migrate the database first")
+        await connection.execute(
+            text(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                f"'{login}') THEN CREATE ROLE {login} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                f"IN ROLE {GATEWAY_ROLE}; END IF; END $$"
+            )
+        )

@@ -7,8 +7,12 @@ Each test gets a database of its own; the outage test also gets a PostgreSQL ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -261,3 +265,74 @@ async def test_a_worker_killed_mid_request_leaves_no_half_written_change(
     [events] = await sql(database, "SELECT count(*) FROM access_events")
     assert row[0] == 0
     assert events[0] == 0
+
+
+async def test_the_embedded_default_serves_as_a_restricted_login_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """`tillit serve` with no DATABASE_URL, as `make run` starts it: migrated by the owner,
+    served by a login in tillit_gateway; SIGTERM ends it cleanly, every log line written and the
+    embedded PostgreSQL stopped (its handle released, so a later gateway on the folder can)."""
+    from bench.serving import free_port
+    from tests.conftest import TEST_AUDIT_KEY, TEST_SECRET
+
+    data = tmp_path / "data"
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "TILLIT_DEV", "TILLIT_DATABASE_URL")
+    }
+    env.update(
+        TILLIT_DATA_DIR=str(data),
+        TILLIT_PORT=str(port),
+        TILLIT_MEMBER_TOKEN_SECRET=TEST_SECRET,
+        TILLIT_AUDIT_SIGNING_KEY=TEST_AUDIT_KEY,
+        TILLIT_LOG_FORMAT="json",
+        TILLIT_SEAL_INTERVAL_SECONDS="1",
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: ASYNC220  # starts and returns at once; waited in a thread
+            [sys.executable, "-m", "gateway", "serve", "--prepare"],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                for _ in range(120):
+                    with contextlib.suppress(httpx.TransportError):
+                        ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+                        if ready.status_code == 200:
+                            break
+                    assert process.poll() is None, log.read_text()
+                    await asyncio.sleep(0.25)
+                read = await http.post(
+                    f"http://127.0.0.1:{port}/graphql", json={"query": "{ purposes { key } }"}
+                )
+            assert read.status_code == 200
+            owner = await asyncpg.connect(host=str(data / "pg"), user="postgres", database="tillit")
+            try:
+                logins = await owner.fetch(
+                    "SELECT DISTINCT a.usename, r.rolsuper FROM pg_stat_activity a "
+                    "JOIN pg_roles r ON r.rolname = a.usename "
+                    "WHERE a.datname = 'tillit' AND a.pid <> pg_backend_pid()"
+                )
+            finally:
+                await owner.close()
+
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(process.wait, 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert [(row["usename"], row["rolsuper"]) for row in logins] == [("tillit_serve", False)]
+    assert code == 0
+    lines = log.read_text().splitlines()
+    assert any('"gateway.stopped"' in line for line in lines)
+    assert "Finished server process" in lines[-1]
+    assert json.loads((data / "pg" / ".handle_pids.json").read_text()) == []
+    assert not (data / "pg" / "postmaster.pid").exists()  # the embedded server stopped

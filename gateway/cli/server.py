@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway import migrate as migrations
@@ -220,6 +222,10 @@ async def _prepare(engine: AsyncEngine, demo_members: int | None) -> None:
             await _setup_demo(connection, demo_members, 1, True)
 
 
+def _exit_normally(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [TILLIT_HOST].")] = None,
@@ -245,6 +251,19 @@ def serve(
             )
         except PolicyFileError as exc:
             raise fail(f"invalid policy file: {exc}") from None
+    if settings.database_url is None:
+        # The embedded default serves as production does: migrated by the owner (above), served
+        # by a login in the restricted role, which cannot rewrite the audit trail or lift its
+        # guards. With DATABASE_URL the operator chooses the login (README).
+        try:
+            run_with_database(migrations.ensure_gateway_login, settings=settings, url=url)
+        except RuntimeError as exc:
+            raise fail(f"{exc} (tillit migrate, or tillit serve --prepare)") from None
+        url = (
+            make_url(url)
+            .set(username=migrations.GATEWAY_LOGIN, password=None)
+            .render_as_string(hide_password=False)
+        )
     # Workers are separate processes: they read the settings, and this URL, from the environment.
     os.environ["DATABASE_URL"] = url
     worker_count = workers or settings.workers
@@ -253,6 +272,11 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tillit-metrics-")
     bind_host, bind_port = host or settings.host, port or settings.port
     out.print(f"serving on http://{bind_host}:{bind_port}/graphql  (Ctrl-C stops)", highlight=False)
+    # uvicorn ends a graceful shutdown by raising the signal again with the handler it found:
+    # this one turns SIGTERM (systemd, containers, Kubernetes) into a normal exit, so that the
+    # log lines still buffered are written and the embedded PostgreSQL is stopped (its handle is
+    # released at exit); the default handler would kill the process before either.
+    signal.signal(signal.SIGTERM, _exit_normally)
     uvicorn.run(
         "gateway.app:create_app_from_environment",
         factory=True,
