@@ -35,6 +35,7 @@ import httpx
 from bench.seed import prepare_database, seed_members
 from bench.serving import free_port, uvicorn_command
 from gateway import db as gateway_db
+from gateway import migrate
 from gateway.auth import mint_member_token
 from gateway.embedded import start_embedded, with_database
 from gateway.settings import Settings
@@ -109,7 +110,7 @@ async def prepare(url: str, *, members: int = 2_000) -> World:
     tokens = [mint_member_token(uuid.UUID(i), secret, dt.timedelta(hours=1)) for i in ids[:200]]
     env = {
         **os.environ,
-        "DATABASE_URL": url,
+        "DATABASE_URL": migrate.as_gateway_login(url),
         "TILLIT_DEV": "false",
         "TILLIT_MEMBER_TOKEN_SECRET": secret,
         "TILLIT_AUDIT_SIGNING_KEY": audit_key,

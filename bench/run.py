@@ -32,6 +32,7 @@ import psutil
 from bench.seed import prepare_database, seed_events, seed_members
 from bench.serving import free_port, uvicorn_command
 from gateway import db as gateway_db
+from gateway import migrate
 from gateway.embedded import ensure_database, start_embedded, with_database
 from gateway.settings import Settings
 from gateway.signing import Signer
@@ -127,7 +128,7 @@ SIGNER, SIGNING_KEY = _bench_key()
 def server_env(url: str) -> dict[str, str]:
     return {
         **os.environ,
-        "DATABASE_URL": url,
+        "DATABASE_URL": migrate.as_gateway_login(url),
         "TILLIT_DEV": "false",
         "TILLIT_MEMBER_TOKEN_SECRET": secrets.token_urlsafe(48),
         "TILLIT_AUDIT_SIGNING_KEY": SIGNING_KEY,

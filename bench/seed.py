@@ -15,10 +15,12 @@ from gateway.signing import Signer
 
 
 async def prepare_database(engine: AsyncEngine, *, name: str) -> tuple[str, str]:
-    """Migrate, load the policy, and make (or re-key) an app client `<name>-app` that may read
-    under the consent purposes and capture consent, and an auditor `<name>-auditor`; returns
-    their keys. Shared by the benchmark and the load test."""
+    """Migrate, load the policy, make the gateway's restricted login (the servers run as it, as
+    production does), and make (or re-key) an app client `<name>-app` that may read under the
+    consent purposes and capture consent, and an auditor `<name>-auditor`; returns their keys.
+    Shared by the benchmark and the load test."""
     await migrate.upgrade(engine)
+    await migrate.ensure_gateway_login(engine)
     async with engine.begin() as connection:
         await load_purposes(connection, read_policy_file())
         app = await ensure_client(

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -84,3 +84,8 @@ async def ensure_gateway_login(engine: AsyncEngine, login: str = GATEWAY_LOGIN) 
                 f"IN ROLE {GATEWAY_ROLE}; END IF; END $$"
             )
         )
+
+
+def as_gateway_login(url: str, login: str = GATEWAY_LOGIN) -> str:
+    """The same database URL, for the gateway's login (no password: see ensure_gateway_login)."""
+    return make_url(url).set(username=login, password=None).render_as_string(hide_password=False)

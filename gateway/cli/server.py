@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway import migrate as migrations
@@ -259,11 +258,7 @@ def serve(
             run_with_database(migrations.ensure_gateway_login, settings=settings, url=url)
         except RuntimeError as exc:
             raise fail(f"{exc} (tillit migrate, or tillit serve --prepare)") from None
-        url = (
-            make_url(url)
-            .set(username=migrations.GATEWAY_LOGIN, password=None)
-            .render_as_string(hide_password=False)
-        )
+        url = migrations.as_gateway_login(url)
     # Workers are separate processes: they read the settings, and this URL, from the environment.
     os.environ["DATABASE_URL"] = url
     worker_count = workers or settings.workers
