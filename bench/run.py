@@ -29,6 +29,7 @@ import asyncpg
 import httpx
 import psutil
 
+from bench.hostile import refusal_cost
 from bench.seed import prepare_database, seed_events, seed_members
 from bench.serving import free_port, uvicorn_command
 from gateway import db as gateway_db
@@ -308,6 +309,7 @@ def main() -> None:
         results["S3"] = load_scenario("S3", "consent.lua", ["tillit"], **common)
     if "S4" in scenarios:
         results["S4"] = export_scenario(url, keys, rounds)
+    results["R1"] = [refusal_cost(fragments=n) for n in (20, 40)]
     summary = summarise(results)
     results["summary"] = summary
     out = RESULTS / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
@@ -352,6 +354,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         summary["S4"]["tillit/psql"] = (
             summary["S4"]["tillit_rows_per_s"] / summary["S4"]["psql_rows_per_s"]
         )
+    summary["R1"] = results.get("R1", [])
     return summary
 
 
@@ -380,6 +383,12 @@ def table(summary: dict[str, Any]) -> str:
             f"| S4 export {s4['rows']} rows | {s4['tillit_rows_per_s']:.0f} rows/s, peak RSS "
             f"{s4['peak_rss_mb']:.0f} MB | psql {s4['psql_rows_per_s']:.0f} rows/s | | "
             f"tillit/psql {s4['tillit/psql']:.2f} |"
+        )
+    for refusal in summary.get("R1", ()):
+        lines.append(
+            f"| R1 refusing a {refusal['fragments']}-fragment doubling document "
+            f"({refusal['bytes']} bytes, a new operation name each) | median "
+            f"{refusal['median_ms']:.2f} ms, max {refusal['max_ms']:.2f} ms | | | |"
         )
     return "\n".join(lines)
 

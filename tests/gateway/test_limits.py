@@ -11,6 +11,7 @@ import pytest
 from graphql import parse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.hostile import doubling
 from gateway.operations import Limits, Preparer, Refusal, measure
 from gateway.settings import Settings
 from schema import schema
@@ -238,16 +239,6 @@ async def test_a_nul_character_is_refused_before_it_reaches_the_database(
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert "NUL" in response.json()["errors"][0]["message"]
     assert await row_counts(db) == before
-
-
-def doubling(fragments: int, name: str = "") -> str:
-    """Fragment F(k) spreads F(k-1) twice: 2^k fields from a few bytes a fragment."""
-    parts = ["fragment F0 on Query { __typename }"]
-    parts += [
-        f"fragment F{k} on Query {{ ...F{k - 1} ...F{k - 1} }}" for k in range(1, fragments + 1)
-    ]
-    parts.append(f"query {name} {{ ...F{fragments} }}")
-    return "\n".join(parts)
 
 
 def test_measuring_fragment_doubling_takes_work_linear_in_the_document() -> None:
