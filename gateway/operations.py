@@ -43,6 +43,7 @@ from graphql import (
 from graphql.validation import NoSchemaIntrospectionCustomRule
 
 from gateway.domain import ErrorCode
+from gateway.prescan import Shape, prescan
 
 # The multiplier for a list field whose size no argument bounds.
 UNBOUNDED_LIST_ESTIMATE = 10
@@ -269,6 +270,35 @@ def _over_limits(measures: Mapping[str, Measure], limits: Limits) -> list[dict[s
     return errors
 
 
+def _over_shape(shape: Shape, limits: Limits) -> list[dict[str, Any]]:
+    """What the prescan alone shows over a limit, in the measurer's words."""
+    for root_fields, aliases, priced in shape.operations:
+        errors = []
+        if aliases > limits.max_aliases:
+            errors.append(
+                limit_error(
+                    f"The operation uses {aliases} aliases; the limit is {limits.max_aliases}."
+                )
+            )
+        if root_fields > limits.max_root_fields:
+            errors.append(
+                limit_error(
+                    f"The operation asks for {root_fields} top-level fields; "
+                    f"the limit is {limits.max_root_fields}."
+                )
+            )
+        if priced > limits.max_cost:
+            errors.append(
+                limit_error(
+                    f"The operation's estimated cost is at least {priced}; "
+                    f"the limit is {limits.max_cost}."
+                )
+            )
+        if errors:
+            return errors
+    return []
+
+
 class Preparer:
     """Prepared documents by text: a DocumentNode ready to execute, or the reason it cannot run."""
 
@@ -293,6 +323,15 @@ class Preparer:
         return prepared
 
     def _prepare(self, query: str) -> DocumentNode | Refusal:
+        shape = prescan(query, self.limits.max_tokens)
+        if shape is not None and shape.tokens > self.limits.max_tokens:
+            return Refusal(
+                [limit_error(f"The document has more than {self.limits.max_tokens} tokens.")]
+            )
+        if shape is not None:
+            over = _over_shape(shape, self.limits)
+            if over:
+                return Refusal(over)
         try:
             document = parse(query, max_tokens=self.limits.max_tokens)
         except GraphQLError as error:

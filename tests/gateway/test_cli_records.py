@@ -182,6 +182,9 @@ async def test_refused_file_writes_nothing(
 
 async def seed_consenting_members(db: AsyncEngine, count: int) -> list[uuid.UUID]:
     async with db.begin() as connection:
+        # Bulk set-up, not a request: the gateway's 5 s statement timeout is not its bound (seen
+        # exceeded on a busy shared machine).
+        await connection.execute(text("SET LOCAL statement_timeout = 0"))
         ids = list(
             (
                 await connection.execute(
