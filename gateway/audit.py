@@ -81,20 +81,41 @@ class AuditTrail:
         """Record a refused attempt on each targeted member: every requested field withheld."""
         requested = tuple(sorted(fields))
         for member_id in member_ids:
-            self.record(
-                AccessRecord(
-                    operation=operation,
-                    member_id=member_id,
-                    purpose=purpose,
-                    legal_basis=legal_basis,
-                    outcome=AccessOutcome.NOT_FOUND
-                    if code is ErrorCode.NOT_FOUND
-                    else AccessOutcome.DENIED,
-                    fields_requested=requested,
-                    fields_withheld=dict.fromkeys(requested, code.value),
-                    details={"reason": code.value},
-                )
+            self.refused(
+                operation=operation,
+                member_id=member_id,
+                code=code,
+                purpose=purpose,
+                legal_basis=legal_basis,
+                fields=requested,
             )
+
+    def refused(
+        self,
+        *,
+        operation: str,
+        member_id: uuid.UUID | None,
+        code: ErrorCode,
+        purpose: str | None = None,
+        legal_basis: LegalBasis | None = None,
+        fields: tuple[str, ...] = (),
+    ) -> None:
+        """Record one refused attempt (on a member, or on no member in particular): NOT_FOUND or
+        DENIED, with the reason, every requested field withheld."""
+        self.record(
+            AccessRecord(
+                operation=operation,
+                member_id=member_id,
+                purpose=purpose,
+                legal_basis=legal_basis,
+                outcome=AccessOutcome.NOT_FOUND
+                if code is ErrorCode.NOT_FOUND
+                else AccessOutcome.DENIED,
+                fields_requested=fields,
+                fields_withheld=dict.fromkeys(fields, code.value),
+                details={"reason": code.value},
+            )
+        )
 
     async def flush(self, connection: AsyncConnection) -> int:
         """Write the held events in one statement; returns how many.

@@ -19,16 +19,7 @@ def _auditor_only(context: Context, operation: str, member_id: uuid.UUID | None)
     try:
         require_auditor(context.principal)
     except TillitError as error:
-        context.audit.record(
-            AccessRecord(
-                operation=operation,
-                member_id=member_id,
-                purpose=None,
-                legal_basis=None,
-                outcome=AccessOutcome.DENIED,
-                details={"reason": error.code.value},
-            )
-        )
+        context.audit.refused(operation=operation, member_id=member_id, code=error.code)
         raise
 
 

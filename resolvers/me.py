@@ -10,7 +10,7 @@ from gateway.access_log import LogPage
 from gateway.audit import AccessRecord
 from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal
 from gateway.consents import ConsentEventRecord, fetch_consent_states
-from gateway.domain import AccessOutcome, ErrorCode, LegalBasis
+from gateway.domain import AccessOutcome, LegalBasis
 from gateway.errors import Forbidden, NotFound, TillitError, Unauthenticated
 from gateway.member_data import (
     Notice,
@@ -32,18 +32,7 @@ def _refuse(context: Context, operation: str, error: TillitError) -> TillitError
     member_id = (
         context.principal.member_id if isinstance(context.principal, MemberPrincipal) else None
     )
-    context.audit.record(
-        AccessRecord(
-            operation=operation,
-            member_id=member_id,
-            purpose=None,
-            legal_basis=None,
-            outcome=AccessOutcome.NOT_FOUND
-            if error.code is ErrorCode.NOT_FOUND
-            else AccessOutcome.DENIED,
-            details={"reason": error.code.value},
-        )
-    )
+    context.audit.refused(operation=operation, member_id=member_id, code=error.code)
     return error
 
 
