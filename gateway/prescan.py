@@ -14,7 +14,7 @@ decides, and reports errors in its own words.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _TOKEN = re.compile(
     r"""
@@ -54,8 +54,8 @@ class _Set:
     fields: int = 0
     aliases: int = 0
     priced: int = 0
-    spreads: list[str] | None = None
-    children: list[_Set] | None = None
+    spreads: list[str] = field(default_factory=list)
+    children: list[_Set] = field(default_factory=list)
 
 
 def _tokens(text: str) -> list[str]:
@@ -118,7 +118,7 @@ class _Scan:
             if self.peek() == "...":
                 self.take()
                 if self.peek() not in ("on", "{", "@"):
-                    level.spreads = [*(level.spreads or []), self.name()]
+                    level.spreads.append(self.name())
                     self.directives()
                     continue
                 if self.peek() == "on":
@@ -129,24 +129,24 @@ class _Scan:
                 level.fields += inner.fields
                 level.aliases += inner.aliases
                 level.priced += inner.priced
-                level.spreads = [*(level.spreads or []), *(inner.spreads or [])]
-                level.children = [*(level.children or []), *(inner.children or [])]
+                level.spreads += inner.spreads
+                level.children += inner.children
                 continue
-            field = self.name()
+            name = self.name()
             level.fields += 1
             if self.peek() == ":":
                 self.take()
-                field = self.name()
+                name = self.name()
                 level.aliases += 1
             if self.peek() == "(":
                 self.balanced("(", ")")
             self.directives()
             child = self.selection_set(nesting + 1) if self.peek() == "{" else None
-            if field.startswith("__"):
+            if name.startswith("__"):
                 continue  # free, and not looked into, as the measurer does
             level.priced += 1
             if child is not None:
-                level.children = [*(level.children or []), child]
+                level.children.append(child)
         self.take()
         return level
 
@@ -193,12 +193,12 @@ def _totals(
         return 0, 0, 0
     inside = path | {key}
     fields, aliases, priced = level.fields, level.aliases, level.priced
-    for name in level.spreads or ():
+    for name in level.spreads:
         fragment = fragments.get(name)
         if fragment is not None:
             f, a, p = _totals(fragment, fragments, memo, inside)
             fields, aliases, priced = fields + f, aliases + a, priced + p
-    for child in level.children or ():
+    for child in level.children:
         _, a, p = _totals(child, fragments, memo, inside)
         aliases, priced = aliases + a, priced + p
     memo[key] = (fields, aliases, priced)
@@ -217,4 +217,8 @@ def prescan(text: str, max_tokens: int | None = None) -> Shape | None:
     except _Unsure:
         return None
     memo: dict[int, tuple[int, int, int]] = {}
-    return Shape(counted, tuple(_totals(o, fragments, memo, frozenset()) for o in operations))
+    try:
+        totals = tuple(_totals(o, fragments, memo, frozenset()) for o in operations)
+    except RecursionError:  # a chain of fragments longer than the stack: the parser decides
+        return None
+    return Shape(counted, totals)
