@@ -376,6 +376,11 @@ _UNSAFE_TEXT = re.compile(
 
 def text_problem(value: str) -> str | None:
     """Why a caller's string may not be kept, or None."""
+    # Every refused character is a control, a format character or a line or paragraph separator,
+    # none of which is printable: a printable string (nearly all) is settled by one C loop
+    # instead of the regular expression, which costs some 9 ns a character.
+    if value.isprintable():
+        return None
     found = _UNSAFE_TEXT.search(value)
     if found is None:
         return None
@@ -416,7 +421,18 @@ def variables_problem(value: Any, limit: int, max_depth: int) -> tuple[ErrorCode
                 ErrorCode.OPERATION_LIMIT_EXCEEDED,
                 f"The variables nest deeper than {max_depth} levels.",
             )
-        stack.extend((child, depth + 1) for child in children)
+        # The strings of one list or object are searched as one text (the pattern matches single
+        # characters, so joining them finds what searching each would): a hundred ids cost one
+        # search, not a hundred.
+        texts = []
+        for child in children:
+            if type(child) is str:
+                texts.append(child)
+            else:
+                stack.append((child, depth + 1))
+        problem = text_problem("".join(texts)) if texts else None
+        if problem is not None:
+            return ErrorCode.BAD_USER_INPUT, problem
     return None
 
 

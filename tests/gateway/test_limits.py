@@ -324,3 +324,13 @@ async def test_line_breaks_and_tabs_are_allowed_in_text(api: Api, db: AsyncEngin
     assert response.json()["data"]["grantConsent"]["evidenceSha256"] == (
         hashlib.sha256(wording.encode()).hexdigest()
     )
+
+
+def test_every_refused_character_is_unprintable() -> None:
+    """text_problem settles printable strings without its pattern: sound only while this holds."""
+    from gateway.operations import _UNSAFE_TEXT
+
+    refused = [chr(c) for c in range(0x110000) if _UNSAFE_TEXT.fullmatch(chr(c))]
+
+    assert len(refused) == 76  # C0 less tab, LF, CR; DEL and C1; 14 bidi and separators
+    assert not any(c.isprintable() for c in refused)
