@@ -239,9 +239,14 @@ def measure(
     return measures
 
 
-def _over_limits(measures: Mapping[str, Measure], limits: Limits) -> list[dict[str, Any]]:
-    errors = []
-    for m in measures.values():
+def _over_limits(
+    measures: Iterable[Measure], limits: Limits, *, cost_is_floor: bool = False
+) -> list[dict[str, Any]]:
+    """The limits the first operation over any exceeds, each in words; `cost_is_floor` when the
+    costs are the prescan's floors (so the message says "at least")."""
+    at_least = "at least " if cost_is_floor else ""
+    for m in measures:
+        errors = []
         if m.depth > limits.max_depth:
             errors.append(
                 limit_error(f"The operation nests {m.depth} deep; the limit is {limits.max_depth}.")
@@ -262,41 +267,22 @@ def _over_limits(measures: Mapping[str, Measure], limits: Limits) -> list[dict[s
         if m.cost > limits.max_cost:
             errors.append(
                 limit_error(
-                    f"The operation's estimated cost is {m.cost}; the limit is {limits.max_cost}."
-                )
-            )
-        if errors:
-            break
-    return errors
-
-
-def _over_shape(shape: Shape, limits: Limits) -> list[dict[str, Any]]:
-    """What the prescan alone shows over a limit, in the measurer's words."""
-    for root_fields, aliases, priced in shape.operations:
-        errors = []
-        if aliases > limits.max_aliases:
-            errors.append(
-                limit_error(
-                    f"The operation uses {aliases} aliases; the limit is {limits.max_aliases}."
-                )
-            )
-        if root_fields > limits.max_root_fields:
-            errors.append(
-                limit_error(
-                    f"The operation asks for {root_fields} top-level fields; "
-                    f"the limit is {limits.max_root_fields}."
-                )
-            )
-        if priced > limits.max_cost:
-            errors.append(
-                limit_error(
-                    f"The operation's estimated cost is at least {priced}; "
+                    f"The operation's estimated cost is {at_least}{m.cost}; "
                     f"the limit is {limits.max_cost}."
                 )
             )
         if errors:
             return errors
     return []
+
+
+def _over_shape(shape: Shape, limits: Limits) -> list[dict[str, Any]]:
+    """What the prescan alone shows over a limit, in the measurer's words (it knows no depth)."""
+    measures = (
+        Measure(0, aliases, root_fields, priced)
+        for root_fields, aliases, priced in shape.operations
+    )
+    return _over_limits(measures, limits, cost_is_floor=True)
 
 
 class Preparer:
@@ -343,7 +329,7 @@ class Preparer:
         # Measured before validation: measuring is linear in the document and needs no valid
         # one, while the validation rules walk every selection, so a document far over a limit
         # is refused at the least cost.
-        over = _over_limits(measure(self.schema, document, self.limits), self.limits)
+        over = _over_limits(measure(self.schema, document, self.limits).values(), self.limits)
         if over:
             return Refusal(over)
         errors = validate(
