@@ -36,6 +36,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(INSTALLED)
 	@command -v wrk >/dev/null || (echo "make bench needs wrk: apt-get install wrk" && exit 1)

@@ -8,7 +8,7 @@ import statistics
 import time
 from typing import Any
 
-from gateway.operations import Limits, Preparer, Refusal
+from gateway.web.operations import Limits, Preparer, Refusal
 
 
 def doubling(fragments: int, name: str = "") -> str:

@@ -34,12 +34,12 @@ import httpx
 
 from bench.seed import prepare_database, seed_members
 from bench.serving import free_port, uvicorn_command
-from gateway import db as gateway_db
-from gateway import migrate
-from gateway.auth import mint_member_token
-from gateway.embedded import start_embedded, with_database
+from gateway.access.auth import mint_member_token
 from gateway.settings import Settings
 from gateway.signing import Signer
+from gateway.store import db as gateway_db
+from gateway.store import migrate
+from gateway.store.embedded import start_embedded, with_database
 
 HERE = Path(__file__).resolve().parent
 MEMBER = (
@@ -103,7 +103,8 @@ async def prepare(url: str, *, members: int = 2_000) -> World:
         app, auditor = await prepare_database(engine, name="loadtest")
         await seed_members(engine, count=members)
         async with engine.connect() as connection:
-            rows = await gateway_db.fetch(connection, "SELECT id FROM members ORDER BY email")
+            raw = await gateway_db.raw_of(connection)
+            rows = await raw.fetch("SELECT id FROM members ORDER BY email")
     finally:
         await engine.dispose()
     ids = [str(row["id"]) for row in rows]

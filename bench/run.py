@@ -32,11 +32,11 @@ import psutil
 from bench.hostile import refusal_cost
 from bench.seed import prepare_database, seed_events, seed_members
 from bench.serving import free_port, uvicorn_command
-from gateway import db as gateway_db
-from gateway import migrate
-from gateway.embedded import ensure_database, start_embedded, with_database
 from gateway.settings import Settings
 from gateway.signing import Signer
+from gateway.store import db as gateway_db
+from gateway.store import migrate
+from gateway.store.embedded import ensure_database, start_embedded, with_database
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -6,12 +6,12 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import migrate
-from gateway.clients import ensure_client
+from gateway.access.clients import ensure_client
+from gateway.access.purposes import load_purposes, read_policy_file
+from gateway.audit.sealer import seal_until_current
 from gateway.domain import Capability, Role
-from gateway.purposes import load_purposes, read_policy_file
-from gateway.sealer import seal_until_current
 from gateway.signing import Signer
+from gateway.store import migrate
 
 
 async def prepare_database(engine: AsyncEngine, *, name: str) -> tuple[str, str]:

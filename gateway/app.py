@@ -20,18 +20,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from strawberry import Schema
 
-from gateway import db, metrics, migrate
-from gateway.audit_http import export, export_manifest
-from gateway.auth import ClientPrincipal, TokenKeys
-from gateway.caches import POLICY_TTL_SECONDS, TtlCache
-from gateway.domain import ErrorCode, Purpose
-from gateway.errors import SettingsError
-from gateway.graphql_http import DATABASE_UNAVAILABLE, GraphQLEndpoint, error_body
+from gateway.access.auth import TokenKeys
+from gateway.access.caches import POLICY_TTL_SECONDS, TtlCache
+from gateway.audit.sealer import run_sealer
+from gateway.domain import ClientPrincipal, ErrorCode, Purpose
+from gateway.errors import DatabaseUnavailable, SettingsError
 from gateway.logs import configure_logging, flush_logs
-from gateway.me_http import me_export, me_page
-from gateway.middleware import RequestContextMiddleware
-from gateway.sealer import run_sealer
 from gateway.settings import Settings, load_settings
+from gateway.store import db, migrate
+from gateway.web import metrics
+from gateway.web.audit_export import export, export_manifest
+from gateway.web.boundary import Boundary, error_body
+from gateway.web.graphql import GraphQLEndpoint
+from gateway.web.me import me_export, me_page
+from gateway.web.middleware import RequestContextMiddleware
 
 log = structlog.get_logger("tillit.app")
 READINESS_TIMEOUT_SECONDS = 2.0
@@ -45,6 +47,7 @@ class State(TypedDict):
     token_keys: TokenKeys
     client_cache: TtlCache[str, ClientPrincipal]
     policy_cache: TtlCache[str, dict[str, Purpose]]
+    boundary: Boundary
 
 
 async def healthz(request: Request) -> Response:
@@ -57,10 +60,12 @@ async def readyz(request: Request) -> Response:
     engine: AsyncEngine = request.state.engine
     expected: str = request.state.head_revision
     try:
-        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), engine.connect() as connection:
-            current = await db.schema_revision(connection)
-    except DATABASE_UNAVAILABLE as exc:
-        log.warning("readiness.database_unreachable", error_type=type(exc).__name__)
+        with db.translated():
+            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), engine.connect() as connection:
+                current = await db.schema_revision(connection)
+    except DatabaseUnavailable as exc:
+        cause = exc.__cause__
+        log.warning("readiness.database_unreachable", error_type=type(cause).__name__)
         return JSONResponse(
             {"status": "unavailable", "reason": "database unreachable"}, status_code=503
         )
@@ -117,10 +122,11 @@ def create_app(
 
         schema = default_schema
     graphql = GraphQLEndpoint(schema, settings)
+    boundary = Boundary.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        token_keys = settings.token_keys()
+        token_keys = TokenKeys.from_settings(settings)
         engine = db.create_engine(url, settings)
         raw_pool = await db.create_raw_pool(url, settings)
         metrics.watch_pools(engine, raw_pool)
@@ -137,17 +143,19 @@ def create_app(
             if settings.seal_interval_seconds > 0
             else None
         )
-        limiter = graphql.rate_limit
+        limiter = boundary.rate_limit
         syncing = (
-            asyncio.create_task(limiter.run_sync(engine, stop)) if limiter is not None else None
+            asyncio.create_task(limiter.run_sync(raw_pool, stop)) if limiter is not None else None
         )
         try:
             yield {
                 "settings": settings,
                 "engine": engine,
-                # For the hot operations: reads and consent changes (see gateway.graphql_http).
+                # For the hot operations: reads and consent changes (see gateway.web.graphql).
                 "raw_pool": raw_pool,
                 "head_revision": migrate.head_revision(),
+                # Every route that reads or changes member data runs through it.
+                "boundary": boundary,
                 "token_keys": token_keys,
                 "client_cache": TtlCache(POLICY_TTL_SECONDS),
                 "policy_cache": TtlCache(POLICY_TTL_SECONDS),

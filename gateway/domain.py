@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -186,3 +188,61 @@ class Purpose:
     required_consent_method: ConsentMethod | None = None
     consent_lifetime: dt.timedelta | None = None
     retired: bool = False
+
+
+# -- Who is calling ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Anonymous:
+    """No credentials were presented."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPrincipal:
+    id: uuid.UUID
+    name: str
+    role: Role
+    purposes: frozenset[str]
+    capabilities: frozenset[Capability]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberPrincipal:
+    member_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class SystemPrincipal:
+    """Tillit itself, acting from the command line or a scheduled job (never over HTTP)."""
+
+    job: str
+
+
+Principal = Anonymous | ClientPrincipal | MemberPrincipal | SystemPrincipal
+
+
+# -- What the decision reads about a member ------------------------------------------------------
+
+
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.records.members).
+@dataclass(slots=True)
+class ConsentState:
+    """The newest consent event of one member for one purpose, and the grant it concerns."""
+
+    kind: ConsentEventKind
+    grant_id: uuid.UUID | None
+    method: ConsentMethod | None
+    notice_version: str | None
+    expires_at: dt.datetime | None
+    changed_at: dt.datetime | None = None
+
+
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.records.members).
+@dataclass(slots=True)
+class MemberState:
+    """What the decision needs to know about one member."""
+
+    membership_active: bool
+    consents: Mapping[str, ConsentState] = field(default_factory=dict)
+    objections: frozenset[str] = frozenset()

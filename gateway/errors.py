@@ -11,6 +11,7 @@
     │   └── FieldWithheld       one field not released by the access decision
     ├── RateLimited             the caller sent more requests than its rate allows
     └── AuditUnavailable        the access event could not be recorded, so nothing is released
+        └── DatabaseUnavailable the database cannot answer now (gateway.store.db translates)
 
     PolicyFileError             the purpose policy file is invalid (line and reason)
     SettingsError               the environment does not configure a startable gateway
@@ -93,6 +94,11 @@ class FieldWithheld(Refused):
 class AuditUnavailable(TillitError):
     code = ErrorCode.AUDIT_UNAVAILABLE
     default_message = "The access could not be recorded, so no data was released. Try again."
+
+
+class DatabaseUnavailable(AuditUnavailable):
+    """The database cannot be reached or answer now: what gateway.store.db makes of driver and
+    socket errors, so that nothing above it names them."""
 
 
 class PolicyFileError(Exception):

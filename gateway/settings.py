@@ -21,7 +21,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.auth import TokenKeys
 from gateway.errors import SettingsError
 from gateway.signing import DEV_AUDIT_SEED, InvalidKey, Signer, Verifier
 
@@ -168,7 +167,7 @@ class Settings(BaseSettings):
     fast_path: bool = Field(
         default=True,
         description="Run `member`/`members` operations with leaf fields only through the direct "
-        "executor (schema/fastpath.py); false sends every operation through graphql-core.",
+        "executor (gateway/web/fastpath.py); false sends every operation through graphql-core.",
     )
     cors_origins: str = Field(
         default="",
@@ -253,20 +252,6 @@ class Settings(BaseSettings):
         if self.audit_verify_key is not None:
             return Verifier.from_base64(self.audit_verify_key)
         return self.audit_signer.verifier
-
-    def token_keys(self) -> TokenKeys:
-        """The keys member tokens are verified with (read from files: call once, at start)."""
-        secret = self.member_token_secret.get_secret_value() if self.member_token_secret else None
-        if secret is None and self.dev:
-            secret = DEV_MEMBER_TOKEN_SECRET
-        return TokenKeys.load(
-            secret=secret,
-            public_key_file=self.member_token_public_key_file,
-            jwks_file=self.member_token_jwks_file,
-            issuer=self.member_token_issuer,
-            audience=self.member_token_audience,
-            leeway_seconds=self.member_token_leeway_seconds,
-        )
 
     @property
     def signing_secret(self) -> str:

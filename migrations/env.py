@@ -1,5 +1,5 @@
-"""Alembic environment. Tillit runs migrations on a connection it hands in (see gateway.migrate);
-the `alembic` command line works too, with the URL from DATABASE_URL."""
+"""Alembic environment. Tillit runs migrations on a connection it hands in (see
+gateway.store.migrate); the `alembic` command line works too, with the URL from DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.db import normalize_url
-from gateway.migrate import include_name
-from gateway.models import Base
+from gateway.store.db import normalize_url
+from gateway.store.migrate import include_name
+from gateway.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -7,9 +7,16 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal, Principal
-from gateway.consents import Actor
-from gateway.domain import ActorKind, Capability, Purpose, Role
+from gateway.domain import (
+    ActorKind,
+    Anonymous,
+    Capability,
+    ClientPrincipal,
+    MemberPrincipal,
+    Principal,
+    Purpose,
+    Role,
+)
 from gateway.errors import (
     BadUserInput,
     Forbidden,
@@ -18,7 +25,8 @@ from gateway.errors import (
     Unauthenticated,
     UnknownPurpose,
 )
-from gateway.uuids import uuid_of
+from gateway.records.consents import Actor
+from gateway.store.uuids import uuid_of
 from resolvers.context import Context
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from gateway.access_log import LogFilter, LogPage, TransparencyReport, fetch_page
-from gateway.access_log import transparency_report as build_report
-from gateway.audit import AccessRecord
+from gateway.access.policy import require_auditor
+from gateway.audit.log import LogFilter, LogPage, TransparencyReport, fetch_page
+from gateway.audit.log import transparency_report as build_report
+from gateway.audit.trail import AccessRecord
 from gateway.domain import AccessOutcome
 from gateway.errors import BadUserInput, TillitError
-from gateway.policy import require_auditor
 from resolvers.context import Context
 
 
@@ -27,7 +27,7 @@ async def access_log(
     context: Context, *, where: LogFilter, first: int, after: str | None
 ) -> LogPage:
     _auditor_only(context, "accessLog", where.member_id)
-    page = await fetch_page(context.connection, where, first=first, after=after)
+    page = await fetch_page(context.sql, where, first=first, after=after)
     context.audit.record(
         AccessRecord(
             operation="accessLog",
@@ -57,7 +57,7 @@ async def transparency_report(
     _auditor_only(context, "transparencyReport", None)
     if end <= start:
         raise BadUserInput("`to` must be after `from`.", argument="to")
-    report = await build_report(context.connection, start=start, end=end)
+    report = await build_report(context.sql, start=start, end=end)
     context.audit.record(
         AccessRecord(
             operation="transparencyReport",

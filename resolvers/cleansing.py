@@ -7,12 +7,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit import AccessRecord
-from gateway.auth import Anonymous, MemberPrincipal
-from gateway.cleansing import object_to, parse_field, parse_value, record_cleansing
-from gateway.domain import AccessOutcome, Capability, LegalBasis
-from gateway.enrichment import validate_source
+from gateway.audit.trail import AccessRecord
+from gateway.domain import AccessOutcome, Anonymous, Capability, LegalBasis, MemberPrincipal
 from gateway.errors import Forbidden, Unauthenticated
+from gateway.records.cleansing import object_to, parse_field, parse_value, record_cleansing
+from gateway.records.enrichment import validate_source
 from resolvers.actors import (
     audited_write,
     authorize_write,
@@ -62,7 +61,7 @@ async def cleanse(
         which = parse_field(field)
         value = parse_value(which, new_value)
         result = await record_cleansing(
-            context.connection,
+            context.sql,
             member_id=target,
             purpose=declared,
             field=which,
@@ -113,7 +112,7 @@ async def object_to_processing(
             raise Forbidden("Only the member can object, with a member token.")
         declared = await known_purpose(context, purpose)
         objection = await object_to(
-            context.connection,
+            context.sql,
             member_id=target,
             purpose=declared,
             reason=reason,

@@ -6,18 +6,18 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from gateway.audit import AccessRecord
-from gateway.auth import ClientPrincipal
-from gateway.consent_changes import grant_consent, withdraw_consent
+from gateway.audit.trail import AccessRecord
 from gateway.domain import (
     AccessOutcome,
     Capability,
     Category,
+    ClientPrincipal,
     ConsentMethod,
     LegalBasis,
     LocalizedText,
     Purpose,
 )
+from gateway.records.consent_changes import grant_consent, withdraw_consent
 from resolvers.actors import (
     WriteScope,
     actor_of,
@@ -74,7 +74,8 @@ async def _consent_subject(
     scope.target = target = target_of(context.principal, member_id)
     authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
     declared = await known_purpose(context, purpose)
-    # Whether the member exists is asked with the consent lock (gateway.consents.lock_consent).
+    # Whether the member exists is asked with the consent lock
+    # (gateway.records.consents.lock_consent).
     return target, declared
 
 
@@ -99,7 +100,7 @@ async def grant(
     async with audited_write(context, operation=operation, purpose=purpose) as scope:
         target, declared = await _consent_subject(context, scope, member_id, purpose)
         result = await grant_consent(
-            context.connection,
+            context.db,
             member_id=target,
             purpose=declared,
             method=method,
@@ -164,7 +165,7 @@ async def withdraw(
     async with audited_write(context, operation=operation, purpose=purpose) as scope:
         target, declared = await _consent_subject(context, scope, member_id, purpose)
         result = await withdraw_consent(
-            context.connection,
+            context.db,
             member_id=target,
             purpose=declared,
             channel=channel,

@@ -8,24 +8,31 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.audit import AuditTrail
-from gateway.auth import Principal
-from gateway.caches import TtlCache
-from gateway.domain import Purpose
-from gateway.purposes import fetch_purposes
+from gateway.access.caches import TtlCache
+from gateway.access.purposes import fetch_purposes
+from gateway.audit.trail import AuditTrail
+from gateway.domain import Principal, Purpose
 from gateway.settings import Settings
+from gateway.store.db import Raw
 from resolvers.loaders import Loaders
+
+
+class RawPathOnly(RuntimeError):
+    """A resolver of a raw-pool operation asked for SQLAlchemy (a bug: see gateway.web.graphql's
+    RAW_ROOTS; the fuzz test sends every root field through the endpoint)."""
 
 
 @dataclass
 class Context:
-    """One GraphQL operation: its transaction, its caller and its loaders.
+    """One operation: its connection, its caller, its audit trail and its loaders.
 
-    `connection` is inside the operation's single transaction, opened and committed by the HTTP
-    endpoint; resolvers never commit.
+    The connection is inside the operation's single transaction (or, for a read, autocommit),
+    opened and committed by the operation boundary (gateway.web.boundary); resolvers never commit.
+    `db` speaks raw SQL on every path; `sql` is the SQLAlchemy connection, which operations on
+    the raw pool do not have.
     """
 
-    connection: AsyncConnection
+    db: Raw
     principal: Principal
     request_id: str
     settings: Settings
@@ -34,29 +41,39 @@ class Context:
     policy: TtlCache[str, dict[str, Purpose]] | None = field(default=None, repr=False)
     # Errors for fields the access decision withheld, reported beside the data.
     field_errors: list[dict[str, Any]] = field(default_factory=list)
+    _sql: AsyncConnection | None = field(default=None, repr=False)
     _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
     _loaders: Loaders | None = field(default=None, repr=False)
+
+    @property
+    def sql(self) -> AsyncConnection:
+        """The operation's SQLAlchemy connection (not on the raw pool's operations)."""
+        if self._sql is None:
+            raise RawPathOnly("this operation runs on the raw pool: use `context.db`")
+        return self._sql
 
     @property
     def loaders(self) -> Loaders:
         """The operation's DataLoaders, made when a resolver first needs them."""
         if self._loaders is None:
-            self._loaders = Loaders(self.connection)
+            self._loaders = Loaders(self.db)
         return self._loaders
 
     @classmethod
     def create(
         cls,
         *,
-        connection: AsyncConnection,
+        db: Raw,
         principal: Principal,
+        sql: AsyncConnection | None = None,
         request_id: str,
         settings: Settings,
         policy: TtlCache[str, dict[str, Purpose]] | None = None,
     ) -> Context:
         now = dt.datetime.now(dt.UTC)
         return cls(
-            connection=connection,
+            db=db,
+            _sql=sql,
             principal=principal,
             request_id=request_id,
             settings=settings,
@@ -76,7 +93,7 @@ class Context:
         if self._purposes is None:
 
             async def load() -> dict[str, Purpose]:
-                return {p.key: p for p in await fetch_purposes(self.connection)}
+                return {p.key: p for p in await fetch_purposes(self.db)}
 
             self._purposes = await (self.policy.get("purposes", load) if self.policy else load())
         return self._purposes

@@ -8,18 +8,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit import AccessRecord
-from gateway.consents import fetch_consent_states, lock_consent
-from gateway.domain import AccessOutcome, Capability, EnrichedField, LegalBasis
-from gateway.enrichment import (
+from gateway.audit.trail import AccessRecord
+from gateway.domain import AccessOutcome, Capability, EnrichedField, LegalBasis, MemberState
+from gateway.errors import BadUserInput, NotFound
+from gateway.records.consents import fetch_consent_states, lock_consent
+from gateway.records.enrichment import (
     EnrichmentRow,
     enrichment_refusal,
     upsert_values,
     validate_source,
     validate_value,
 )
-from gateway.errors import BadUserInput, NotFound
-from gateway.policy import MemberState
 from resolvers.actors import (
     audited_write,
     authorize_write,
@@ -71,9 +70,9 @@ async def record(
             raise NotFound("No member has this id.", argument="memberId")
         # Hold the consent still while we rely on it: a concurrent withdrawal waits for us and
         # then purges what we wrote, or we wait for it and are refused.
-        await lock_consent(context.connection, target, declared.key)
+        await lock_consent(context.db, target, declared.key)
         # Read after the lock, not from the request's loader: the state we rely on is current.
-        states = await fetch_consent_states(context.connection, [target])
+        states = await fetch_consent_states(context.db, [target])
         state = MemberState(
             membership_active=record_.membership_active, consents=states.get(target, {})
         )
@@ -82,7 +81,7 @@ async def record(
             raise refusal
         assert consent_id is not None
         changed = await upsert_values(
-            context.connection,
+            context.sql,
             [
                 EnrichmentRow(target, field, value, origin, obtained, declared.key, consent_id)
                 for field, value in cleaned.items()

@@ -6,10 +6,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.dataloader import DataLoader
 
-from gateway.members import (
+from gateway.records.members import (
     Correction,
     MemberBundle,
     MemberRecord,
@@ -18,12 +17,13 @@ from gateway.members import (
     fetch_members,
     fetch_objections,
 )
+from gateway.store.db import Raw
 
 V = TypeVar("V")
-Fetch = Callable[[AsyncConnection, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, V]]]
+Fetch = Callable[[Raw, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, V]]]
 
 
-def _loader(connection: AsyncConnection, fetch: Fetch[V], default: V) -> DataLoader[uuid.UUID, V]:
+def _loader(connection: Raw, fetch: Fetch[V], default: V) -> DataLoader[uuid.UUID, V]:
     async def load(ids: Sequence[uuid.UUID]) -> list[V]:
         found = await fetch(connection, ids)
         return [found.get(member_id, default) for member_id in ids]
@@ -35,7 +35,7 @@ class Loaders:
     """The loaders of one operation. Made fresh per request, so nothing outlives its transaction
     and nothing is served from a cache another request filled."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: Raw) -> None:
         self.member: DataLoader[uuid.UUID, MemberRecord | None] = _loader(
             connection, fetch_members, None
         )

@@ -6,13 +6,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.access_log import LogPage
-from gateway.audit import AccessRecord
-from gateway.auth import Anonymous, ClientPrincipal, MemberPrincipal
-from gateway.consents import ConsentEventRecord, fetch_consent_states
-from gateway.domain import AccessOutcome, LegalBasis
+from gateway.audit.log import LogPage
+from gateway.audit.trail import AccessRecord
+from gateway.domain import AccessOutcome, Anonymous, ClientPrincipal, LegalBasis, MemberPrincipal
 from gateway.errors import Forbidden, NotFound, TillitError, Unauthenticated
-from gateway.member_data import (
+from gateway.records.consents import ConsentEventRecord, fetch_consent_states
+from gateway.records.member_data import (
     Notice,
     ObjectionEntry,
     export_document,
@@ -23,7 +22,7 @@ from gateway.member_data import (
     fetch_notices,
     fetch_objections,
 )
-from gateway.members import EnrichedValue, MemberRecord, fetch_address_corrections
+from gateway.records.members import EnrichedValue, MemberRecord, fetch_address_corrections
 from resolvers.context import Context
 from resolvers.members import AddressView, ConsentStatusView, consent_statuses
 
@@ -51,7 +50,7 @@ async def own_record(context: Context, operation: str) -> MemberRecord:
                 else "`me` is for members."
             ),
         )
-    record = await fetch_member(context.connection, principal.member_id)
+    record = await fetch_member(context.db, principal.member_id)
     if record is None:
         raise _refuse(context, operation, NotFound("This token's member does not exist."))
     return record
@@ -75,45 +74,43 @@ async def me(context: Context, *, parts: Iterable[str]) -> MemberRecord:
 
 
 async def address(context: Context, record: MemberRecord) -> AddressView:
-    corrections = (await fetch_address_corrections(context.connection, [record.id])).get(
-        record.id, []
-    )
+    corrections = (await fetch_address_corrections(context.db, [record.id])).get(record.id, [])
     a = record.address
     return AddressView(a.street, a.postal_code, a.city, a.country, corrections)
 
 
 async def enriched(context: Context, member_id: uuid.UUID) -> list[EnrichedValue]:
-    return await fetch_enriched(context.connection, member_id)
+    return await fetch_enriched(context.db, member_id)
 
 
 async def consents(context: Context, member_id: uuid.UUID) -> list[ConsentStatusView]:
-    states = (await fetch_consent_states(context.connection, [member_id])).get(member_id, {})
+    states = (await fetch_consent_states(context.db, [member_id])).get(member_id, {})
     return consent_statuses(await context.purposes(), states, context.now)
 
 
 async def consent_history(context: Context, member_id: uuid.UUID) -> list[ConsentEventRecord]:
-    return await fetch_consent_history(context.connection, member_id)
+    return await fetch_consent_history(context.sql, member_id)
 
 
 async def notices(context: Context, member_id: uuid.UUID) -> list[Notice]:
     """Reading the notices delivers them: the information duty is met."""
-    return await fetch_notices(context.connection, member_id, deliver=True, now=context.now)
+    return await fetch_notices(context.sql, member_id, deliver=True, now=context.now)
 
 
 async def objections(context: Context, member_id: uuid.UUID) -> list[ObjectionEntry]:
-    return await fetch_objections(context.connection, member_id)
+    return await fetch_objections(context.sql, member_id)
 
 
 async def access_history(
     context: Context, member_id: uuid.UUID, *, first: int, after: str | None
 ) -> LogPage:
-    return await fetch_access_history(context.connection, member_id, first=first, after=after)
+    return await fetch_access_history(context.sql, member_id, first=first, after=after)
 
 
 async def export_my_data(context: Context) -> dict[str, Any]:
     record = await own_record(context, "exportMyData")
     document = await export_document(
-        context.connection,
+        context.sql,
         record,
         purposes=list((await context.purposes()).values()),
         now=context.now,

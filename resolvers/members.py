@@ -9,22 +9,24 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
 from strawberry.dataloader import DataLoader
 
-from gateway.audit import AccessRecord, outcome_of
+from gateway.access.policy import Decision, Decisions, Withheld, consent_problem, purpose_for
+from gateway.audit.trail import AccessRecord, outcome_of
 from gateway.domain import (
     AccessOutcome,
     Category,
     ConsentEventKind,
     ConsentMethod,
+    ConsentState,
     EnrichedField,
     ErrorCode,
     LegalBasis,
+    MemberState,
     Purpose,
 )
 from gateway.errors import BadUserInput, NotFound, TillitError
-from gateway.members import (
+from gateway.records.members import (
     Address,
     Correction,
     MemberBundle,
@@ -33,15 +35,7 @@ from gateway.members import (
     fetch_bundles,
     fetch_objections,
 )
-from gateway.policy import (
-    ConsentState,
-    Decision,
-    Decisions,
-    MemberState,
-    Withheld,
-    consent_problem,
-    purpose_for,
-)
+from gateway.store.db import Raw
 from resolvers.actors import parse_uuid
 from resolvers.context import Context
 
@@ -75,7 +69,7 @@ class ConsentStatusView:
     receipt_id: uuid.UUID | None = None
 
 
-# Not frozen: made per member by a profile read (see MemberRecord in gateway.members).
+# Not frozen: made per member by a profile read (see MemberRecord in gateway.records.members).
 @dataclass(slots=True)
 class MemberView:
     """One member as released to one caller: the values that passed, and why the rest did not."""
@@ -89,7 +83,7 @@ class MemberView:
 async def _load(
     context: Context,
     direct: bool,
-    fetch: Callable[[AsyncConnection, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, V]]],
+    fetch: Callable[[Raw, Sequence[uuid.UUID]], Awaitable[Mapping[uuid.UUID, V]]],
     loader: Callable[[], DataLoader[uuid.UUID, V]],
     ids: Sequence[uuid.UUID],
     default: V,
@@ -98,7 +92,7 @@ async def _load(
     fields that ask), or `direct`ly with one statement when nothing can batch with it."""
     if not direct:
         return await loader().load_many(ids)
-    found = await fetch(context.connection, ids)
+    found = await fetch(context.db, ids)
     return [found.get(member_id, default) for member_id in ids]
 
 
@@ -111,8 +105,8 @@ class _Summary:
 
 class _Summaries:
     """The audit summary of each distinct decision in one read. Members decided alike share
-    their decision's `withheld` mapping (gateway.policy.Decisions), so each summary is made once
-    and found again by that mapping's identity (the decisions hold it, so it stays alive)."""
+    their decision's `withheld` mapping (gateway.access.policy.Decisions), so each summary is made
+    once and found again by that mapping's identity (the decisions hold it, so it stays alive)."""
 
     def __init__(self) -> None:
         self._known: dict[tuple[frozenset[str], int], _Summary] = {}
@@ -198,7 +192,7 @@ async def read_members(
     This is the one place profile reads are decided and audited. Operation-level refusals
     (caller, purpose) raise; a member that does not exist is a NotFound in its position.
     `direct` reads without the per-request DataLoaders, for an operation with no other field
-    to batch with (the direct executor in schema/fastpath.py).
+    to batch with (the direct executor in gateway/web/fastpath.py).
     """
     ids = parse_member_ids(member_ids)
     purposes = await context.purposes()

@@ -8,7 +8,7 @@ from typing import Any
 
 import strawberry
 
-from gateway.access_log import LogFilter
+from gateway.audit.log import LogFilter
 from gateway.domain import AccessOutcome
 
 strawberry.enum(AccessOutcome, description="What an access event came to.")

@@ -1,9 +1,9 @@
 """Answers derived from a prepared document, kept by the identity of its AST nodes.
 
-Documents are prepared once and kept (gateway.operations), so the same nodes come back with every
-request that sends the same text, and whatever is derived from them alone can be derived once. The
-nodes are held beside the answer, so an id cannot be reused by another node while its entry lives;
-the cache is emptied when full (documents rarely change in number).
+Documents are prepared once and kept (gateway.web.operations), so the same nodes come back with
+every request that sends the same text, and whatever is derived from them alone can be derived
+once. The nodes are held beside the answer, so an id cannot be reused by another node while its
+entry lives; the cache is emptied when full (documents rarely change in number).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from typing import Any, cast
 
 import strawberry
 
-from gateway.access_log import LogEntry
-from gateway.members import MemberRecord
+from gateway.audit.log import LogEntry
+from gateway.records.members import MemberRecord
 from resolvers import me as resolve
 from resolvers.context import Context
 from schema.audit import PageInfo, WithheldField

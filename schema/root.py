@@ -1,7 +1,7 @@
 """The schema object, built from the root types.
 
 No schema extensions: the HTTP endpoint prepares documents itself (parse, validation and limits,
-cached; see gateway.operations) and executes them with graphql-core, so nothing wraps each
+cached; see gateway.web.operations) and executes them with graphql-core, so nothing wraps each
 request or each field.
 """
 

@@ -10,7 +10,7 @@ import strawberry
 
 from gateway import domain
 from gateway.domain import Category
-from gateway.members import Correction
+from gateway.records.members import Correction
 from schema.categories import categorized, gated, ungated
 from schema.enums import ConsentMethod, DataCategory, LegalBasis, MembershipStatus, Tier
 

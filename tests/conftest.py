@@ -27,19 +27,19 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typer.testing import CliRunner, Result
 
-from gateway import migrate
+from gateway.access.auth import mint_member_token
+from gateway.access.clients import IssuedClient, create_client
+from gateway.access.purposes import load_purposes, read_policy_file
 from gateway.app import create_app
-from gateway.auth import mint_member_token
 from gateway.cli import app as cli_app
-from gateway.clients import IssuedClient, create_client
-from gateway.db import asyncpg_dsn, create_engine, normalize_url
 from gateway.domain import Capability, Role
-from gateway.embedded import start_embedded, with_database
 from gateway.logs import configure_logging
-from gateway.models import Base
-from gateway.purposes import load_purposes, read_policy_file
 from gateway.settings import Settings
 from gateway.signing import Signer
+from gateway.store import migrate
+from gateway.store.db import asyncpg_dsn, create_engine, normalize_url
+from gateway.store.embedded import start_embedded, with_database
+from gateway.store.models import Base
 
 TEST_SECRET = secrets.token_urlsafe(48)
 TEST_SIGNER, TEST_AUDIT_KEY = Signer.generate()

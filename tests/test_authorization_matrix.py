@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth import mint_member_token
+from gateway.access.auth import mint_member_token
 from gateway.domain import Capability, Role
 from tests.conftest import TEST_SECRET, Api, add_client, add_member, member_token, row_counts
-from tests.resolvers.test_consents import WORDING
-from tests.resolvers.test_member_reads import grant
+from tests.helpers import WORDING, grant
 
 CALLERS = [
     "anonymous",

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench.seed import seed_events
 from bench.servers import bare_app, raw_app
 from tests.conftest import TEST_SIGNER, Api, add_client, add_member
-from tests.resolvers.test_member_reads import enrich, grant
+from tests.helpers import enrich, grant
 
 WRK = Path(__file__).resolve().parent.parent / "bench" / "wrk"
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.domain import Capability, Role
 from schema import schema
 from tests.conftest import Api, add_client, add_member, member_token
-from tests.resolvers.test_member_reads import grant
+from tests.helpers import grant
 
 SDL = print_schema(schema._schema)
 ROOTS = sorted(schema._schema.query_type.fields)  # type: ignore[union-attr]

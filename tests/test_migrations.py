@@ -10,9 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import migrate
-from gateway.db import create_engine
-from gateway.models import Base
+from gateway.store import migrate
+from gateway.store.db import create_engine
+from gateway.store.models import Base
 from tests.conftest import make_settings
 
 

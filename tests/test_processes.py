@@ -26,7 +26,7 @@ import pytest
 
 from bench import loadtest
 from bench.loadtest import Gateway, World, fresh_database, prepare
-from gateway.db import asyncpg_dsn
+from gateway.store.db import asyncpg_dsn
 
 LOG = Path(__file__).resolve().parent.parent / "bench" / "results" / "test-processes.log"
 READ = 'query($id: ID!) { member(id: $id, purpose: "personalized_offers") { id incomeBand } }'

@@ -13,13 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.access_log import transparency_report
-from gateway.audit import AccessRecord, AuditTrail
-from gateway.auth import SystemPrincipal
-from gateway.cli.support import err, fail, out, parse_duration, run_with_database, settings_or_exit
-from gateway.domain import AccessOutcome
-from gateway.errors import BadUserInput, TillitError
-from gateway.export import (
+from gateway.audit.export import (
     Digest,
     count_rows,
     covering_checkpoint,
@@ -28,12 +22,18 @@ from gateway.export import (
     parse_range,
     parse_time,
 )
-from gateway.report_html import render
-from gateway.retention import RetentionRefused, drop_before, month_start
-from gateway.sealer import seal_through_now
-from gateway.sealing import Checkpoint
+from gateway.audit.log import transparency_report
+from gateway.audit.report import render
+from gateway.audit.retention import RetentionRefused, drop_before, month_start
+from gateway.audit.sealer import seal_through_now
+from gateway.audit.sealing import Checkpoint
+from gateway.audit.trail import AccessRecord, AuditTrail
+from gateway.audit.verify import VerifyReport, verify_export, verify_log
+from gateway.cli.support import err, fail, out, parse_duration, run_with_database, settings_or_exit
+from gateway.domain import AccessOutcome, SystemPrincipal
+from gateway.errors import BadUserInput, TillitError
 from gateway.signing import Signer
-from gateway.verify import VerifyReport, verify_export, verify_log
+from gateway.store.db import raw_of
 
 audit_app = typer.Typer(
     help="The audit trail: seal, verify, export, retention.", no_args_is_help=True
@@ -63,7 +63,7 @@ async def _record(engine: AsyncEngine, operation: str, details: dict[str, object
         )
     )
     async with engine.begin() as connection:
-        await trail.flush(connection)
+        await trail.flush(await raw_of(connection))
 
 
 @audit_app.command("keygen")

@@ -14,9 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit import AccessRecord, AuditTrail
-from gateway.auth import SystemPrincipal
-from gateway.cleansing import fetch_overdue_notices
+from gateway.access.purposes import fetch_purposes
+from gateway.audit.trail import AccessRecord, AuditTrail
 from gateway.cli.support import (
     err,
     fail,
@@ -25,13 +24,14 @@ from gateway.cli.support import (
     parse_duration,
     run_with_database,
 )
-from gateway.consent_changes import expire_lapsed_consent
-from gateway.consents import fetch_expiring, fetch_lapsed
-from gateway.domain import AccessOutcome, LegalBasis
-from gateway.enrich_import import ImportFileError, ImportReport, check_file, import_file
-from gateway.enrichment import validate_source
+from gateway.domain import AccessOutcome, LegalBasis, SystemPrincipal
 from gateway.errors import BadUserInput
-from gateway.purposes import fetch_purposes
+from gateway.records.cleansing import fetch_overdue_notices
+from gateway.records.consent_changes import expire_lapsed_consent
+from gateway.records.consents import fetch_expiring, fetch_lapsed
+from gateway.records.enrich_import import ImportFileError, ImportReport, check_file, import_file
+from gateway.records.enrichment import validate_source
+from gateway.store.db import raw_of
 
 consents_app = typer.Typer(help="Consents: renewals and expiry.", no_args_is_help=True)
 notices_app = typer.Typer(help="Notices owed to members.", no_args_is_help=True)
@@ -95,13 +95,17 @@ def consents_purge_expired() -> None:
         now = dt.datetime.now(dt.UTC)
         async with engine.connect() as connection:
             lapsed = await fetch_lapsed(connection, now=now)
-            purposes = {p.key: p for p in await fetch_purposes(connection, include_retired=True)}
+            purposes = {
+                p.key: p
+                for p in await fetch_purposes(await raw_of(connection), include_retired=True)
+            }
         closed = purged = 0
         request_id = f"purge-{uuid.uuid4().hex[:12]}"
         for item in lapsed:
             async with engine.begin() as connection:
+                raw = await raw_of(connection)
                 expiry = await expire_lapsed_consent(
-                    connection,
+                    raw,
                     member_id=item.member_id,
                     purpose=purposes[item.purpose],
                     purposes=purposes,
@@ -122,7 +126,7 @@ def consents_purge_expired() -> None:
                         details={"change": "EXPIRED", "purged": [f.value for f in expiry.purged]},
                     )
                 )
-                await trail.flush(connection)
+                await trail.flush(raw)
             closed += 1
             purged += len(expiry.purged)
         return closed, purged
@@ -164,7 +168,7 @@ def enrich_import(
 
     async def work(engine: AsyncEngine) -> ImportReport:
         async with engine.connect() as connection:
-            purposes = {p.key: p for p in await fetch_purposes(connection)}
+            purposes = {p.key: p for p in await fetch_purposes(await raw_of(connection))}
         declared = purposes.get(purpose)
         if declared is None:
             raise fail(f"unknown purpose {purpose!r}")

@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway import migrate as migrations
-from gateway.auth import mint_member_token
+from gateway.access.auth import mint_member_token
+from gateway.access.clients import IssuedClient, create_client, ensure_client
+from gateway.access.purposes import DEFAULT_POLICY_FILE, load_purposes, read_policy_file
+from gateway.cli.demo import load_demo
 from gateway.cli.support import (
     database_url,
     fail,
@@ -24,13 +26,11 @@ from gateway.cli.support import (
     run_with_database,
     settings_or_exit,
 )
-from gateway.clients import IssuedClient, create_client, ensure_client
-from gateway.demo import load_demo
 from gateway.domain import Capability, Role
 from gateway.errors import PolicyFileError
-from gateway.members import member_exists
-from gateway.purposes import DEFAULT_POLICY_FILE, load_purposes, read_policy_file
+from gateway.records.members import member_exists
 from gateway.settings import load_settings
+from gateway.store import migrate as migrations
 
 app = typer.Typer(
     name="tillit",

@@ -14,12 +14,11 @@ from dateutil.relativedelta import relativedelta
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway import db
-from gateway.embedded import resolve_database_url
-from gateway.errors import SettingsError, TillitError
-from gateway.graphql_http import DATABASE_UNAVAILABLE
+from gateway.errors import DatabaseUnavailable, SettingsError, TillitError
 from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
+from gateway.store import db
+from gateway.store.embedded import resolve_database_url
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -42,8 +41,9 @@ def settings_or_exit() -> Settings:
 
 def database_url(settings: Settings) -> str:
     try:
-        return resolve_database_url(settings)
-    except DATABASE_UNAVAILABLE:
+        with db.translated():
+            return resolve_database_url(settings)
+    except DatabaseUnavailable:
         raise fail("cannot reach the database; check DATABASE_URL") from None
 
 
@@ -71,11 +71,12 @@ def run_with_database(
             return await work(engine)
 
     try:
-        return asyncio.run(main())
+        with db.translated():
+            return asyncio.run(main())
+    except DatabaseUnavailable:
+        raise fail("cannot reach the database; check DATABASE_URL") from None
     except TillitError as exc:
         raise fail(exc.message) from None
-    except DATABASE_UNAVAILABLE:
-        raise fail("cannot reach the database; check DATABASE_URL") from None
 
 
 def in_transaction(

@@ -15,10 +15,10 @@ import pytest
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.access.auth import mint_member_token
 from gateway.app import create_app
-from gateway.auth import mint_member_token
 from tests.conftest import TEST_SECRET, Api, add_client, add_member, make_settings
-from tests.resolvers.test_member_reads import enrich, grant, read
+from tests.helpers import enrich, grant, read
 
 CHROMIUM = Path("/usr/bin/chromium")
 

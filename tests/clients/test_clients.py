@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from bench.loadtest import Gateway, fresh_database, prepare
-from gateway.db import asyncpg_dsn
+from gateway.store.db import asyncpg_dsn
 
 HERE = Path(__file__).resolve().parent
 LOG = HERE.parent.parent / "bench" / "results" / "test-clients.log"

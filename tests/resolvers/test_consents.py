@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.app import create_app
 from gateway.domain import Capability, Role
 from tests.conftest import Api, add_client, add_member, make_settings, member_token, row_counts
-from tests.resolvers.test_member_reads import access_events, enrich, grant, read
+from tests.helpers import WORDING, access_events, enrich, grant, read
 
 GRANT = """
 mutation($member: ID, $purpose: String!, $method: ConsentMethod!, $notice: String!,
@@ -40,7 +40,6 @@ mutation($member: ID, $purpose: String!, $key: String) {
   }
 }
 """
-WORDING = "Ja, jeg vil ha personlige tilbud basert på opplysninger fra eksterne kilder."
 
 
 def grant_vars(member_id: uuid.UUID | None, **overrides: Any) -> dict[str, Any]:

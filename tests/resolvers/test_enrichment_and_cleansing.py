@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth import mint_member_token
+from gateway.access.auth import mint_member_token
 from gateway.domain import Capability
 from tests.conftest import TEST_SECRET, Api, add_client, add_member, row_counts
-from tests.resolvers.test_member_reads import access_events, grant, withdraw
+from tests.helpers import access_events, grant, withdraw
 
 ENRICH = """
 mutation($member: ID!, $purpose: String!, $values: EnrichmentValuesInput!, $source: String!) {

@@ -6,7 +6,6 @@ Each test reads through POST /graphql and checks both the answer and the access 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth import mint_member_token
+from gateway.access.auth import mint_member_token
 from tests.conftest import (
     TEST_SECRET,
     Api,
@@ -25,89 +24,15 @@ from tests.conftest import (
     row_counts,
     serving,
 )
+from tests.helpers import NOW, ONE, access_events, enrich, grant, read, withdraw
 
 ALL_PURPOSES = ("membership_service", "personalized_offers", "customer_insight", "data_quality")
-NOW = dt.datetime.now(dt.UTC)
 
-ONE = """
-query($id: ID!, $purpose: String!) {
-  member(id: $id, purpose: $purpose) {
-    id firstName email points incomeBand householdSize lifestyleSegment interests
-  }
-}
-"""
 MANY = """
 query($ids: [ID!]!, $purpose: String!) {
   members(ids: $ids, purpose: $purpose) { id email tier lifestyleSegment }
 }
 """
-
-
-async def grant(
-    engine: AsyncEngine,
-    member_id: uuid.UUID,
-    purpose: str,
-    *,
-    method: str = "EXPLICIT",
-    notice: str = "2026-01",
-    granted_at: dt.datetime | None = None,
-    expires_at: dt.datetime | None = None,
-) -> uuid.UUID:
-    at = granted_at or NOW - dt.timedelta(days=1)
-    async with engine.begin() as connection:
-        grant_id = await connection.scalar(
-            text(
-                "INSERT INTO consent_events (member_id, purpose_key, kind, method, "
-                "notice_version, channel, actor_kind, occurred_at, expires_at) VALUES "
-                "(:m, :p, 'GRANTED', :method, :notice, 'test', 'MEMBER', :at, :exp) RETURNING id"
-            ),
-            {
-                "m": member_id,
-                "p": purpose,
-                "method": method,
-                "notice": notice,
-                "at": at,
-                "exp": expires_at or at + dt.timedelta(days=365),
-            },
-        )
-    assert isinstance(grant_id, uuid.UUID)
-    return grant_id
-
-
-async def withdraw(engine: AsyncEngine, member_id: uuid.UUID, purpose: str) -> None:
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind) "
-                "VALUES (:m, :p, 'WITHDRAWN', 'test', 'MEMBER')"
-            ),
-            {"m": member_id, "p": purpose},
-        )
-
-
-async def enrich(engine: AsyncEngine, member_id: uuid.UUID, grant_id: uuid.UUID) -> None:
-    values = {
-        "income_band": ("enriched.demographics", "500-750k"),
-        "household_size": ("enriched.demographics", 3),
-        "lifestyle_segment": ("enriched.lifestyle", "active_outdoor"),
-        "interests": ("enriched.lifestyle", ["outdoor", "travel"]),
-    }
-    async with engine.begin() as connection:
-        for field, (category, value) in values.items():
-            await connection.execute(
-                text(
-                    "INSERT INTO enrichment_records (member_id, field, category, value, source, "
-                    "obtained_at, purpose_key, consent_event_id) VALUES "
-                    "(:m, :f, :c, CAST(:v AS jsonb), 'Broker', now(), 'personalized_offers', :g)"
-                ),
-                {"m": member_id, "f": field, "c": category, "v": json.dumps(value), "g": grant_id},
-            )
-
-
-async def access_events(engine: AsyncEngine) -> list[dict[str, Any]]:
-    async with engine.connect() as connection:
-        rows = await connection.execute(text("SELECT * FROM access_events ORDER BY id"))
-        return [dict(row._mapping) for row in rows]
 
 
 @pytest.fixture
@@ -117,13 +42,6 @@ async def app_key(db: AsyncEngine) -> str:
 
 def codes(body: dict[str, Any]) -> dict[tuple[Any, ...], str]:
     return {tuple(e["path"]): e["extensions"]["code"] for e in body.get("errors", [])}
-
-
-async def read(api: Api, key: str, member_id: uuid.UUID | str, purpose: str) -> dict[str, Any]:
-    response = await api.graphql(ONE, {"id": str(member_id), "purpose": purpose}, token=key)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def test_consented_member_releases_enriched_fields_and_audits_the_consent(

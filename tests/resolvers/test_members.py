@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth import mint_member_token
+from gateway.access.auth import mint_member_token
 from gateway.domain import Role
 from tests.conftest import TEST_SECRET, Api, add_client, add_member
 

@@ -1,0 +1,1 @@
+"""Who may do what: authentication, clients, purposes and the access decision."""

@@ -1,0 +1,1 @@
+"""The audit trail: write it, seal it, verify it, export it, report from it."""

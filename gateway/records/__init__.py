@@ -1,0 +1,1 @@
+"""The member's data and its changes: members, consents, enrichment, cleansing."""

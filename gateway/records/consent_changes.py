@@ -1,0 +1,268 @@
+"""Granting and withdrawing consent, and purging the enriched values a consent no longer covers.
+
+Every change for one (member, purpose) holds an advisory lock until its transaction ends, so
+concurrent grants and withdrawals apply one after another, in commit order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.domain import (
+    ActorKind,
+    ConsentEventKind,
+    ConsentMethod,
+    EnrichedField,
+    ErrorCode,
+    LegalBasis,
+    Purpose,
+)
+from gateway.errors import BadUserInput, NotFound, Refused
+from gateway.records.consents import (
+    Actor,
+    ConsentEventRecord,
+    append_event,
+    current_event,
+    event_by_idempotency_key,
+    lock_consent,
+    withdraw_if_in_force,
+)
+from gateway.records.enrichment import purge_uncovered
+from gateway.store.db import Raw
+
+MAX_EVIDENCE = 20_000
+MAX_CHANNEL = 64
+MAX_IDEMPOTENCY_KEY = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    event: ConsentEventRecord
+    created: bool  # False when an idempotency key replayed an earlier grant
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    event: ConsentEventRecord | None  # None: nothing was in force, nothing was written
+    created: bool
+    purged: tuple[EnrichedField, ...] = ()
+
+
+def _check_text(value: str | None, name: str, limit: int, *, required: bool = True) -> str | None:
+    if value is None or not value.strip():
+        if required:
+            raise BadUserInput(f"`{name}` must not be empty.", argument=name)
+        return None
+    if len(value) > limit:
+        raise BadUserInput(f"`{name}` is longer than {limit} characters.", argument=name)
+    return value.strip() if name != "evidence" else value
+
+
+def consent_purpose(purpose: Purpose) -> Purpose:
+    if purpose.legal_basis is not LegalBasis.CONSENT:
+        raise BadUserInput(
+            f"Purpose {purpose.key} rests on {purpose.legal_basis.value}, not on consent.",
+            purpose=purpose.key,
+        )
+    return purpose
+
+
+def _replayed(
+    existing: ConsentEventRecord, kind: ConsentEventKind, actor: Actor, **asked: object
+) -> ConsentEventRecord:
+    """The earlier event an idempotency key names, if this request asks for exactly what it
+    recorded; a key sent again with another payload is refused, as payment APIs do, since
+    replaying the old receipt would tell the caller that what it asked for now was done."""
+    recorded = {name: getattr(existing, name) for name in asked}
+    if (
+        existing.kind is not kind
+        or existing.actor_kind is not actor.kind
+        or existing.captured_by_client_id != actor.client_id
+        or recorded != asked
+    ):
+        raise Refused(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "This idempotency key was used for a different consent change; send a new key.",
+            argument="idempotencyKey",
+        )
+    return existing
+
+
+async def grant_consent(
+    connection: Raw,
+    *,
+    member_id: uuid.UUID,
+    purpose: Purpose,
+    method: ConsentMethod,
+    notice_version: str,
+    channel: str,
+    actor: Actor,
+    evidence: str | None = None,
+    evidence_sha256: str | None = None,
+    idempotency_key: str | None = None,
+) -> Grant:
+    """Record an informed consent: which method, on which notice, through which channel, shown
+    what. Refuses a method weaker than the purpose needs and a notice that is not current."""
+    consent_purpose(purpose)
+    required = purpose.required_consent_method or ConsentMethod.EXPLICIT
+    hints = {
+        "purpose": purpose.key,
+        "requiredMethod": required.value,
+        "noticeVersion": purpose.notice_version,
+    }
+    if not method.satisfies(required):
+        raise Refused(
+            ErrorCode.CONSENT_METHOD_INSUFFICIENT,
+            f"Purpose {purpose.key} needs {required.value.lower()} consent.",
+            **hints,
+        )
+    version = _check_text(notice_version, "noticeVersion", 32)
+    if version != purpose.notice_version:
+        raise Refused(
+            ErrorCode.NOTICE_OUTDATED,
+            "Consent must be given on the privacy notice in force; show the current version.",
+            **hints,
+        )
+    channel_ = _check_text(channel, "channel", MAX_CHANNEL)
+    wording = _check_text(evidence, "evidence", MAX_EVIDENCE, required=False)
+    digest = evidence_sha256.lower() if evidence_sha256 else None
+    if digest is not None and (
+        len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
+    ):
+        raise BadUserInput("`evidenceSha256` is a SHA-256 hex digest.", argument="evidenceSha256")
+    if wording is None and digest is None:
+        raise BadUserInput(
+            "Give the wording shown to the member (`evidence`) or its SHA-256 digest.",
+            argument="evidence",
+        )
+    if wording is not None:
+        computed = hashlib.sha256(wording.encode()).hexdigest()
+        if digest is not None and digest != computed:
+            raise BadUserInput("`evidenceSha256` does not match `evidence`.", argument="evidence")
+        digest = computed
+    key = _check_text(idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY, required=False)
+    assert purpose.consent_lifetime is not None
+    assert channel_ is not None
+
+    if not await lock_consent(connection, member_id, purpose.key):
+        raise NotFound("No member has this id.", argument="memberId")
+    if key is not None:
+        existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
+        if existing is not None:
+            replayed = _replayed(
+                existing,
+                ConsentEventKind.GRANTED,
+                actor,
+                method=method,
+                notice_version=version,
+                channel=channel_,
+                evidence_sha256=digest,
+            )
+            return Grant(replayed, created=False)
+    now = dt.datetime.now(dt.UTC)
+    event = await append_event(
+        connection,
+        member_id=member_id,
+        purpose=purpose.key,
+        kind=ConsentEventKind.GRANTED,
+        actor=actor,
+        channel=channel_,
+        occurred_at=now,
+        method=method,
+        notice_version=version,
+        expires_at=now + purpose.consent_lifetime,
+        evidence=wording,
+        evidence_sha256=digest,
+        idempotency_key=key,
+    )
+    return Grant(event, created=True)
+
+
+async def withdraw_consent(
+    connection: Raw,
+    *,
+    member_id: uuid.UUID,
+    purpose: Purpose,
+    channel: str,
+    actor: Actor,
+    purposes: Mapping[str, Purpose],
+    idempotency_key: str | None = None,
+) -> Withdrawal:
+    """Withdraw a consent in force, at once, and purge the enriched values it alone covered.
+
+    Withdrawing what is not in force writes nothing and says so.
+    """
+    consent_purpose(purpose)
+    channel_ = _check_text(channel, "channel", MAX_CHANNEL)
+    key = _check_text(idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY, required=False)
+    assert channel_ is not None
+
+    if not await lock_consent(connection, member_id, purpose.key):
+        raise NotFound("No member has this id.", argument="memberId")
+    if key is not None:
+        existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
+        if existing is not None:
+            replayed = _replayed(existing, ConsentEventKind.WITHDRAWN, actor, channel=channel_)
+            return Withdrawal(replayed, created=False)
+    now = dt.datetime.now(dt.UTC)
+    event = await withdraw_if_in_force(
+        connection,
+        member_id=member_id,
+        purpose=purpose.key,
+        actor=actor,
+        channel=channel_,
+        occurred_at=now,
+        idempotency_key=key,
+    )
+    if event is None:
+        return Withdrawal(None, created=False)
+    purged = await purge_uncovered(connection, member_id=member_id, purposes=purposes, now=now)
+    return Withdrawal(event, created=True, purged=tuple(purged))
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    member_id: uuid.UUID
+    purpose: str
+    event: ConsentEventRecord
+    purged: tuple[EnrichedField, ...]
+
+
+async def expire_lapsed_consent(
+    connection: Raw,
+    *,
+    member_id: uuid.UUID,
+    purpose: Purpose,
+    purposes: Mapping[str, Purpose],
+) -> Expiry | None:
+    """Close a grant past its lifetime: append an EXPIRED event to the history and purge the
+    values no valid consent covers any more. None if it was renewed or withdrawn meanwhile.
+
+    Reads stop releasing at the expiry instant without this; it makes the history say so and
+    deletes what may no longer be kept.
+    """
+    await lock_consent(connection, member_id, purpose.key)
+    now = dt.datetime.now(dt.UTC)
+    current = await current_event(connection, member_id, purpose.key)
+    if (
+        current is None
+        or current.kind is not ConsentEventKind.GRANTED
+        or current.expires_at is None
+        or current.expires_at > now
+    ):
+        return None
+    event = await append_event(
+        connection,
+        member_id=member_id,
+        purpose=purpose.key,
+        kind=ConsentEventKind.EXPIRED,
+        actor=Actor(ActorKind.SYSTEM),
+        channel="expiry",
+        occurred_at=now,
+    )
+    purged = await purge_uncovered(connection, member_id=member_id, purposes=purposes, now=now)
+    return Expiry(member_id, purpose.key, event, tuple(purged))

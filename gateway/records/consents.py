@@ -1,0 +1,302 @@
+"""Consent storage: the append-only history, and the current state derived from it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Subquery, select
+from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.domain import ActorKind, ConsentEventKind, ConsentMethod, ConsentState
+from gateway.store import models
+from gateway.store.db import Raw
+
+# The newest event per (member, purpose) is the consent's state. Raw SQL: the request's hot path.
+_CURRENT_STATES = (
+    "SELECT DISTINCT ON (member_id, purpose_key) member_id, purpose_key, kind, id, method, "
+    "notice_version, occurred_at, expires_at FROM consent_events "
+    "WHERE member_id = ANY($1::uuid[]) ORDER BY member_id, purpose_key, seq DESC"
+)
+
+
+async def fetch_consent_states(
+    connection: Raw, member_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, ConsentState]]:
+    """member → purpose → the newest consent event, for all purposes, in one statement.
+
+    Read in the caller's transaction, never from a cache: a withdrawal counts from the next request.
+    """
+    if not member_ids:
+        return {}
+    states: dict[uuid.UUID, dict[str, ConsentState]] = {}
+    for row in await connection.fetch(_CURRENT_STATES, list(member_ids)):
+        kind = ConsentEventKind(row["kind"])
+        states.setdefault(row["member_id"], {})[row["purpose_key"]] = ConsentState(
+            kind=kind,
+            grant_id=row["id"] if kind is ConsentEventKind.GRANTED else None,
+            method=ConsentMethod(row["method"]) if row["method"] else None,
+            notice_version=row["notice_version"],
+            expires_at=row["expires_at"],
+            changed_at=row["occurred_at"],
+        )
+    return states
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEventRecord:
+    """One stored consent event, as a receipt or a history entry shows it."""
+
+    id: uuid.UUID
+    seq: int
+    member_id: uuid.UUID
+    purpose: str
+    kind: ConsentEventKind
+    method: ConsentMethod | None
+    notice_version: str | None
+    channel: str
+    actor_kind: ActorKind
+    captured_by_client_id: uuid.UUID | None
+    evidence_sha256: str | None
+    occurred_at: dt.datetime
+    expires_at: dt.datetime | None
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who records a consent event: the member, an app client at a touchpoint, or the system."""
+
+    kind: ActorKind
+    client_id: uuid.UUID | None = None
+
+
+_EVENT_COLUMNS = (
+    models.ConsentEvent.id,
+    models.ConsentEvent.seq,
+    models.ConsentEvent.member_id,
+    models.ConsentEvent.purpose_key,
+    models.ConsentEvent.kind,
+    models.ConsentEvent.method,
+    models.ConsentEvent.notice_version,
+    models.ConsentEvent.channel,
+    models.ConsentEvent.actor_kind,
+    models.ConsentEvent.captured_by_client_id,
+    models.ConsentEvent.evidence_sha256,
+    models.ConsentEvent.occurred_at,
+    models.ConsentEvent.expires_at,
+    models.ConsentEvent.idempotency_key,
+)
+
+
+def _event(row: Any) -> ConsentEventRecord:
+    """From an asyncpg record or a SQLAlchemy row's mapping."""
+    return ConsentEventRecord(
+        id=row["id"],
+        seq=row["seq"],
+        member_id=row["member_id"],
+        purpose=row["purpose_key"],
+        kind=ConsentEventKind(row["kind"]),
+        method=ConsentMethod(row["method"]) if row["method"] else None,
+        notice_version=row["notice_version"],
+        channel=row["channel"],
+        actor_kind=ActorKind(row["actor_kind"]),
+        captured_by_client_id=row["captured_by_client_id"],
+        evidence_sha256=row["evidence_sha256"],
+        occurred_at=row["occurred_at"],
+        expires_at=row["expires_at"],
+        idempotency_key=row["idempotency_key"],
+    )
+
+
+async def lock_consent(connection: Raw, member_id: uuid.UUID, purpose: str) -> bool:
+    """Serialise changes to one (member, purpose) until this transaction ends; returns whether
+    the member exists (asked in the same round trip).
+
+    With the lock held from before the insert until the commit, the order of `seq` is the order
+    of commits: the newest event by `seq` is the last one committed.
+    """
+    [row] = await connection.fetch(_LOCK, f"consent:{member_id}:{purpose}", member_id)
+    return bool(row["member_exists"])
+
+
+# Raw SQL from here to append_event: each consent change runs these (measured: SQLAlchemy's
+# statement building was most of a grant's time).
+_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), "
+    "EXISTS (SELECT 1 FROM members WHERE id = $2) AS member_exists"
+)
+_COLUMNS = (
+    "id, seq, member_id, purpose_key, kind, method, notice_version, channel, actor_kind, "
+    "captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+)
+# The interpolated part is the constant above, never input.
+_BY_KEY = (
+    f"SELECT {_COLUMNS} FROM consent_events "  # noqa: S608
+    "WHERE member_id = $1 AND purpose_key = $2 AND idempotency_key = $3"
+)
+_CURRENT = (
+    f"SELECT {_COLUMNS} FROM consent_events WHERE member_id = $1 AND purpose_key = $2 "  # noqa: S608
+    "ORDER BY seq DESC LIMIT 1"
+)
+_APPEND = (
+    "INSERT INTO consent_events (member_id, purpose_key, kind, method, notice_version, channel, "
+    "actor_kind, captured_by_client_id, evidence, evidence_sha256, occurred_at, expires_at, "
+    "idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+    "RETURNING id, seq, member_id, purpose_key, kind, method, notice_version, channel, "
+    "actor_kind, captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+)
+
+
+_WITHDRAW_IF_IN_FORCE = (
+    "INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind, "
+    "captured_by_client_id, occurred_at, idempotency_key) "
+    "SELECT $1::uuid, $2::text, 'WITHDRAWN', $3::text, $4::text, $5::uuid, $6::timestamptz, "
+    "$7::text WHERE EXISTS (SELECT 1 FROM ("
+    "SELECT kind, expires_at FROM consent_events WHERE member_id = $1 AND purpose_key = $2 "
+    "ORDER BY seq DESC LIMIT 1) AS newest WHERE newest.kind = 'GRANTED' "
+    "AND (newest.expires_at IS NULL OR newest.expires_at > $6)) "
+    "RETURNING id, seq, member_id, purpose_key, kind, method, notice_version, channel, "
+    "actor_kind, captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+)
+
+
+async def withdraw_if_in_force(
+    connection: Raw,
+    *,
+    member_id: uuid.UUID,
+    purpose: str,
+    actor: Actor,
+    channel: str,
+    occurred_at: dt.datetime,
+    idempotency_key: str | None = None,
+) -> ConsentEventRecord | None:
+    """Append a withdrawal if a consent is in force at `occurred_at` (its newest event a grant
+    that has not expired), in one statement; None when there was nothing to withdraw. Run it
+    under lock_consent, so that the newest event cannot change between the check and the insert.
+    """
+    rows = await connection.fetch(
+        _WITHDRAW_IF_IN_FORCE,
+        member_id,
+        purpose,
+        channel,
+        actor.kind.value,
+        actor.client_id,
+        occurred_at,
+        idempotency_key,
+    )
+    return _event(rows[0]) if rows else None
+
+
+async def event_by_idempotency_key(
+    connection: Raw, member_id: uuid.UUID, purpose: str, key: str
+) -> ConsentEventRecord | None:
+    rows = await connection.fetch(_BY_KEY, member_id, purpose, key)
+    return _event(rows[0]) if rows else None
+
+
+async def current_event(
+    connection: Raw, member_id: uuid.UUID, purpose: str
+) -> ConsentEventRecord | None:
+    rows = await connection.fetch(_CURRENT, member_id, purpose)
+    return _event(rows[0]) if rows else None
+
+
+async def append_event(
+    connection: Raw,
+    *,
+    member_id: uuid.UUID,
+    purpose: str,
+    kind: ConsentEventKind,
+    actor: Actor,
+    channel: str,
+    occurred_at: dt.datetime,
+    method: ConsentMethod | None = None,
+    notice_version: str | None = None,
+    expires_at: dt.datetime | None = None,
+    evidence: str | None = None,
+    evidence_sha256: str | None = None,
+    idempotency_key: str | None = None,
+) -> ConsentEventRecord:
+    """Append one event to the history. Never updates or deletes. Does not commit."""
+    [row] = await connection.fetch(
+        _APPEND,
+        member_id,
+        purpose,
+        kind.value,
+        method.value if method else None,
+        notice_version,
+        channel,
+        actor.kind.value,
+        actor.client_id,
+        evidence,
+        evidence_sha256,
+        occurred_at,
+        expires_at,
+        idempotency_key,
+    )
+    return _event(row)
+
+
+async def fetch_history(
+    connection: AsyncConnection, member_id: uuid.UUID
+) -> list[ConsentEventRecord]:
+    """Every consent event of a member, oldest first by the time of the change (an import or
+    a back-dated record may be inserted after later changes; `seq`, the order of insertion,
+    breaks ties)."""
+    e = models.ConsentEvent
+    rows = await connection.execute(
+        select(*_EVENT_COLUMNS).where(e.member_id == member_id).order_by(e.occurred_at, e.seq)
+    )
+    return [_event(row._mapping) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Expiring:
+    member_id: uuid.UUID
+    purpose: str
+    consent_id: uuid.UUID
+    expires_at: dt.datetime
+
+
+def _newest_events() -> Subquery:
+    """The newest event of every (member, purpose): the current state of every consent."""
+    e = models.ConsentEvent
+    return (
+        select(e.member_id, e.purpose_key, e.id, e.kind, e.expires_at)
+        .ext(distinct_on(e.member_id, e.purpose_key))
+        .order_by(e.member_id, e.purpose_key, e.seq.desc())
+        .subquery()
+    )
+
+
+async def fetch_expiring(
+    connection: AsyncConnection, *, now: dt.datetime, within: dt.timedelta
+) -> list[Expiring]:
+    """Grants still in force that lapse within `within`: the members to ask for renewal."""
+    newest = _newest_events()
+    rows = await connection.execute(
+        select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at)
+        .where(
+            newest.c.kind == ConsentEventKind.GRANTED.value,
+            newest.c.expires_at > now,
+            newest.c.expires_at <= now + within,
+        )
+        .order_by(newest.c.expires_at)
+    )
+    return [Expiring(r.member_id, r.purpose_key, r.id, r.expires_at) for r in rows]
+
+
+async def fetch_lapsed(connection: AsyncConnection, *, now: dt.datetime) -> list[Expiring]:
+    """Grants that are the newest event of their (member, purpose) but past their expiry."""
+    newest = _newest_events()
+    rows = await connection.execute(
+        select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at).where(
+            newest.c.kind == ConsentEventKind.GRANTED.value, newest.c.expires_at <= now
+        )
+    )
+    return [Expiring(r.member_id, r.purpose_key, r.id, r.expires_at) for r in rows]

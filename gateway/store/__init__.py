@@ -1,0 +1,1 @@
+"""PostgreSQL: connections, the typed query protocol, models, migrations, the embedded server."""

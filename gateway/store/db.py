@@ -1,0 +1,209 @@
+"""PostgreSQL: the engine and the raw pool (one each per process, made in the lifespan or a CLI
+command, never at import), the two typed ways to talk to them, and the one seam where driver errors
+become "database unavailable".
+
+The operation boundary (gateway.web.boundary) opens each operation's connection: a transaction for
+anything that writes, autocommit for operations that only read (their one INSERT of access events
+commits on its own). Data functions take a connection and never commit on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import sqlalchemy.exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from gateway.errors import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+RAW_POOL_TIMEOUT_SECONDS = 5.0
+_DRIVER_PREFIXES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+
+
+def normalize_url(url: str) -> str:
+    """Accept the usual spellings of a PostgreSQL URL and return the asyncpg one."""
+    for prefix in _DRIVER_PREFIXES:
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+def create_engine(url: str, settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    size = pool_size or settings.db_pool_size
+    return create_async_engine(
+        normalize_url(url),
+        pool_size=size,
+        # No overflow: a connection opened for a burst and closed after it costs PostgreSQL a
+        # backend start (measured: 19 per second under the load test, a quarter of its
+        # throughput); a request waits for a pooled connection instead (pool_timeout).
+        max_overflow=0,
+        pool_timeout=5,
+        # No ping per checkout (a round trip on every request, measured); a connection the
+        # server dropped fails its statement, is discarded, and the next checkout opens a new one.
+        pool_pre_ping=False,
+        # Parameters can be personal data: keep them out of exception messages and logs.
+        hide_parameters=not settings.dev,
+        connect_args={"timeout": 5, "server_settings": server_settings(settings)},
+    )
+
+
+async def schema_revision(connection: AsyncConnection) -> str | None:
+    """The Alembic revision the database is at; None when it was never migrated."""
+    has_table = await connection.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    if not has_table:
+        return None
+    revision: str | None = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    return revision
+
+
+def asyncpg_dsn(url: str) -> str:
+    return normalize_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def server_settings(settings: Settings) -> dict[str, str]:
+    return {
+        "application_name": "tillit",
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "idle_in_transaction_session_timeout": "60000",
+    }
+
+
+async def _keep(connection: Any) -> None:
+    """Nothing to reset: raw connections run autocommit statements or one transaction that has
+    ended by release, and change no session state (asyncpg's default reset would cost a round
+    trip per request)."""
+
+
+async def create_raw_pool(url: str, settings: Settings) -> asyncpg.Pool:
+    """The pool for the hot operations (see `Raw`): plain asyncpg, no SQLAlchemy, connected as
+    the engine is."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        asyncpg_dsn(url),
+        min_size=0,
+        max_size=settings.db_pool_size,
+        timeout=5,
+        reset=_keep,
+        server_settings=server_settings(settings),
+    )
+    return pool
+
+
+class Raw:
+    """The raw-SQL protocol: asyncpg's `$1` statements, no SQLAlchemy on the way.
+
+    Raw asyncpg is for the request's hot path (measured: SQLAlchemy's statement building and result
+    processing took most of a profile read's time, and its connect, begin and commit about 8%).
+    A function that takes `Raw` runs on both paths: on a connection of the raw pool (in autocommit
+    for reads, in one transaction for consent changes), or inside a SQLAlchemy connection's
+    transaction (`raw_of`). A function that takes an `AsyncConnection` runs only where SQLAlchemy
+    is, and mypy refuses the other call: neither type converts into the other.
+
+    The lock serialises statements (resolvers of one operation run concurrently); inside a
+    SQLAlchemy connection it is the asyncpg adapter's own mutex, shared with SQLAlchemy's
+    statements.
+    """
+
+    __slots__ = ("_lock", "driver")
+
+    def __init__(self, driver: asyncpg.Connection, lock: asyncio.Lock | None = None) -> None:
+        self.driver = driver
+        self._lock = lock or asyncio.Lock()
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Run one statement and return its rows; asyncpg caches the prepared statement per
+        connection."""
+        async with self._lock:
+            rows: list[Any] = await self.driver.fetch(sql, *args)
+        return rows
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        async with self._lock:
+            return await self.driver.fetchrow(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self._lock:
+            await self.driver.execute(sql, *args)
+
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[asyncpg.Connection]:
+        """The driver itself, for what the methods above do not cover (COPY), held alone."""
+        async with self._lock:
+            yield self.driver
+
+
+async def raw_of(connection: AsyncConnection) -> Raw:
+    """The raw protocol inside `connection`'s transaction, begun here if SQLAlchemy has not begun
+    it yet. This reaches into the asyncpg adapter (`_transaction`, `_start_transaction`,
+    `_execute_mutex`), which tests/store/test_db.py pins down."""
+    fairy = await connection.get_raw_connection()
+    adapted: Any = fairy.dbapi_connection
+    async with adapted._execute_mutex:
+        if adapted._transaction is None:
+            await adapted._start_transaction()
+    return Raw(adapted.driver_connection, adapted._execute_mutex)
+
+
+@asynccontextmanager
+async def raw_operation(pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Raw]:
+    """A connection of the raw pool for one hot operation: autocommit for a read (its one INSERT
+    of access events commits on its own), else one transaction committed when the block ends."""
+    async with pool.acquire(timeout=RAW_POOL_TIMEOUT_SECONDS) as driver:
+        if transaction:
+            async with driver.transaction():
+                yield Raw(driver)
+        else:
+            yield Raw(driver)
+
+
+# -- Driver errors, translated at this one seam ----------------------------------------------------
+
+# Failures that mean "the database cannot be reached or answer now", not "this request is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    # The protocol found the connection in a state it cannot continue from (seen when the
+    # server shut down in the middle of a statement).
+    asyncpg.InternalClientError,
+    # Statement timeout, administrator shutdown, "the database system is starting up".
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def unavailable(exc: BaseException | None) -> bool:
+    """Whether `exc`, or what it wraps, says the database cannot answer now."""
+    for _ in range(6):
+        if exc is None:
+            return False
+        if isinstance(exc, (DatabaseUnavailable, *_UNAVAILABLE)):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return False
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Driver and socket errors that say the database cannot answer now leave as
+    DatabaseUnavailable; nothing above this module names asyncpg's or SQLAlchemy's error classes
+    (the model: httpx's `map_httpcore_exceptions`). Anything else passes unchanged."""
+    try:
+        yield
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if unavailable(exc):
+            raise DatabaseUnavailable() from exc
+        raise

@@ -1,0 +1,1 @@
+"""HTTP: one operation boundary, the GraphQL endpoint, limits, rate limits, metrics."""

@@ -1,0 +1,230 @@
+"""The operation boundary: one way in and out for every route that reads or changes member data.
+
+`/graphql`, `/me/export` and `/audit/export` each run their work inside `Boundary.operation`,
+which in this order
+
+1. opens the operation's connection (`Via`: the raw pool in autocommit or in a transaction, or a
+   SQLAlchemy transaction),
+2. authenticates the caller (API keys through the worker's client cache),
+3. counts the request against the caller's rate limit,
+4. hands the work a `Context`,
+5. writes the operation's access events in its transaction and commits, before any answer, and
+6. says every way it can end without an answer as one `Refused` (the HTTP status, code, message
+   and headers the route sends): 401 for no or bad credentials, 429 over the rate limit, 403, 404
+   or 400 for a refusal the work raised (audited, like every refusal), 503 when the database or
+   the audit write is unavailable (nothing is released).
+
+An exception the work did not expect passes on unchanged (RequestContextMiddleware masks and
+logs it), unless the work had finished: then it was the audit write or the commit that failed,
+and nothing may leave (503).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.access.auth import authenticate
+from gateway.domain import ErrorCode, MemberPrincipal
+from gateway.errors import (
+    AuditUnavailable,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    TillitError,
+    Unauthenticated,
+)
+from gateway.logs import exception_summary
+from gateway.settings import Settings
+from gateway.store import db
+from gateway.store.db import Raw
+from gateway.web import metrics
+from gateway.web.middleware import request_id_of
+from gateway.web.ratelimit import RateLimiter, subject_of
+from resolvers.context import Context
+
+log = structlog.get_logger("tillit.boundary")
+
+
+class Via(enum.Enum):
+    """Which connection an operation runs on."""
+
+    # The raw pool in autocommit: an operation that writes nothing but its access events, whose
+    # one INSERT commits on its own before the data is sent.
+    RAW_READ = "raw read"
+    # The raw pool in one transaction: the consent changes, all raw SQL.
+    RAW_WRITE = "raw write"
+    # A SQLAlchemy transaction: everything else.
+    ENGINE = "engine"
+
+
+def error_body(code: ErrorCode, message: str, **extensions: Any) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code.value, **extensions}}]}
+
+
+@dataclass
+class Refused(Exception):
+    """How an operation ended without its answer, in HTTP terms."""
+
+    status: int
+    code: ErrorCode
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            error_body(self.code, self.message),
+            status_code=self.status,
+            headers=self.headers or None,
+        )
+
+    @classmethod
+    def of(cls, error: TillitError) -> Refused:
+        if isinstance(error, Unauthenticated):
+            return cls(
+                401, error.code, error.message, {"WWW-Authenticate": 'Bearer realm="tillit"'}
+            )
+        if isinstance(error, RateLimited):
+            return cls(429, error.code, error.message, {"Retry-After": str(error.retry_after)})
+        if isinstance(error, AuditUnavailable):
+            return cls(503, error.code, error.message, {"Retry-After": "1"})
+        if isinstance(error, Forbidden):
+            return cls(403, error.code, error.message)
+        if isinstance(error, NotFound):
+            return cls(404, error.code, error.message)
+        return cls(400, error.code, error.message)
+
+
+# Refusals that say nothing about a member or the work: not audited (no caller to name, or the
+# request never started).
+_UNATTRIBUTED = (Unauthenticated, RateLimited, AuditUnavailable)
+
+
+class Boundary:
+    """The operations of one worker: its rate limiter and settings, and request.state's pools,
+    keys and caches."""
+
+    def __init__(self, settings: Settings, *, rate_limit: RateLimiter | None) -> None:
+        self.settings = settings
+        self.rate_limit = rate_limit
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Boundary:
+        limiter = (
+            RateLimiter(
+                settings.rate_limit_per_second,
+                settings.rate_limit_burst,
+                sync_seconds=settings.rate_limit_sync_seconds,
+            )
+            if settings.rate_limit_per_second > 0
+            else None
+        )
+        return cls(settings, rate_limit=limiter)
+
+    @asynccontextmanager
+    async def operation(
+        self, request: Request, *, via: Via, operation: str
+    ) -> AsyncIterator[Context]:
+        """Run one operation (see the module's docstring); raises Refused."""
+        refusal: TillitError | None = None
+        executed = False
+        try:
+            with db.translated():
+                async with _connection(request, via) as (raw, sql):
+                    context = await self._context(request, raw, sql)
+                    try:
+                        yield context
+                    except TillitError as exc:
+                        if isinstance(exc, _UNATTRIBUTED):
+                            raise
+                        # A refusal the work raised is answered in HTTP terms, and audited
+                        # (once: the work may have recorded it already).
+                        refusal = exc
+                        if not context.audit.records:
+                            member = context.principal
+                            context.audit.refused(
+                                operation=operation,
+                                member_id=member.member_id
+                                if isinstance(member, MemberPrincipal)
+                                else None,
+                                code=exc.code,
+                            )
+                    executed = True
+                    await self._flush(context)
+        except TillitError as exc:
+            if isinstance(exc, AuditUnavailable):
+                log.error("operation.unavailable", operation=operation, **_cause(exc))
+            raise Refused.of(exc) from None
+        except Exception as exc:
+            if not executed:
+                raise
+            # The audit write or the commit failed: release nothing.
+            log.error("operation.audit_unavailable", operation=operation, **exception_summary(exc))
+            raise Refused.of(AuditUnavailable()) from None
+        if refusal is not None:
+            raise Refused.of(refusal)
+
+    async def _context(self, request: Request, raw: Raw, sql: AsyncConnection | None) -> Context:
+        state = request.state
+        principal = await authenticate(
+            raw,
+            request.headers.get("authorization"),
+            token_secret=state.token_keys,
+            clients=state.client_cache,
+        )
+        if self.rate_limit is not None:
+            client = request.client.host if request.client else None
+            await self.rate_limit.check(raw, subject_of(principal, client))
+        return Context.create(
+            db=raw,
+            sql=sql,
+            principal=principal,
+            request_id=request_id_of(request.scope),
+            settings=self.settings,
+            policy=state.policy_cache,
+        )
+
+    @staticmethod
+    async def _flush(context: Context) -> None:
+        """The access events go in with the operation's other writes; the commit (or, for a
+        read, the INSERT itself) makes them durable before any of the data they describe is
+        sent."""
+        metrics.observe_decisions(context.audit.records, context.known_purposes)
+        began = time.perf_counter()
+        written = await context.audit.flush(context.db)
+        metrics.observe_audit_write(began, written)
+
+
+def _cause(exc: BaseException) -> dict[str, Any]:
+    return exception_summary(exc.__cause__) if exc.__cause__ is not None else {}
+
+
+def _connection(
+    request: Request, via: Via
+) -> AbstractAsyncContextManager[tuple[Raw, AsyncConnection | None]]:
+    if via is Via.ENGINE:
+        return _engine_connection(request)
+    return _raw_connection(request, transaction=via is Via.RAW_WRITE)
+
+
+@asynccontextmanager
+async def _raw_connection(
+    request: Request, *, transaction: bool
+) -> AsyncIterator[tuple[Raw, AsyncConnection | None]]:
+    async with db.raw_operation(request.state.raw_pool, transaction=transaction) as raw:
+        yield raw, None
+
+
+@asynccontextmanager
+async def _engine_connection(request: Request) -> AsyncIterator[tuple[Raw, AsyncConnection | None]]:
+    async with request.state.engine.begin() as connection:
+        yield await db.raw_of(connection), connection

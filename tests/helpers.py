@@ -1,0 +1,132 @@
+"""Helpers several test files share: rows written as the tests' world needs them, and reads.
+
+Fixtures live in conftest.py; functions that test files import live here, not in a test file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.audit.trail import AccessRecord, AuditTrail
+from gateway.audit.verify import VerifyReport, verify_log
+from gateway.domain import AccessOutcome, LegalBasis, SystemPrincipal
+from gateway.signing import Signer
+from gateway.store.db import raw_of
+from tests.conftest import TEST_SIGNER, Api
+
+NOW = dt.datetime.now(dt.UTC)
+# The wording of the personalised-offers consent, as an app shows it.
+WORDING = "Ja, jeg vil ha personlige tilbud basert på opplysninger fra eksterne kilder."
+
+ONE = """
+query($id: ID!, $purpose: String!) {
+  member(id: $id, purpose: $purpose) {
+    id firstName email points incomeBand householdSize lifestyleSegment interests
+  }
+}
+"""
+
+
+async def grant(
+    engine: AsyncEngine,
+    member_id: uuid.UUID,
+    purpose: str,
+    *,
+    method: str = "EXPLICIT",
+    notice: str = "2026-01",
+    granted_at: dt.datetime | None = None,
+    expires_at: dt.datetime | None = None,
+) -> uuid.UUID:
+    at = granted_at or NOW - dt.timedelta(days=1)
+    async with engine.begin() as connection:
+        grant_id = await connection.scalar(
+            text(
+                "INSERT INTO consent_events (member_id, purpose_key, kind, method, "
+                "notice_version, channel, actor_kind, occurred_at, expires_at) VALUES "
+                "(:m, :p, 'GRANTED', :method, :notice, 'test', 'MEMBER', :at, :exp) RETURNING id"
+            ),
+            {
+                "m": member_id,
+                "p": purpose,
+                "method": method,
+                "notice": notice,
+                "at": at,
+                "exp": expires_at or at + dt.timedelta(days=365),
+            },
+        )
+    assert isinstance(grant_id, uuid.UUID)
+    return grant_id
+
+
+async def withdraw(engine: AsyncEngine, member_id: uuid.UUID, purpose: str) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind) "
+                "VALUES (:m, :p, 'WITHDRAWN', 'test', 'MEMBER')"
+            ),
+            {"m": member_id, "p": purpose},
+        )
+
+
+async def enrich(engine: AsyncEngine, member_id: uuid.UUID, grant_id: uuid.UUID) -> None:
+    values = {
+        "income_band": ("enriched.demographics", "500-750k"),
+        "household_size": ("enriched.demographics", 3),
+        "lifestyle_segment": ("enriched.lifestyle", "active_outdoor"),
+        "interests": ("enriched.lifestyle", ["outdoor", "travel"]),
+    }
+    async with engine.begin() as connection:
+        for field, (category, value) in values.items():
+            await connection.execute(
+                text(
+                    "INSERT INTO enrichment_records (member_id, field, category, value, source, "
+                    "obtained_at, purpose_key, consent_event_id) VALUES "
+                    "(:m, :f, :c, CAST(:v AS jsonb), 'Broker', now(), 'personalized_offers', :g)"
+                ),
+                {"m": member_id, "f": field, "c": category, "v": json.dumps(value), "g": grant_id},
+            )
+
+
+async def access_events(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT * FROM access_events ORDER BY id"))
+        return [dict(row._mapping) for row in rows]
+
+
+async def read(api: Api, key: str, member_id: uuid.UUID | str, purpose: str) -> dict[str, Any]:
+    response = await api.graphql(ONE, {"id": str(member_id), "purpose": purpose}, token=key)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def write_events(engine: AsyncEngine, count: int, *, request: str = "req") -> None:
+    trail = AuditTrail(
+        request_id=request, principal=SystemPrincipal("test"), now=dt.datetime.now(dt.UTC)
+    )
+    for _ in range(count):
+        trail.record(
+            AccessRecord(
+                operation="member",
+                member_id=uuid.uuid4(),
+                purpose="membership_service",
+                legal_basis=LegalBasis.CONTRACT,
+                outcome=AccessOutcome.RELEASED,
+                fields_requested=("email",),
+                fields_released=("email",),
+            )
+        )
+    async with engine.begin() as connection:
+        await trail.flush(await raw_of(connection))
+
+
+async def verify(engine: AsyncEngine, signer: Signer = TEST_SIGNER) -> VerifyReport:
+    async with engine.connect() as connection:
+        return await verify_log(connection, signer.verifier)
