@@ -190,6 +190,17 @@ class Purpose:
     retired: bool = False
 
 
+def consent_state_at(
+    kind: ConsentEventKind, expires_at: dt.datetime | None, now: dt.datetime
+) -> ConsentEventKind:
+    """Where a consent whose newest event is `kind` stands at `now`: a grant past its expiry is
+    EXPIRED from that instant, whether or not the history says so yet (the purge job appends the
+    EXPIRED event later)."""
+    if kind is ConsentEventKind.GRANTED and expires_at is not None and expires_at <= now:
+        return ConsentEventKind.EXPIRED
+    return kind
+
+
 # -- Who is calling ------------------------------------------------------------------------------
 
 
@@ -236,6 +247,9 @@ class ConsentState:
     notice_version: str | None
     expires_at: dt.datetime | None
     changed_at: dt.datetime | None = None
+
+    def state_at(self, now: dt.datetime) -> ConsentEventKind:
+        return consent_state_at(self.kind, self.expires_at, now)
 
 
 # Not frozen: made per member by a profile read (see MemberRecord in gateway.records.members).

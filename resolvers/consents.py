@@ -17,7 +17,7 @@ from gateway.domain import (
     LocalizedText,
     Purpose,
 )
-from gateway.records.consent_changes import grant_consent, withdraw_consent
+from gateway.records.consent_changes import GrantRequest, grant_consent, withdraw_consent
 from resolvers.actors import (
     WriteScope,
     actor_of,
@@ -89,12 +89,7 @@ async def grant(
     *,
     member_id: str | None,
     purpose: str,
-    method: ConsentMethod,
-    notice_version: str,
-    channel: str,
-    evidence: str | None,
-    evidence_sha256: str | None,
-    idempotency_key: str | None,
+    request: GrantRequest,
 ) -> ReceiptView:
     operation = "grantConsent"
     async with audited_write(context, operation=operation, purpose=purpose) as scope:
@@ -103,13 +98,8 @@ async def grant(
             context.db,
             member_id=target,
             purpose=declared,
-            method=method,
-            notice_version=notice_version,
-            channel=channel,
             actor=actor_of(context.principal),
-            evidence=evidence,
-            evidence_sha256=evidence_sha256,
-            idempotency_key=idempotency_key,
+            request=request,
         )
     event = result.event
     context.audit.record(
@@ -122,7 +112,7 @@ async def grant(
             consent_ids=(event.id,),
             details={
                 "change": "GRANTED",
-                "method": method.value,
+                "method": request.method.value,
                 "channel": event.channel,
                 "replayed": not result.created,
             },

@@ -16,7 +16,6 @@ from gateway.audit.trail import AccessRecord, outcome_of
 from gateway.domain import (
     AccessOutcome,
     Category,
-    ConsentEventKind,
     ConsentMethod,
     ConsentState,
     EnrichedField,
@@ -144,14 +143,7 @@ def consent_statuses(
         if purpose.legal_basis is not LegalBasis.CONSENT:
             continue
         consent = consents.get(purpose.key)
-        state = consent.kind.value if consent else "NOT_GIVEN"
-        if (
-            consent is not None
-            and consent.kind is ConsentEventKind.GRANTED
-            and consent.expires_at is not None
-            and consent.expires_at <= now
-        ):
-            state = ConsentEventKind.EXPIRED.value
+        state = consent.state_at(now).value if consent else "NOT_GIVEN"
         statuses.append(
             ConsentStatusView(
                 purpose=purpose.key,

@@ -9,6 +9,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from gateway.domain import EnrichedField
+from gateway.records.consent_changes import GrantRequest
 from resolvers import cleansing, consents, enrichment, me
 from resolvers.context import Context
 from schema.enums import ConsentMethod, DataCategory, LegalBasis
@@ -149,16 +150,16 @@ class Mutation:
         evidence_sha256: str | None = None,
         idempotency_key: str | None = None,
     ) -> ConsentReceipt | None:
-        receipt = await consents.grant(
-            info.context,
-            member_id=member_id,
-            purpose=purpose,
+        request = GrantRequest(
             method=method,
             notice_version=notice_version,
             channel=channel,
             evidence=evidence,
             evidence_sha256=evidence_sha256,
             idempotency_key=idempotency_key,
+        )
+        receipt = await consents.grant(
+            info.context, member_id=member_id, purpose=purpose, request=request
         )
         return cast(ConsentReceipt, receipt)
 

@@ -102,9 +102,7 @@ def _consent_failure(
         return withheld(ErrorCode.CONSENT_REQUIRED, "The member has not consented to this purpose.")
     if consent.kind is ConsentEventKind.WITHDRAWN:
         return withheld(ErrorCode.CONSENT_WITHDRAWN, "The member withdrew consent.")
-    if consent.kind is ConsentEventKind.EXPIRED or (
-        consent.expires_at is not None and consent.expires_at <= now
-    ):
+    if consent.state_at(now) is ConsentEventKind.EXPIRED:
         return withheld(ErrorCode.CONSENT_EXPIRED, "The member's consent has expired.")
     if consent.method is None or not consent.method.satisfies(required):
         return withheld(

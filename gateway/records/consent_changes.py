@@ -20,6 +20,7 @@ from gateway.domain import (
     ErrorCode,
     LegalBasis,
     Purpose,
+    consent_state_at,
 )
 from gateway.errors import BadUserInput, NotFound, Refused
 from gateway.records.consents import (
@@ -37,6 +38,20 @@ from gateway.store.db import Raw
 MAX_EVIDENCE = 20_000
 MAX_CHANNEL = 64
 MAX_IDEMPOTENCY_KEY = 128
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRequest:
+    """A consent as the touchpoint reports it: how it was given, on which privacy notice,
+    where, and what the member was shown (the wording, or its SHA-256). Checked by
+    grant_consent; the GraphQL arguments of `grantConsent` are made into one of these once."""
+
+    method: ConsentMethod
+    notice_version: str
+    channel: str
+    evidence: str | None = None
+    evidence_sha256: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,16 +112,14 @@ async def grant_consent(
     *,
     member_id: uuid.UUID,
     purpose: Purpose,
-    method: ConsentMethod,
-    notice_version: str,
-    channel: str,
     actor: Actor,
-    evidence: str | None = None,
-    evidence_sha256: str | None = None,
-    idempotency_key: str | None = None,
+    request: GrantRequest,
 ) -> Grant:
     """Record an informed consent: which method, on which notice, through which channel, shown
     what. Refuses a method weaker than the purpose needs and a notice that is not current."""
+    method, notice_version, channel = request.method, request.notice_version, request.channel
+    evidence, evidence_sha256 = request.evidence, request.evidence_sha256
+    idempotency_key = request.idempotency_key
     consent_purpose(purpose)
     required = purpose.required_consent_method or ConsentMethod.EXPLICIT
     hints = {
@@ -248,13 +261,10 @@ async def expire_lapsed_consent(
     await lock_consent(connection, member_id, purpose.key)
     now = dt.datetime.now(dt.UTC)
     current = await current_event(connection, member_id, purpose.key)
-    if (
-        current is None
-        or current.kind is not ConsentEventKind.GRANTED
-        or current.expires_at is None
-        or current.expires_at > now
-    ):
+    if current is None or current.kind is not ConsentEventKind.GRANTED:
         return None
+    if consent_state_at(current.kind, current.expires_at, now) is not ConsentEventKind.EXPIRED:
+        return None  # renewed meanwhile
     event = await append_event(
         connection,
         member_id=member_id,

@@ -8,19 +8,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Subquery, select
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.domain import ActorKind, ConsentEventKind, ConsentMethod, ConsentState
 from gateway.store import models
 from gateway.store.db import Raw
 
-# The newest event per (member, purpose) is the consent's state. Raw SQL: the request's hot path.
+# The consent's state is the newest event of its (member, purpose): the view `consent_states`
+# (migration 0004) is that rule's one definition, and every query below reads it.
+CONSENT_STATES = table(
+    "consent_states", *(column(c.name, c.type) for c in models.ConsentEvent.__table__.columns)
+)
+# The columns of a stored event as ConsentEventRecord holds them: all but the wording itself.
+_RECORD_COLUMNS = tuple(c for c in models.ConsentEvent.__table__.columns if c.name != "evidence")
+_COLUMNS = ", ".join(c.name for c in _RECORD_COLUMNS)
+
+# Raw SQL: the request's hot path.
 _CURRENT_STATES = (
-    "SELECT DISTINCT ON (member_id, purpose_key) member_id, purpose_key, kind, id, method, "
-    "notice_version, occurred_at, expires_at FROM consent_events "
-    "WHERE member_id = ANY($1::uuid[]) ORDER BY member_id, purpose_key, seq DESC"
+    "SELECT member_id, purpose_key, kind, id, method, notice_version, occurred_at, expires_at "
+    "FROM consent_states WHERE member_id = ANY($1::uuid[])"
 )
 
 
@@ -75,24 +82,6 @@ class Actor:
     client_id: uuid.UUID | None = None
 
 
-_EVENT_COLUMNS = (
-    models.ConsentEvent.id,
-    models.ConsentEvent.seq,
-    models.ConsentEvent.member_id,
-    models.ConsentEvent.purpose_key,
-    models.ConsentEvent.kind,
-    models.ConsentEvent.method,
-    models.ConsentEvent.notice_version,
-    models.ConsentEvent.channel,
-    models.ConsentEvent.actor_kind,
-    models.ConsentEvent.captured_by_client_id,
-    models.ConsentEvent.evidence_sha256,
-    models.ConsentEvent.occurred_at,
-    models.ConsentEvent.expires_at,
-    models.ConsentEvent.idempotency_key,
-)
-
-
 def _event(row: Any) -> ConsentEventRecord:
     """From an asyncpg record or a SQLAlchemy row's mapping."""
     return ConsentEventRecord(
@@ -130,38 +119,30 @@ _LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), "
     "EXISTS (SELECT 1 FROM members WHERE id = $2) AS member_exists"
 )
-_COLUMNS = (
-    "id, seq, member_id, purpose_key, kind, method, notice_version, channel, actor_kind, "
-    "captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
-)
-# The interpolated part is the constant above, never input.
+# The interpolated part is the model's column list, never input.
 _BY_KEY = (
     f"SELECT {_COLUMNS} FROM consent_events "  # noqa: S608
     "WHERE member_id = $1 AND purpose_key = $2 AND idempotency_key = $3"
 )
 _CURRENT = (
-    f"SELECT {_COLUMNS} FROM consent_events WHERE member_id = $1 AND purpose_key = $2 "  # noqa: S608
-    "ORDER BY seq DESC LIMIT 1"
+    f"SELECT {_COLUMNS} FROM consent_states "  # noqa: S608
+    "WHERE member_id = $1 AND purpose_key = $2"
 )
 _APPEND = (
-    "INSERT INTO consent_events (member_id, purpose_key, kind, method, notice_version, channel, "
+    "INSERT INTO consent_events (member_id, purpose_key, kind, method, notice_version, channel, "  # noqa: S608
     "actor_kind, captured_by_client_id, evidence, evidence_sha256, occurred_at, expires_at, "
     "idempotency_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
-    "RETURNING id, seq, member_id, purpose_key, kind, method, notice_version, channel, "
-    "actor_kind, captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+    f"RETURNING {_COLUMNS}"
 )
 
 
 _WITHDRAW_IF_IN_FORCE = (
-    "INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind, "
+    "INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind, "  # noqa: S608
     "captured_by_client_id, occurred_at, idempotency_key) "
     "SELECT $1::uuid, $2::text, 'WITHDRAWN', $3::text, $4::text, $5::uuid, $6::timestamptz, "
-    "$7::text WHERE EXISTS (SELECT 1 FROM ("
-    "SELECT kind, expires_at FROM consent_events WHERE member_id = $1 AND purpose_key = $2 "
-    "ORDER BY seq DESC LIMIT 1) AS newest WHERE newest.kind = 'GRANTED' "
-    "AND (newest.expires_at IS NULL OR newest.expires_at > $6)) "
-    "RETURNING id, seq, member_id, purpose_key, kind, method, notice_version, channel, "
-    "actor_kind, captured_by_client_id, evidence_sha256, occurred_at, expires_at, idempotency_key"
+    "$7::text WHERE EXISTS (SELECT 1 FROM consent_states WHERE member_id = $1 "
+    "AND purpose_key = $2 AND kind = 'GRANTED' AND (expires_at IS NULL OR expires_at > $6)) "
+    f"RETURNING {_COLUMNS}"
 )
 
 
@@ -250,7 +231,7 @@ async def fetch_history(
     breaks ties)."""
     e = models.ConsentEvent
     rows = await connection.execute(
-        select(*_EVENT_COLUMNS).where(e.member_id == member_id).order_by(e.occurred_at, e.seq)
+        select(*_RECORD_COLUMNS).where(e.member_id == member_id).order_by(e.occurred_at, e.seq)
     )
     return [_event(row._mapping) for row in rows]
 
@@ -263,22 +244,11 @@ class Expiring:
     expires_at: dt.datetime
 
 
-def _newest_events() -> Subquery:
-    """The newest event of every (member, purpose): the current state of every consent."""
-    e = models.ConsentEvent
-    return (
-        select(e.member_id, e.purpose_key, e.id, e.kind, e.expires_at)
-        .ext(distinct_on(e.member_id, e.purpose_key))
-        .order_by(e.member_id, e.purpose_key, e.seq.desc())
-        .subquery()
-    )
-
-
 async def fetch_expiring(
     connection: AsyncConnection, *, now: dt.datetime, within: dt.timedelta
 ) -> list[Expiring]:
     """Grants still in force that lapse within `within`: the members to ask for renewal."""
-    newest = _newest_events()
+    newest = CONSENT_STATES
     rows = await connection.execute(
         select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at)
         .where(
@@ -293,7 +263,7 @@ async def fetch_expiring(
 
 async def fetch_lapsed(connection: AsyncConnection, *, now: dt.datetime) -> list[Expiring]:
     """Grants that are the newest event of their (member, purpose) but past their expiry."""
-    newest = _newest_events()
+    newest = CONSENT_STATES
     rows = await connection.execute(
         select(newest.c.member_id, newest.c.purpose_key, newest.c.id, newest.c.expires_at).where(
             newest.c.kind == ConsentEventKind.GRANTED.value, newest.c.expires_at <= now

@@ -235,6 +235,9 @@ class MemberBundle:
 # member, its consent state, and its enriched values beside the row. For one purpose the newest
 # consent event comes as typed columns (decoded by the driver in C); for all of them as JSON. The
 # enriched values come as three arrays (a JSON array per member cost PostgreSQL more to build).
+# The LIMIT keeps the lateral subquery from being flattened into the join, where the planner could
+# not push `member_id = m.id` into the view and sorted every consent event instead (measured:
+# 13.6 ms instead of 0.05 ms for one member among 20,000).
 _MEMBER_COLUMNS = """
 m.id, m.first_name, m.last_name, m.email, m.phone, m.street, m.postal_code, m.city, m.country,
 m.tier, m.points, m.member_since, m.membership_status, m.deceased
@@ -249,10 +252,7 @@ SELECT {_MEMBER_COLUMNS}, e.fields, e.enriched_values, e.obtained_under,
        (SELECT coalesce(json_agg(json_build_array(c.purpose_key, c.kind, c.id, c.method,
                                                   c.notice_version, c.occurred_at, c.expires_at)),
                         '[]')
-          FROM (SELECT DISTINCT ON (purpose_key) purpose_key, kind, id, method, notice_version,
-                       occurred_at, expires_at
-                  FROM consent_events WHERE member_id = m.id
-                 ORDER BY purpose_key, seq DESC) AS c)::text AS consents
+          FROM consent_states c WHERE c.member_id = m.id)::text AS consents
 FROM members m {_ENRICHED_VALUES}
 WHERE m.id = ANY($1::uuid[])
 """  # noqa: S608  # constant fragments
@@ -261,8 +261,8 @@ SELECT {_MEMBER_COLUMNS}, e.fields, e.enriched_values, e.obtained_under,
        c.kind, c.id AS consent_id, c.method, c.notice_version, c.occurred_at, c.expires_at
 FROM members m
 LEFT JOIN LATERAL (SELECT kind, id, method, notice_version, occurred_at, expires_at
-                     FROM consent_events WHERE member_id = m.id AND purpose_key = $2
-                    ORDER BY seq DESC LIMIT 1) AS c ON true
+                     FROM consent_states WHERE member_id = m.id AND purpose_key = $2
+                    LIMIT 1) AS c ON true
 {_ENRICHED_VALUES}
 WHERE m.id = ANY($1::uuid[])
 """  # noqa: S608  # constant fragments
