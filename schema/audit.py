@@ -8,12 +8,14 @@ from typing import Any
 
 import strawberry
 
-from gateway.audit.log import LogFilter
+from gateway.audit.log import LogEntry, LogFilter
 from gateway.domain import AccessOutcome
+from schema.renders import renders
 
 strawberry.enum(AccessOutcome, description="What an access event came to.")
 
 
+@renders(LogEntry)
 @strawberry.type(description="One access event: who touched which member's data, when and why.")
 class AccessEvent:
     id: strawberry.ID
@@ -34,7 +36,7 @@ class AccessEvent:
     consent_ids: list[strawberry.ID]
 
     @strawberry.field(description="Withheld fields with the reason code of each.")
-    def fields_withheld(self, root: strawberry.Parent[Any]) -> list[WithheldField]:
+    def fields_withheld(self, root: strawberry.Parent[LogEntry]) -> list[WithheldField]:
         return [WithheldField(field=k, code=v) for k, v in sorted(root.fields_withheld.items())]
 
 
@@ -47,7 +49,7 @@ class WithheldField:
 @strawberry.type
 class AccessEventEdge:
     cursor: str
-    node: AccessEvent
+    node: LogEntry = strawberry.field(graphql_type=AccessEvent)
 
 
 @strawberry.type

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, cast
+from typing import Any
 
 import strawberry
 
 from gateway.audit.log import LogEntry
-from gateway.records.members import MemberRecord
+from gateway.domain import ConsentEventKind
+from gateway.records.consents import ConsentEventRecord
+from gateway.records.member_data import Notice, ObjectionEntry
+from gateway.records.members import EnrichedValue, MemberRecord
 from resolvers import me as resolve
 from resolvers.context import Context
+from resolvers.members import AddressView, ConsentStatusView
 from schema.audit import PageInfo, WithheldField
 from schema.enums import MembershipStatus, Tier
+from schema.renders import renders
 from schema.types import Address, ConsentStatus
 
 Info = strawberry.Info[Context, None]
@@ -29,6 +34,7 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+@renders(EnrichedValue)
 @strawberry.type(description="A value a data broker supplied about you, and where it came from.")
 class MyEnrichedValue:
     field: str
@@ -38,53 +44,55 @@ class MyEnrichedValue:
     consent_id: strawberry.ID
 
     @strawberry.field(description="The value, as text.")
-    def value(self, root: strawberry.Parent[Any]) -> str | None:
+    def value(self, root: strawberry.Parent[EnrichedValue]) -> str | None:
         return _text(root.value)
 
 
+@renders(ConsentEventRecord)
 @strawberry.type(description="One change in your consents.")
 class MyConsentEvent:
     @strawberry.field
-    def event_id(self, root: strawberry.Parent[Any]) -> strawberry.ID:
+    def event_id(self, root: strawberry.Parent[ConsentEventRecord]) -> strawberry.ID:
         return strawberry.ID(str(root.id))
 
     @strawberry.field(description="The receipt id, for a grant.")
-    def receipt_id(self, root: strawberry.Parent[Any]) -> strawberry.ID | None:
-        return strawberry.ID(str(root.id)) if root.kind.value == "GRANTED" else None
+    def receipt_id(self, root: strawberry.Parent[ConsentEventRecord]) -> strawberry.ID | None:
+        return strawberry.ID(str(root.id)) if root.kind is ConsentEventKind.GRANTED else None
 
     @strawberry.field
-    def purpose(self, root: strawberry.Parent[Any]) -> str:
-        return str(root.purpose)
+    def purpose(self, root: strawberry.Parent[ConsentEventRecord]) -> str:
+        return root.purpose
 
     @strawberry.field(description="GRANTED, WITHDRAWN or EXPIRED.")
-    def change(self, root: strawberry.Parent[Any]) -> str:
+    def change(self, root: strawberry.Parent[ConsentEventRecord]) -> str:
         return str(root.kind.value)
 
     @strawberry.field
-    def method(self, root: strawberry.Parent[Any]) -> str | None:
+    def method(self, root: strawberry.Parent[ConsentEventRecord]) -> str | None:
         return root.method.value if root.method else None
 
     @strawberry.field
-    def notice_version(self, root: strawberry.Parent[Any]) -> str | None:
-        return cast(str | None, root.notice_version)
+    def notice_version(self, root: strawberry.Parent[ConsentEventRecord]) -> str | None:
+        return root.notice_version
 
     @strawberry.field
-    def channel(self, root: strawberry.Parent[Any]) -> str:
-        return str(root.channel)
+    def channel(self, root: strawberry.Parent[ConsentEventRecord]) -> str:
+        return root.channel
 
     @strawberry.field(description="`member` (you), `client` (an app, for you) or `system`.")
-    def by(self, root: strawberry.Parent[Any]) -> str:
+    def by(self, root: strawberry.Parent[ConsentEventRecord]) -> str:
         return str(root.actor_kind.value).lower()
 
     @strawberry.field
-    def at(self, root: strawberry.Parent[Any]) -> dt.datetime:
-        return cast(dt.datetime, root.occurred_at)
+    def at(self, root: strawberry.Parent[ConsentEventRecord]) -> dt.datetime:
+        return root.occurred_at
 
     @strawberry.field
-    def expires_at(self, root: strawberry.Parent[Any]) -> dt.datetime | None:
-        return cast(dt.datetime | None, root.expires_at)
+    def expires_at(self, root: strawberry.Parent[ConsentEventRecord]) -> dt.datetime | None:
+        return root.expires_at
 
 
+@renders(Notice)
 @strawberry.type(description="A correction made to your data from a public register.")
 class MyNotice:
     field: str | None
@@ -96,14 +104,15 @@ class MyNotice:
     )
 
     @strawberry.field
-    def old_value(self, root: strawberry.Parent[Any]) -> str | None:
+    def old_value(self, root: strawberry.Parent[Notice]) -> str | None:
         return _text(root.old_value)
 
     @strawberry.field
-    def new_value(self, root: strawberry.Parent[Any]) -> str | None:
+    def new_value(self, root: strawberry.Parent[Notice]) -> str | None:
         return _text(root.new_value)
 
 
+@renders(ObjectionEntry)
 @strawberry.type(description="Your objection to processing under a legitimate interest.")
 class MyObjection:
     purpose: str
@@ -112,6 +121,7 @@ class MyObjection:
     lifted_at: dt.datetime | None
 
 
+@renders(LogEntry)
 @strawberry.type(description="One use of your data: when, by whom, why, and what they got.")
 class MyAccess:
     occurred_at: dt.datetime
@@ -128,18 +138,18 @@ class MyAccess:
         return root.actor_label
 
     @strawberry.field(description="app, auditor or admin.")
-    def by_role(self, root: strawberry.Parent[Any]) -> str | None:
-        return cast(str | None, root.client_role)
+    def by_role(self, root: strawberry.Parent[LogEntry]) -> str | None:
+        return root.client_role
 
     @strawberry.field
-    def fields_withheld(self, root: strawberry.Parent[Any]) -> list[WithheldField]:
+    def fields_withheld(self, root: strawberry.Parent[LogEntry]) -> list[WithheldField]:
         return [WithheldField(field=k, code=v) for k, v in sorted(root.fields_withheld.items())]
 
 
 @strawberry.type
 class MyAccessEdge:
     cursor: str
-    node: MyAccess
+    node: LogEntry = strawberry.field(graphql_type=MyAccess)
 
 
 @strawberry.type
@@ -148,6 +158,7 @@ class MyAccessConnection:
     page_info: PageInfo
 
 
+@renders(MemberRecord)
 @strawberry.type(description="Your profile, all of it.")
 class MyProfile:
     first_name: str
@@ -160,9 +171,9 @@ class MyProfile:
     membership_status: MembershipStatus
     deceased: bool
 
-    @strawberry.field
-    async def address(self, root: strawberry.Parent[MemberRecord], info: Info) -> Address:
-        return cast(Address, await resolve.address(info.context, root))
+    @strawberry.field(graphql_type=Address)
+    async def address(self, root: strawberry.Parent[MemberRecord], info: Info) -> AddressView:
+        return await resolve.address(info.context, root)
 
 
 @strawberry.type(description="Everything Tillit holds about you, and everything done with it.")
@@ -171,37 +182,49 @@ class Me:
     def id(self, root: strawberry.Parent[MemberRecord]) -> strawberry.ID:
         return strawberry.ID(str(root.id))
 
-    @strawberry.field
-    def profile(self, root: strawberry.Parent[MemberRecord]) -> MyProfile:
-        return cast(MyProfile, root)
+    @strawberry.field(graphql_type=MyProfile)
+    def profile(self, root: strawberry.Parent[MemberRecord]) -> MemberRecord:
+        return root
 
-    @strawberry.field(description="Values from data brokers, each with its source and consent.")
+    @strawberry.field(
+        description="Values from data brokers, each with its source and consent.",
+        graphql_type=list[MyEnrichedValue],
+    )
     async def enriched(
         self, root: strawberry.Parent[MemberRecord], info: Info
-    ) -> list[MyEnrichedValue]:
-        return cast(list[MyEnrichedValue], await resolve.enriched(info.context, root.id))
+    ) -> list[EnrichedValue]:
+        return await resolve.enriched(info.context, root.id)
 
-    @strawberry.field(description="Where you stand with each purpose that needs your consent.")
+    @strawberry.field(
+        description="Where you stand with each purpose that needs your consent.",
+        graphql_type=list[ConsentStatus],
+    )
     async def consents(
         self, root: strawberry.Parent[MemberRecord], info: Info
-    ) -> list[ConsentStatus]:
-        return cast(list[ConsentStatus], await resolve.consents(info.context, root.id))
+    ) -> list[ConsentStatusView]:
+        return await resolve.consents(info.context, root.id)
 
-    @strawberry.field(description="Every consent change, oldest first, with receipt ids.")
+    @strawberry.field(
+        description="Every consent change, oldest first, with receipt ids.",
+        graphql_type=list[MyConsentEvent],
+    )
     async def consent_history(
         self, root: strawberry.Parent[MemberRecord], info: Info
-    ) -> list[MyConsentEvent]:
-        return cast(list[MyConsentEvent], await resolve.consent_history(info.context, root.id))
+    ) -> list[ConsentEventRecord]:
+        return await resolve.consent_history(info.context, root.id)
 
-    @strawberry.field(description="Corrections from registers. Reading them marks them delivered.")
-    async def notices(self, root: strawberry.Parent[MemberRecord], info: Info) -> list[MyNotice]:
-        return cast(list[MyNotice], await resolve.notices(info.context, root.id))
+    @strawberry.field(
+        description="Corrections from registers. Reading them marks them delivered.",
+        graphql_type=list[MyNotice],
+    )
+    async def notices(self, root: strawberry.Parent[MemberRecord], info: Info) -> list[Notice]:
+        return await resolve.notices(info.context, root.id)
 
-    @strawberry.field
+    @strawberry.field(graphql_type=list[MyObjection])
     async def objections(
         self, root: strawberry.Parent[MemberRecord], info: Info
-    ) -> list[MyObjection]:
-        return cast(list[MyObjection], await resolve.objections(info.context, root.id))
+    ) -> list[ObjectionEntry]:
+        return await resolve.objections(info.context, root.id)
 
     @strawberry.field(description="Who used your data, when and why; newest first.")
     async def access_log(
@@ -212,7 +235,7 @@ class Me:
         after: str | None = None,
     ) -> MyAccessConnection:
         page = await resolve.access_history(info.context, root.id, first=first, after=after)
-        edges = [MyAccessEdge(cursor=e.cursor, node=cast(MyAccess, e)) for e in page.entries]
+        edges = [MyAccessEdge(cursor=e.cursor, node=e) for e in page.entries]
         return MyAccessConnection(
             edges=edges,
             page_info=PageInfo(

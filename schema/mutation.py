@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
+from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -11,14 +11,19 @@ from strawberry.scalars import JSON
 from gateway.domain import EnrichedField
 from gateway.records.consent_changes import GrantRequest
 from resolvers import cleansing, consents, enrichment, me
+from resolvers.cleansing import CleansingView, ObjectionView
+from resolvers.consents import ReceiptView, WithdrawalView
 from resolvers.context import Context
+from resolvers.enrichment import EnrichmentView
 from schema.enums import ConsentMethod, DataCategory, LegalBasis
 from schema.me import export_json
+from schema.renders import renders
 from schema.types import LocalizedText
 
 Info = strawberry.Info[Context, None]
 
 
+@renders(ReceiptView)
 @strawberry.type(
     description="A consent receipt the member can keep. Its fields follow the Kantara Consent "
     "Receipt and the ISO/IEC TS 27560 consent record where they apply."
@@ -56,6 +61,7 @@ class ConsentReceipt:
     )
 
 
+@renders(WithdrawalView)
 @strawberry.type(description="The outcome of a withdrawal.")
 class WithdrawalResult:
     withdrawn: bool = strawberry.field(
@@ -80,6 +86,7 @@ class EnrichmentValuesInput:
     interests: list[str] | None = None
 
 
+@renders(EnrichmentView)
 @strawberry.type(description="What recordEnrichment stored.")
 class EnrichmentResult:
     member_id: strawberry.ID
@@ -95,6 +102,7 @@ def _text(value: Any) -> str | None:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+@renders(CleansingView)
 @strawberry.type(description="What recordCleansing changed, and the notice it owes the member.")
 class CleansingResult:
     member_id: strawberry.ID
@@ -106,14 +114,15 @@ class CleansingResult:
     )
 
     @strawberry.field(description="The value before, as text.")
-    def old_value(self, root: strawberry.Parent[Any]) -> str | None:
+    def old_value(self, root: strawberry.Parent[CleansingView]) -> str | None:
         return _text(root.old_value)
 
     @strawberry.field(description="The value after, as text.")
-    def new_value(self, root: strawberry.Parent[Any]) -> str | None:
+    def new_value(self, root: strawberry.Parent[CleansingView]) -> str | None:
         return _text(root.new_value)
 
 
+@renders(ObjectionView)
 @strawberry.type(description="A member's objection to a legitimate-interest purpose.")
 class ObjectionResult:
     member_id: strawberry.ID
@@ -136,7 +145,8 @@ def _values(values: EnrichmentValuesInput) -> dict[EnrichedField, Any]:
 class Mutation:
     @strawberry.mutation(
         description="Record a consent: by the member (member token), or by an app client with "
-        "the capture_consent capability for the member it names. Returns a receipt."
+        "the capture_consent capability for the member it names. Returns a receipt.",
+        graphql_type=ConsentReceipt | None,
     )
     async def grant_consent(
         self,
@@ -149,7 +159,7 @@ class Mutation:
         evidence: str | None = None,
         evidence_sha256: str | None = None,
         idempotency_key: str | None = None,
-    ) -> ConsentReceipt | None:
+    ) -> ReceiptView:
         request = GrantRequest(
             method=method,
             notice_version=notice_version,
@@ -158,14 +168,14 @@ class Mutation:
             evidence_sha256=evidence_sha256,
             idempotency_key=idempotency_key,
         )
-        receipt = await consents.grant(
+        return await consents.grant(
             info.context, member_id=member_id, purpose=purpose, request=request
         )
-        return cast(ConsentReceipt, receipt)
 
     @strawberry.mutation(
         description="Withdraw a consent, effective at once; as easy as granting. Withdrawing "
-        "what is not in force changes nothing and says so."
+        "what is not in force changes nothing and says so.",
+        graphql_type=WithdrawalResult | None,
     )
     async def withdraw_consent(
         self,
@@ -174,19 +184,19 @@ class Mutation:
         member_id: strawberry.ID | None = None,
         channel: str = "api",
         idempotency_key: str | None = None,
-    ) -> WithdrawalResult | None:
-        result = await consents.withdraw(
+    ) -> WithdrawalView:
+        return await consents.withdraw(
             info.context,
             member_id=member_id,
             purpose=purpose,
             channel=channel,
             idempotency_key=idempotency_key,
         )
-        return cast(WithdrawalResult, result)
 
     @strawberry.mutation(
         description="Store third-party values for a member (app clients with the enrich "
-        "capability), only on the member's valid consent for `purpose`. All or none."
+        "capability), only on the member's valid consent for `purpose`. All or none.",
+        graphql_type=EnrichmentResult | None,
     )
     async def record_enrichment(
         self,
@@ -196,8 +206,8 @@ class Mutation:
         source: str,
         values: EnrichmentValuesInput,
         obtained_at: dt.datetime | None = None,
-    ) -> EnrichmentResult | None:
-        result = await enrichment.record(
+    ) -> EnrichmentView:
+        return await enrichment.record(
             info.context,
             member_id=member_id,
             purpose=purpose,
@@ -205,12 +215,12 @@ class Mutation:
             values=_values(values),
             obtained_at=obtained_at,
         )
-        return cast(EnrichmentResult, result)
 
     @strawberry.mutation(
         description="Correct a member's address or deceased flag from a register (app clients "
         "with the cleanse capability), under a legitimate-interest purpose. Owes the member a "
-        "notice within a month; refused if the member objected."
+        "notice within a month; refused if the member objected.",
+        graphql_type=CleansingResult | None,
     )
     async def record_cleansing(
         self,
@@ -220,8 +230,8 @@ class Mutation:
         new_value: str,
         source: str,
         purpose: str = "data_quality",
-    ) -> CleansingResult | None:
-        result = await cleansing.cleanse(
+    ) -> CleansingView:
+        return await cleansing.cleanse(
             info.context,
             member_id=member_id,
             field=field,
@@ -229,21 +239,21 @@ class Mutation:
             source=source,
             purpose=purpose,
         )
-        return cast(CleansingResult, result)
 
     @strawberry.mutation(
         description="Object (GDPR Art. 21) to processing under a legitimate-interest purpose; "
-        "members only, for themselves."
+        "members only, for themselves.",
+        graphql_type=ObjectionResult | None,
     )
     async def object_to_processing(
         self, info: Info, purpose: str, reason: str | None = None
-    ) -> ObjectionResult | None:
-        result = await cleansing.object_to_processing(info.context, purpose=purpose, reason=reason)
-        return cast(ObjectionResult, result)
+    ) -> ObjectionView:
+        return await cleansing.object_to_processing(info.context, purpose=purpose, reason=reason)
 
     @strawberry.mutation(
         description="Everything Tillit holds about you and everything done with it, as one JSON "
         "document (GDPR Art. 15 and 20). Member token only. Also at GET /me/export."
     )
     async def export_my_data(self, info: Info) -> JSON | None:
-        return cast(JSON, export_json(await me.export_my_data(info.context)))
+        exported: JSON = export_json(await me.export_my_data(info.context))
+        return exported

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Annotated, Any, cast
+from types import SimpleNamespace
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
+from gateway import domain
 from gateway.domain import Category
+from gateway.records.members import MemberRecord
 from resolvers import audit
 from resolvers import me as resolve_me
 from resolvers.context import Context
 from resolvers.members import MemberView, read_member, read_members
 from resolvers.purposes import list_purposes
 from schema.audit import (
-    AccessEvent,
     AccessEventConnection,
     AccessEventEdge,
     AccessLogFilter,
@@ -114,7 +116,7 @@ def member_field_errors(
 
 def _release(
     info: Info, view: MemberView, keys: dict[str, list[str]], position: int | None = None
-) -> Any:
+) -> SimpleNamespace:
     """The object GraphQL resolves the member from, and the errors of its withheld fields."""
     base = info.path.as_list() if position is None else [*info.path.as_list(), position]
     member_field_errors(info.context, view, keys, base)
@@ -123,58 +125,60 @@ def _release(
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="Every purpose in force, in plain language. Public.")
-    async def purposes(self, info: Info) -> list[Purpose]:
-        result: list[Any] = await list_purposes(info.context)
-        return result
+    @strawberry.field(
+        description="Every purpose in force, in plain language. Public.",
+        graphql_type=list[Purpose],
+    )
+    async def purposes(self, info: Info) -> list[domain.Purpose]:
+        return await list_purposes(info.context)
 
     @strawberry.field(
-        description="One member's profile, as released to the caller under `purpose`."
+        description="One member's profile, as released to the caller under `purpose`.",
+        graphql_type=Member | None,
     )
     async def member(
         self,
         info: Info,
         id: strawberry.ID,  # the contract's argument name
         purpose: str,
-    ) -> Member | None:
+    ) -> SimpleNamespace:
         fields, keys = requested_member_fields(info)
         view = await read_member(info.context, member_id=id, purpose=purpose, fields=fields)
-        return cast(Member, _release(info, view, keys))
+        return _release(info, view, keys)
 
     @strawberry.field(
         description="Up to 100 members' profiles under `purpose`, in the order asked. An unknown "
-        "id is null in its position, with a NOT_FOUND error at that path."
+        "id is null in its position, with a NOT_FOUND error at that path.",
+        graphql_type=list[Member | None] | None,
     )
     async def members(
         self,
         info: Info,
         ids: list[strawberry.ID],
         purpose: str,
-    ) -> list[Member | None] | None:
+    ) -> list[SimpleNamespace | Exception]:
         fields, keys = requested_member_fields(info)
         views = await read_members(
             info.context, member_ids=ids, purpose=purpose, fields=fields, operation="members"
         )
         # A TillitError in a position becomes a located error for that item (graphql-core).
-        return cast(
-            list[Member | None] | None,
-            [
-                view if isinstance(view, Exception) else _release(info, view, keys, position)
-                for position, view in enumerate(views)
-            ],
-        )
+        return [
+            view if isinstance(view, Exception) else _release(info, view, keys, position)
+            for position, view in enumerate(views)
+        ]
 
     @strawberry.field(
-        description="Your own data and its history (member token only). Reading it is audited."
+        description="Your own data and its history (member token only). Reading it is audited.",
+        graphql_type=Me | None,
     )
-    async def me(self, info: Info) -> Me | None:
+    async def me(self, info: Info) -> MemberRecord:
         parts = [
             selected.name
             for root in info.selected_fields
             for selected in root.selections
             if isinstance(selected, SelectedField)
         ]
-        return cast(Me, await resolve_me.me(info.context, parts=parts))
+        return await resolve_me.me(info.context, parts=parts)
 
     @strawberry.field(
         description="The access log, newest first (auditors only). Reading it is itself audited."
@@ -192,10 +196,7 @@ class Query:
             first=first,
             after=after,
         )
-        edges = [
-            AccessEventEdge(cursor=entry.cursor, node=cast(AccessEvent, entry))
-            for entry in page.entries
-        ]
+        edges = [AccessEventEdge(cursor=entry.cursor, node=entry) for entry in page.entries]
         return AccessEventConnection(
             edges=edges,
             page_info=PageInfo(

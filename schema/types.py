@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
 
 import strawberry
 
 from gateway import domain
 from gateway.domain import Category
 from gateway.records.members import Correction
+from resolvers.members import AddressView, ConsentStatusView
 from schema.categories import categorized, gated, ungated
 from schema.enums import ConsentMethod, DataCategory, LegalBasis, MembershipStatus, Tier
+from schema.renders import renders
 
 
 @strawberry.type(description="A text in Norwegian (bokmål) and English.")
@@ -21,6 +22,7 @@ class LocalizedText:
     en: str
 
 
+@renders(domain.Purpose)
 @strawberry.type(description="A registered purpose member data may be used for.")
 class Purpose:
     key: str = strawberry.field(description="Stable identifier, e.g. `personalized_offers`.")
@@ -52,6 +54,7 @@ class Purpose:
         return root.consent_lifetime.days if root.consent_lifetime else None
 
 
+@renders(Correction)
 @strawberry.type(
     description="A change cleansing made to the address, from a public register "
     "(legitimate interest; the member is told)."
@@ -70,6 +73,7 @@ class AddressCorrection:
         return None if root.new_value is None else str(root.new_value)
 
 
+@renders(AddressView)
 @strawberry.type(description="A postal address.")
 class Address:
     street: str | None
@@ -89,6 +93,7 @@ class ConsentStanding(enum.Enum):
     EXPIRED = "EXPIRED"
 
 
+@renders(ConsentStatusView)
 @strawberry.type(description="A member's current consent for one consent purpose.")
 class ConsentStatus:
     purpose: str = strawberry.field(description="The purpose's key.")
@@ -109,19 +114,19 @@ class ConsentStatus:
     )
 
     @strawberry.field(description="GRANTED, WITHDRAWN, EXPIRED or NOT_GIVEN.")
-    def state(self, root: strawberry.Parent[Any]) -> ConsentStanding:
+    def state(self, root: strawberry.Parent[ConsentStatusView]) -> ConsentStanding:
         return ConsentStanding(root.state)
 
     @strawberry.field(
         description="Whether this consent lets the purpose use the member's data now."
     )
-    def valid(self, root: strawberry.Parent[Any]) -> bool:
+    def valid(self, root: strawberry.Parent[ConsentStatusView]) -> bool:
         return root.problem is None
 
     @strawberry.field(
         description="Why not, as an error code (e.g. NOTICE_OUTDATED): ask the member again."
     )
-    def problem(self, root: strawberry.Parent[Any]) -> str | None:
+    def problem(self, root: strawberry.Parent[ConsentStatusView]) -> str | None:
         return None if root.problem is None else str(root.problem.value)
 
 
