@@ -1,7 +1,9 @@
-"""The vocabulary of the domain: legal bases, consent methods, data categories, roles and codes.
+"""The vocabulary of the domain: legal bases, consent methods, data categories, roles and codes;
+who is calling (the principals); and what the access decision reads about a member.
 
-These are plain enums shared by the policy file, the database constraints, the access decision and
-the GraphQL schema, so that every layer spells a value the same way.
+Plain enums and value types shared by the policy file, the database constraints, the access
+decision and the GraphQL schema, so that every layer spells a value the same way. Nothing here
+connects to anything, so the decision (gateway.access.policy) can import it and stay pure.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ KEY_PREFIX = "tk"
 _KEY_SHAPE = re.compile(r"^tk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$")
 # Compared against when no client has the presented key id, so both paths cost the same.
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
-# Every request authenticates: one statement, raw SQL (the hot path; see gateway.store.db.fetch).
+# Every request authenticates: one statement, raw SQL (the hot path; see gateway.store.db.Raw).
 _CLIENT_BY_KEY_ID = (
     "SELECT c.id, c.name, c.role, c.key_hash, c.capabilities, c.disabled_at, "
     "coalesce(array_agg(p.purpose_key) FILTER (WHERE p.purpose_key IS NOT NULL), '{}') "

@@ -247,7 +247,7 @@ async def load_purposes(connection: AsyncConnection, purposes: Sequence[Purpose]
     return LoadSummary(created, updated, unchanged, retired)
 
 
-# Read on every request that decides: one statement, raw SQL (see gateway.store.db.fetch).
+# Read on every request that decides: one statement, raw SQL (see gateway.store.db.Raw).
 _PURPOSES = (
     "SELECT p.key, p.legal_basis, p.title_nb, p.title_en, p.description_nb, p.description_en, "
     "p.required_consent_method, p.notice_version, p.accepted_notice_versions, "

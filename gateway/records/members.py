@@ -60,7 +60,7 @@ class MemberRecord:
         return self.membership_status is MembershipStatus.ACTIVE
 
 
-# Raw SQL on the request's hot path (see gateway.store.db.fetch).
+# Raw SQL on the request's hot path (see gateway.store.db.Raw).
 _MEMBERS = (
     "SELECT id, first_name, last_name, email, phone, street, postal_code, city, country, tier, "
     "points, member_since, membership_status, deceased FROM members WHERE id = ANY($1::uuid[])"
