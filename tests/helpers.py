@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import text
@@ -130,3 +132,31 @@ async def write_events(engine: AsyncEngine, count: int, *, request: str = "req")
 async def verify(engine: AsyncEngine, signer: Signer = TEST_SIGNER) -> VerifyReport:
     async with engine.connect() as connection:
         return await verify_log(connection, signer.verifier)
+
+
+# Ways the audit write can fail: its INSERT, or (the INSERT succeeding) the COMMIT.
+AUDIT_FAILURES = {
+    "insert": "CREATE TRIGGER refuse_audit BEFORE INSERT ON access_events "
+    "FOR EACH STATEMENT EXECUTE FUNCTION refuse_audit()",
+    "commit": "CREATE CONSTRAINT TRIGGER refuse_audit AFTER INSERT ON access_events "
+    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+}
+
+
+@asynccontextmanager
+async def audit_writes_fail(engine: AsyncEngine, failing: str = "insert") -> AsyncIterator[None]:
+    """While inside, writing access events fails as `failing` says."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'audit store refuses'; END $$"
+            )
+        )
+        await connection.execute(text(AUDIT_FAILURES[failing]))
+    try:
+        yield
+    finally:
+        async with engine.begin() as connection:
+            await connection.execute(text("DROP TRIGGER refuse_audit ON access_events"))
+            await connection.execute(text("DROP FUNCTION refuse_audit()"))

@@ -24,7 +24,17 @@ from tests.conftest import (
     row_counts,
     serving,
 )
-from tests.helpers import NOW, ONE, access_events, enrich, grant, read, withdraw
+from tests.helpers import (
+    AUDIT_FAILURES,
+    NOW,
+    ONE,
+    access_events,
+    audit_writes_fail,
+    enrich,
+    grant,
+    read,
+    withdraw,
+)
 
 ALL_PURPOSES = ("membership_service", "personalized_offers", "customer_insight", "data_quality")
 
@@ -429,39 +439,17 @@ async def test_unknown_member_is_audited_as_not_found(
     assert audited["outcome"] == "NOT_FOUND"
 
 
-TRIGGERS = {
-    # the multi-row INSERT of the access events fails
-    "insert": "CREATE TRIGGER refuse_audit BEFORE INSERT ON access_events "
-    "FOR EACH STATEMENT EXECUTE FUNCTION refuse_audit()",
-    # the INSERT succeeds, the COMMIT fails
-    "commit": "CREATE CONSTRAINT TRIGGER refuse_audit AFTER INSERT ON access_events "
-    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
-}
-
-
-@pytest.mark.parametrize("failing", list(TRIGGERS))
+@pytest.mark.parametrize("failing", list(AUDIT_FAILURES))
 async def test_audit_failure_releases_nothing_and_commits_nothing(
     api: Api, db: AsyncEngine, app_key: str, failing: str
 ) -> None:
     member_id = await add_member(db, first_name="Sensitive")
-    async with db.begin() as connection:
-        await connection.execute(
-            text(
-                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'audit store refuses'; END $$"
-            )
-        )
-        await connection.execute(text(TRIGGERS[failing]))
-    try:
+    async with audit_writes_fail(db, failing):
         before = await row_counts(db)
         response = await api.graphql(
             ONE, {"id": str(member_id), "purpose": "membership_service"}, token=app_key
         )
         after = await row_counts(db)
-    finally:
-        async with db.begin() as connection:
-            await connection.execute(text("DROP TRIGGER refuse_audit ON access_events"))
-            await connection.execute(text("DROP FUNCTION refuse_audit()"))
 
     assert response.status_code == 503
     body = response.json()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.domain import Role
@@ -19,7 +18,7 @@ from tests.conftest import (
     row_counts,
     serving,
 )
-from tests.helpers import access_events
+from tests.helpers import access_events, audit_writes_fail
 
 PURPOSES = "{ purposes { key } }"
 RANGE = {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "format": "csv"}
@@ -109,27 +108,10 @@ async def test_a_member_export_fails_closed_when_the_audit_write_fails(
     api: Api, db: AsyncEngine
 ) -> None:
     member_id = await add_member(db, first_name="Sensitive")
-    async with db.begin() as connection:
-        await connection.execute(
-            text(
-                "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'audit store refuses'; END $$"
-            )
-        )
-        await connection.execute(
-            text(
-                "CREATE TRIGGER refuse_audit BEFORE INSERT ON access_events "
-                "FOR EACH STATEMENT EXECUTE FUNCTION refuse_audit()"
-            )
-        )
-    try:
+    async with audit_writes_fail(db):
         before = await row_counts(db)
         response = await api.http.get("/me/export", headers=bearer(member_token(member_id)))
         after = await row_counts(db)
-    finally:
-        async with db.begin() as connection:
-            await connection.execute(text("DROP TRIGGER refuse_audit ON access_events"))
-            await connection.execute(text("DROP FUNCTION refuse_audit()"))
 
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
