@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,23 +208,15 @@ def _cause(exc: BaseException) -> dict[str, Any]:
     return exception_summary(exc.__cause__) if exc.__cause__ is not None else {}
 
 
-def _connection(
+@asynccontextmanager
+async def _connection(
     request: Request, via: Via
-) -> AbstractAsyncContextManager[tuple[Raw, AsyncConnection | None]]:
-    if via is Via.ENGINE:
-        return _engine_connection(request)
-    return _raw_connection(request, transaction=via is Via.RAW_WRITE)
-
-
-@asynccontextmanager
-async def _raw_connection(
-    request: Request, *, transaction: bool
 ) -> AsyncIterator[tuple[Raw, AsyncConnection | None]]:
-    async with db.raw_operation(request.state.raw_pool, transaction=transaction) as raw:
-        yield raw, None
-
-
-@asynccontextmanager
-async def _engine_connection(request: Request) -> AsyncIterator[tuple[Raw, AsyncConnection | None]]:
-    async with request.state.engine.begin() as connection:
-        yield await db.raw_of(connection), connection
+    """The operation's connection: the raw protocol always, SQLAlchemy's only off the raw pool."""
+    if via is Via.ENGINE:
+        async with request.state.engine.begin() as connection:
+            yield await db.raw_of(connection), connection
+    else:
+        pool = request.state.raw_pool
+        async with db.raw_operation(pool, transaction=via is Via.RAW_WRITE) as raw:
+            yield raw, None

@@ -34,7 +34,7 @@ from graphql import (
     execute,
 )
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from strawberry import Schema
 from strawberry.execution import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
@@ -60,10 +60,6 @@ log = structlog.get_logger("tillit.graphql")
 READ_ONLY_ROOTS = frozenset({"member", "members", "purposes", "__typename"})
 # Mutations whose every statement is raw SQL (gateway.records.consents, and enrichment's purge).
 RAW_WRITE_ROOTS = frozenset({"grantConsent", "withdrawConsent", "__typename"})
-
-
-def error_response(status: int, code: ErrorCode, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers or None)
 
 
 @dataclass
@@ -383,7 +379,7 @@ class GraphQLEndpoint:
 
     async def ide(self, request: Request) -> Response:
         if not self.settings.graphiql:
-            return error_response(
-                405, ErrorCode.BAD_REQUEST, "Send GraphQL operations with POST.", Allow="POST"
-            )
+            refused = Refused(405, ErrorCode.BAD_REQUEST, "Send GraphQL operations with POST.")
+            refused.headers["Allow"] = "POST"
+            return refused.response()
         return HTMLResponse(get_graphql_ide_html())
