@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.access.caches import TtlCache
 from gateway.access.purposes import fetch_purposes
 from gateway.audit.trail import AuditTrail
-from gateway.domain import Principal, Purpose
+from gateway.domain import MemberPrincipal, Principal, Purpose
+from gateway.errors import TillitError
 from gateway.settings import Settings
 from gateway.store.db import Raw
 from resolvers.loaders import Loaders
@@ -81,6 +82,14 @@ class Context:
             audit=AuditTrail(request_id=request_id, principal=principal, now=now),
             policy=policy,
         )
+
+    def refused(self, operation: str, error: TillitError) -> TillitError:
+        """Record a refused attempt of the caller (on their own record if they are a member, on
+        no member otherwise) and give back the error to raise."""
+        caller = self.principal
+        member_id = caller.member_id if isinstance(caller, MemberPrincipal) else None
+        self.audit.refused(operation=operation, member_id=member_id, code=error.code)
+        return error
 
     @property
     def known_purposes(self) -> dict[str, Purpose]:

@@ -9,7 +9,7 @@ from typing import Any
 from gateway.audit.log import LogPage
 from gateway.audit.trail import AccessRecord
 from gateway.domain import AccessOutcome, Anonymous, ClientPrincipal, LegalBasis, MemberPrincipal
-from gateway.errors import Forbidden, NotFound, TillitError, Unauthenticated
+from gateway.errors import Forbidden, NotFound, Unauthenticated
 from gateway.records.consents import ConsentEventRecord, fetch_consent_states
 from gateway.records.member_data import (
     Notice,
@@ -27,22 +27,13 @@ from resolvers.context import Context
 from resolvers.members import AddressView, ConsentStatusView, consent_statuses
 
 
-def _refuse(context: Context, operation: str, error: TillitError) -> TillitError:
-    member_id = (
-        context.principal.member_id if isinstance(context.principal, MemberPrincipal) else None
-    )
-    context.audit.refused(operation=operation, member_id=member_id, code=error.code)
-    return error
-
-
 async def own_record(context: Context, operation: str) -> MemberRecord:
     """The calling member's record: member tokens only, for a member that exists."""
     principal = context.principal
     if isinstance(principal, Anonymous):
         raise Unauthenticated()
     if not isinstance(principal, MemberPrincipal):
-        raise _refuse(
-            context,
+        raise context.refused(
             operation,
             Forbidden(
                 "`me` is for members, with a member token; clients read members through `member`."
@@ -52,7 +43,7 @@ async def own_record(context: Context, operation: str) -> MemberRecord:
         )
     record = await fetch_member(context.db, principal.member_id)
     if record is None:
-        raise _refuse(context, operation, NotFound("This token's member does not exist."))
+        raise context.refused(operation, NotFound("This token's member does not exist."))
     return record
 
 

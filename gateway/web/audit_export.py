@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -26,7 +25,6 @@ from gateway.errors import BadUserInput
 from gateway.settings import Settings
 from gateway.web.boundary import Boundary, Refused, Via
 
-log = structlog.get_logger("tillit.export")
 MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 

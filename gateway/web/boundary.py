@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.access.auth import authenticate
-from gateway.domain import ErrorCode, MemberPrincipal
+from gateway.domain import ErrorCode
 from gateway.errors import (
     AuditUnavailable,
     Forbidden,
@@ -150,14 +150,7 @@ class Boundary:
                         # (once: the work may have recorded it already).
                         refusal = exc
                         if not context.audit.records:
-                            member = context.principal
-                            context.audit.refused(
-                                operation=operation,
-                                member_id=member.member_id
-                                if isinstance(member, MemberPrincipal)
-                                else None,
-                                code=exc.code,
-                            )
+                            context.refused(operation, exc)
                     executed = True
                     await self._flush(context)
         except TillitError as exc:
