@@ -71,6 +71,9 @@ class Capability(enum.StrEnum):
     CAPTURE_CONSENT = "capture_consent"
     ENRICH = "enrich"
     CLEANSE = "cleanse"
+    ENROLL = "enroll"
+    UPDATE_PROFILE = "update_profile"
+    CLOSE_MEMBERSHIP = "close_membership"
 
 
 class ConsentEventKind(enum.StrEnum):
@@ -82,6 +85,23 @@ class ConsentEventKind(enum.StrEnum):
 class MembershipStatus(enum.StrEnum):
     ACTIVE = "ACTIVE"
     CLOSED = "CLOSED"
+
+
+class ProfileField(enum.StrEnum):
+    """Base fields a member (or an app, under a purpose that covers them) may change."""
+
+    FIRST_NAME = "first_name"
+    LAST_NAME = "last_name"
+    EMAIL = "email"
+    PHONE = "phone"
+    STREET = "street"
+    POSTAL_CODE = "postal_code"
+    CITY = "city"
+    COUNTRY = "country"
+
+    @property
+    def category(self) -> Category:
+        return Category.ADDRESS if self in _ADDRESS_FIELDS else Category.CONTACT
 
 
 class Tier(enum.StrEnum):
@@ -132,6 +152,11 @@ _ENRICHED_CATEGORY = {
 }
 
 
+_ADDRESS_FIELDS = frozenset(
+    {ProfileField.STREET, ProfileField.POSTAL_CODE, ProfileField.CITY, ProfileField.COUNTRY}
+)
+
+
 class CleansableField(enum.StrEnum):
     """Existing member fields that cleansing against a public register may correct."""
 
@@ -158,6 +183,8 @@ class ErrorCode(enum.StrEnum):
     OBJECTED = "OBJECTED"
     OBJECTION_NOT_APPLICABLE = "OBJECTION_NOT_APPLICABLE"
     MEMBERSHIP_INACTIVE = "MEMBERSHIP_INACTIVE"
+    ALREADY_MEMBER = "ALREADY_MEMBER"
+    CONFIRMATION_REQUIRED = "CONFIRMATION_REQUIRED"
     NOT_FOUND = "NOT_FOUND"
     BAD_USER_INPUT = "BAD_USER_INPUT"
     BAD_REQUEST = "BAD_REQUEST"
@@ -190,6 +217,10 @@ class Purpose:
     required_consent_method: ConsentMethod | None = None
     consent_lifetime: dt.timedelta | None = None
     retired: bool = False
+    # What the sign-up form shows for this consent (CONSENT purposes offered at sign-up), and
+    # whether it may be tied to joining (CONDITIONAL) rather than a choice of its own.
+    sign_up_wording: LocalizedText | None = None
+    conditional_at_sign_up: bool = False
 
 
 def consent_state_at(

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         max_length=200,
         description="The data controller named on consent receipts.",
     )
+    erasure_evidence_days: int = Field(
+        default=1095,
+        ge=0,
+        le=3650,
+        description="Days an erased member's consent evidence is kept (to prove past consents, "
+        "GDPR Art. 7(1) and 17(3)(e)); then `tillit members purge-erased` deletes it.",
+    )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per worker.")
     db_statement_timeout_ms: int = Field(
         default=5000, ge=100, description="PostgreSQL statement_timeout for request connections."

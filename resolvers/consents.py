@@ -17,13 +17,16 @@ from gateway.domain import (
     LocalizedText,
     Purpose,
 )
+from gateway.errors import BadUserInput, NotFound
 from gateway.records.consent_changes import GrantRequest, grant_consent, withdraw_consent
+from gateway.records.consents import ConsentEventRecord, fetch_grant
 from resolvers.actors import (
     WriteScope,
     actor_of,
     audited_write,
     authorize_write,
     known_purpose,
+    parse_uuid,
     target_of,
 )
 from resolvers.context import Context
@@ -79,6 +82,20 @@ async def _consent_subject(
     return target, declared
 
 
+async def _purpose_of_receipt(
+    context: Context, scope: WriteScope, member_id: str | None, receipt_id: str, purpose: str | None
+) -> str:
+    """The purpose a receipt is for, if the receipt is the target member's."""
+    scope.target = target = target_of(context.principal, member_id)
+    authorize_write(context.principal, target, Capability.CAPTURE_CONSENT, members_may=True)
+    grant = await fetch_grant(context.db, target, parse_uuid(receipt_id, "receiptId"))
+    if grant is None:
+        raise NotFound("No receipt of this member has this id.", argument="receiptId")
+    if purpose is not None and purpose != grant.purpose:
+        raise BadUserInput("The receipt is for another purpose.", argument="receiptId")
+    return grant.purpose
+
+
 def _collected_by(context: Context) -> str:
     principal = context.principal
     return f"client:{principal.name}" if isinstance(principal, ClientPrincipal) else "member"
@@ -118,6 +135,20 @@ async def grant(
             },
         )
     )
+    return receipt_view(
+        context, event, declared, _collected_by(context), replayed=not result.created
+    )
+
+
+def receipt_view(
+    context: Context,
+    event: ConsentEventRecord,
+    purpose: Purpose,
+    collected_by: str,
+    *,
+    replayed: bool = False,
+) -> ReceiptView:
+    """The receipt of a grant: what the member consented to, how, where and until when."""
     assert event.method is not None
     assert event.notice_version is not None
     assert event.expires_at is not None
@@ -126,20 +157,20 @@ async def grant(
         version=RECEIPT_VERSION,
         jurisdiction="NO",
         controller=context.settings.controller_name,
-        member_id=target,
-        purpose=declared.key,
-        purpose_title=declared.title,
-        purpose_description=declared.description,
-        legal_basis=declared.legal_basis,
-        data_categories=sorted(declared.categories, key=list(Category).index),
+        member_id=event.member_id,
+        purpose=purpose.key,
+        purpose_title=purpose.title,
+        purpose_description=purpose.description,
+        legal_basis=purpose.legal_basis,
+        data_categories=sorted(purpose.categories, key=list(Category).index),
         method=event.method,
         notice_version=event.notice_version,
         granted_at=event.occurred_at,
         expires_at=event.expires_at,
         channel=event.channel,
-        collected_by=_collected_by(context),
+        collected_by=collected_by,
         evidence_sha256=event.evidence_sha256,
-        replayed=not result.created,
+        replayed=replayed,
     )
 
 
@@ -147,12 +178,18 @@ async def withdraw(
     context: Context,
     *,
     member_id: str | None,
-    purpose: str,
+    purpose: str | None,
     channel: str,
     idempotency_key: str | None,
+    receipt_id: str | None = None,
 ) -> WithdrawalView:
+    """Withdraw the consent to a purpose, named by its key or by a receipt of it."""
     operation = "withdrawConsent"
     async with audited_write(context, operation=operation, purpose=purpose) as scope:
+        if receipt_id is not None:
+            purpose = await _purpose_of_receipt(context, scope, member_id, receipt_id, purpose)
+        if purpose is None:
+            raise BadUserInput("Name the consent: `purpose` or `receiptId`.", argument="purpose")
         target, declared = await _consent_subject(context, scope, member_id, purpose)
         result = await withdraw_consent(
             context.db,

@@ -11,6 +11,7 @@ from gateway.audit.trail import AccessRecord
 from gateway.domain import AccessOutcome, Anonymous, ClientPrincipal, LegalBasis, MemberPrincipal
 from gateway.errors import Forbidden, NotFound, Unauthenticated
 from gateway.records.consents import ConsentEventRecord, fetch_consent_states
+from gateway.records.lifecycle import ProfileChangeRecord, fetch_profile_changes
 from gateway.records.member_data import (
     Notice,
     ObjectionEntry,
@@ -23,6 +24,8 @@ from gateway.records.member_data import (
     fetch_objections,
 )
 from gateway.records.members import EnrichedValue, MemberRecord, fetch_address_corrections
+from resolvers import lifecycle
+from resolvers.consents import ReceiptView
 from resolvers.context import Context
 from resolvers.members import AddressView, ConsentStatusView, consent_statuses
 
@@ -90,6 +93,19 @@ async def notices(context: Context, member_id: uuid.UUID) -> list[Notice]:
 
 async def objections(context: Context, member_id: uuid.UUID) -> list[ObjectionEntry]:
     return await fetch_objections(context.sql, member_id)
+
+
+async def profile_changes(context: Context, member_id: uuid.UUID) -> list[ProfileChangeRecord]:
+    return await fetch_profile_changes(context.db, member_id)
+
+
+async def consent_receipt(
+    context: Context, member_id: uuid.UUID, receipt_id: str
+) -> ReceiptView | None:
+    receipt = await lifecycle.consent_receipt(context, member_id, receipt_id)
+    if receipt is None:
+        raise NotFound("You have no consent receipt with this id.", argument="id")
+    return receipt
 
 
 async def access_history(

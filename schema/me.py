@@ -11,13 +11,17 @@ import strawberry
 from gateway.audit.log import LogEntry
 from gateway.domain import ConsentEventKind
 from gateway.records.consents import ConsentEventRecord
+from gateway.records.lifecycle import ProfileChangeRecord
 from gateway.records.member_data import Notice, ObjectionEntry
 from gateway.records.members import EnrichedValue, MemberRecord
 from resolvers import me as resolve
+from resolvers.consents import ReceiptView
 from resolvers.context import Context
 from resolvers.members import AddressView, ConsentStatusView
 from schema.audit import PageInfo, WithheldField
 from schema.enums import MembershipStatus, Tier
+from schema.lifecycle import MyProfileChange
+from schema.receipts import ConsentReceipt
 from schema.renders import renders
 from schema.types import Address, ConsentStatus
 
@@ -225,6 +229,24 @@ class Me:
         self, root: strawberry.Parent[MemberRecord], info: Info
     ) -> list[ObjectionEntry]:
         return await resolve.objections(info.context, root.id)
+
+    @strawberry.field(
+        description="Every change of your profile, newest first: before, after, by whom.",
+        graphql_type=list[MyProfileChange],
+    )
+    async def profile_changes(
+        self, root: strawberry.Parent[MemberRecord], info: Info
+    ) -> list[ProfileChangeRecord]:
+        return await resolve.profile_changes(info.context, root.id)
+
+    @strawberry.field(
+        description="The receipt of one of your consents, by its receipt id.",
+        graphql_type=ConsentReceipt | None,
+    )
+    async def consent_receipt(
+        self, root: strawberry.Parent[MemberRecord], info: Info, id: strawberry.ID
+    ) -> ReceiptView | None:
+        return await resolve.consent_receipt(info.context, root.id, id)
 
     @strawberry.field(description="Who used your data, when and why; newest first.")
     async def access_log(

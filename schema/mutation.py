@@ -1,4 +1,4 @@
-"""The root mutation type: consent, enrichment, cleansing and objection."""
+"""The root mutation type: consent, enrichment, cleansing, objection, and a member's life."""
 
 from __future__ import annotations
 
@@ -10,55 +10,29 @@ from strawberry.scalars import JSON
 
 from gateway.domain import EnrichedField
 from gateway.records.consent_changes import GrantRequest
-from resolvers import cleansing, consents, enrichment, me
+from gateway.records.lifecycle import ErasureRecord
+from resolvers import cleansing, consents, enrichment, lifecycle, me
 from resolvers.cleansing import CleansingView, ObjectionView
 from resolvers.consents import ReceiptView, WithdrawalView
 from resolvers.context import Context
 from resolvers.enrichment import EnrichmentView
-from schema.enums import ConsentMethod, DataCategory, LegalBasis
+from resolvers.lifecycle import ClosingView, EnrollmentView, LiftView, ProfileUpdateView
+from schema.enums import ConsentMethod
+from schema.lifecycle import (
+    EnrollmentResult,
+    ErasureReceipt,
+    MembershipClosing,
+    NewMemberInput,
+    ObjectionWithdrawal,
+    ProfileChangesInput,
+    ProfileUpdateResult,
+    SignUpConsentInput,
+)
 from schema.me import export_json
+from schema.receipts import ConsentReceipt
 from schema.renders import renders
-from schema.types import LocalizedText
 
 Info = strawberry.Info[Context, None]
-
-
-@renders(ReceiptView)
-@strawberry.type(
-    description="A consent receipt the member can keep. Its fields follow the Kantara Consent "
-    "Receipt and the ISO/IEC TS 27560 consent record where they apply."
-)
-class ConsentReceipt:
-    receipt_id: strawberry.ID = strawberry.field(
-        description="The consent record's id; quote it to withdraw or to ask about it."
-    )
-    version: str = strawberry.field(description="The receipt format.")
-    jurisdiction: str
-    controller: str = strawberry.field(description="The data controller.")
-    member_id: strawberry.ID = strawberry.field(description="The data subject.")
-    purpose: str
-    purpose_title: LocalizedText
-    purpose_description: LocalizedText = strawberry.field(
-        description="The plain-language description that was consented to."
-    )
-    legal_basis: LegalBasis
-    data_categories: list[DataCategory]
-    method: ConsentMethod
-    notice_version: str = strawberry.field(description="The privacy-notice version shown.")
-    granted_at: dt.datetime
-    expires_at: dt.datetime = strawberry.field(
-        description="When the consent lapses unless renewed; it can be withdrawn before."
-    )
-    channel: str = strawberry.field(description="Where the consent was given.")
-    collected_by: str = strawberry.field(
-        description="`member`, or `client:<name>` for an app capturing it."
-    )
-    evidence_sha256: str | None = strawberry.field(
-        description="SHA-256 of the wording shown to the member."
-    )
-    replayed: bool = strawberry.field(
-        description="True when an idempotency key returned an earlier receipt."
-    )
 
 
 @renders(WithdrawalView)
@@ -173,17 +147,19 @@ class Mutation:
         )
 
     @strawberry.mutation(
-        description="Withdraw a consent, effective at once; as easy as granting. Withdrawing "
-        "what is not in force changes nothing and says so.",
+        description="Withdraw a consent, effective at once; as easy as granting. Name it by "
+        "`purpose` or by a `receiptId` of it. Withdrawing what is not in force changes nothing "
+        "and says so.",
         graphql_type=WithdrawalResult | None,
     )
     async def withdraw_consent(
         self,
         info: Info,
-        purpose: str,
+        purpose: str | None = None,
         member_id: strawberry.ID | None = None,
         channel: str = "api",
         idempotency_key: str | None = None,
+        receipt_id: strawberry.ID | None = None,
     ) -> WithdrawalView:
         return await consents.withdraw(
             info.context,
@@ -191,6 +167,7 @@ class Mutation:
             purpose=purpose,
             channel=channel,
             idempotency_key=idempotency_key,
+            receipt_id=receipt_id,
         )
 
     @strawberry.mutation(
@@ -249,6 +226,91 @@ class Mutation:
         self, info: Info, purpose: str, reason: str | None = None
     ) -> ObjectionView:
         return await cleansing.object_to_processing(info.context, purpose=purpose, reason=reason)
+
+    @strawberry.mutation(
+        description="Lift your objection to a legitimate-interest purpose, effective from the "
+        "next request; the objection stays in your history. Members only.",
+        graphql_type=ObjectionWithdrawal | None,
+    )
+    async def withdraw_objection(self, info: Info, purpose: str) -> LiftView:
+        return await lifecycle.withdraw_objection(info.context, purpose=purpose)
+
+    @strawberry.mutation(
+        description="Sign a new member up (app clients with the enroll capability, the web "
+        "shop's sign-up): under the membership contract (`purpose`) on the terms shown "
+        "(`termsVersion`), with the consents chosen in the form, each with the wording shown. "
+        "Returns the member id and a receipt per consent.",
+        graphql_type=EnrollmentResult | None,
+    )
+    async def enroll_member(
+        self,
+        info: Info,
+        member: NewMemberInput,
+        terms_version: str,
+        channel: str,
+        consents: list[SignUpConsentInput] | None = None,
+        purpose: str = "membership_service",
+        external_subject: str | None = None,
+    ) -> EnrollmentView:
+        return await lifecycle.enroll(
+            info.context,
+            profile=member.fields(),
+            purpose=purpose,
+            terms_version=terms_version,
+            consents=[c.to_request() for c in consents or ()],
+            channel=channel,
+            external_subject=external_subject,
+        )
+
+    @strawberry.mutation(
+        description="Correct your contact details or address (GDPR Art. 16). Member token "
+        "only; every change is kept in `me.profileChanges`.",
+        graphql_type=ProfileUpdateResult | None,
+    )
+    async def update_my_profile(
+        self, info: Info, changes: ProfileChangesInput
+    ) -> ProfileUpdateView:
+        return await lifecycle.update_my_profile(info.context, changes=changes.changes())
+
+    @strawberry.mutation(
+        description="Change a member's contact details or address (app clients with the "
+        "update_profile capability, under a contract purpose that covers the fields).",
+        graphql_type=ProfileUpdateResult | None,
+    )
+    async def update_member(
+        self, info: Info, member_id: strawberry.ID, purpose: str, changes: ProfileChangesInput
+    ) -> ProfileUpdateView:
+        return await lifecycle.update_member(
+            info.context, member_id=member_id, purpose=purpose, changes=changes.changes()
+        )
+
+    @strawberry.mutation(
+        description="Leave the club: the membership closes, every consent is withdrawn and the "
+        "values from data brokers deleted, at once. You keep `me` and the export. Members only.",
+        graphql_type=MembershipClosing | None,
+    )
+    async def leave_club(self, info: Info) -> ClosingView:
+        return await lifecycle.leave_club(info.context)
+
+    @strawberry.mutation(
+        description="Close a member's membership (app clients with the close_membership "
+        "capability), with the same effects as leaveClub.",
+        graphql_type=MembershipClosing | None,
+    )
+    async def close_membership(
+        self, info: Info, member_id: strawberry.ID, purpose: str = "membership_service"
+    ) -> ClosingView:
+        return await lifecycle.close_member(info.context, member_id=member_id, purpose=purpose)
+
+    @strawberry.mutation(
+        description="Erase your data (GDPR Art. 17): confirm with your membership's email "
+        "address. Your profile and everything about you is deleted at once; your consent "
+        "history and the access log are kept under an id that no longer leads to you (see the "
+        "receipt). Member token only; cannot be undone.",
+        graphql_type=ErasureReceipt | None,
+    )
+    async def erase_me(self, info: Info, confirm_email: str) -> ErasureRecord:
+        return await lifecycle.erase_me(info.context, confirm_email=confirm_email)
 
     @strawberry.mutation(
         description="Everything Tillit holds about you and everything done with it, as one JSON "

@@ -53,6 +53,21 @@ class Purpose:
     def consent_lifetime_days(self, root: strawberry.Parent[domain.Purpose]) -> int | None:
         return root.consent_lifetime.days if root.consent_lifetime else None
 
+    @strawberry.field(
+        description="The exact wording a sign-up form shows for this consent (null: not "
+        "offered at sign-up). enrollMember takes it, or its SHA-256, as the consent's evidence."
+    )
+    def sign_up_wording(self, root: strawberry.Parent[domain.Purpose]) -> LocalizedText | None:
+        wording = root.sign_up_wording
+        return LocalizedText(nb=wording.nb, en=wording.en) if wording else None
+
+    @strawberry.field(
+        description="True: at sign-up this consent may be part of the membership terms "
+        "(CONDITIONAL). False: it is its own choice (EXPLICIT)."
+    )
+    def conditional_at_sign_up(self, root: strawberry.Parent[domain.Purpose]) -> bool:
+        return root.conditional_at_sign_up
+
 
 @renders(Correction)
 @strawberry.type(

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.access.caches import TtlCache
 from gateway.domain import Anonymous, Capability, ClientPrincipal, MemberPrincipal, Principal, Role
-from gateway.errors import Unauthenticated
+from gateway.errors import NotFound, Unauthenticated
 from gateway.settings import DEV_MEMBER_TOKEN_SECRET, Settings
 from gateway.store.db import Raw
 
@@ -36,12 +36,17 @@ _KEY_SHAPE = re.compile(r"^tk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$")
 # Compared against when no client has the presented key id, so both paths cost the same.
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 # Every request authenticates: one statement, raw SQL (the hot path; see gateway.store.db.Raw).
+# A rotated client's previous key still works until its overlap ends (see access.clients).
 _CLIENT_BY_KEY_ID = (
-    "SELECT c.id, c.name, c.role, c.key_hash, c.capabilities, c.disabled_at, "
+    "SELECT c.id, c.name, c.role, c.capabilities, c.disabled_at, "
+    "CASE WHEN c.key_id = $1 THEN c.key_hash ELSE c.previous_key_hash END AS key_hash, "
     "coalesce(array_agg(p.purpose_key) FILTER (WHERE p.purpose_key IS NOT NULL), '{}') "
     "AS purposes FROM clients c LEFT JOIN client_purposes p ON p.client_id = c.id "
-    "WHERE c.key_id = $1 GROUP BY c.id"
+    "WHERE c.key_id = $1 OR (c.previous_key_id = $1 AND c.previous_key_expires_at > now()) "
+    "GROUP BY c.id"
 )
+# A member token from an identity provider names its own subject; enrolment linked it.
+_MEMBER_BY_SUBJECT = "SELECT id FROM members WHERE external_subject = $1"
 
 MEMBER_TOKEN_ALGORITHM = "HS256"  # noqa: S105  # an algorithm name, not a secret
 MEMBER_TOKEN_ISSUER = "tillit"  # noqa: S105  # a claim value, not a secret
@@ -185,7 +190,7 @@ class TokenKeys:
         raise Unauthenticated()
 
 
-def verify_member_token(token: str, keys: TokenKeys | str) -> MemberPrincipal:
+def verify_member_token(token: str, keys: TokenKeys | str) -> MemberPrincipal | ExternalSubject:
     """The member a token speaks for; refuses expired, not-yet-valid, unsigned (`alg: none`),
     wrongly signed or otherwise odd tokens."""
     if isinstance(keys, str):
@@ -201,9 +206,30 @@ def verify_member_token(token: str, keys: TokenKeys | str) -> MemberPrincipal:
             options={"require": ["exp", "sub"]},
             leeway=dt.timedelta(seconds=keys.leeway_seconds),
         )
-        return MemberPrincipal(member_id=uuid.UUID(str(claims["sub"])))
+        subject = str(claims["sub"])
     except (jwt.PyJWTError, ValueError):
         raise Unauthenticated() from None
+    try:
+        return MemberPrincipal(member_id=uuid.UUID(subject))
+    except ValueError:
+        return ExternalSubject(subject)
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalSubject:
+    """A verified token whose `sub` is the identity provider's, not a member id: `authenticate`
+    maps it to the member enrolment linked it to."""
+
+    subject: str
+
+
+async def member_of_subject(connection: Raw, subject: str) -> MemberPrincipal:
+    """The member an identity provider's subject was linked to at enrolment. A subject linked to
+    no member (never enrolled, or erased) is refused as NOT_FOUND, like an erased member's id."""
+    rows = await connection.fetch(_MEMBER_BY_SUBJECT, subject[:255])
+    if not rows:
+        raise NotFound("No member is linked to this identity.")
+    return MemberPrincipal(member_id=rows[0]["id"])
 
 
 def looks_like_jwt(credential: str) -> bool:
@@ -225,7 +251,10 @@ async def authenticate(
     if scheme.lower() != "bearer" or not credential or len(credential) > 4096:
         raise Unauthenticated()
     if looks_like_jwt(credential):
-        return verify_member_token(credential, token_secret)
+        verified = verify_member_token(credential, token_secret)
+        if isinstance(verified, ExternalSubject):
+            return await member_of_subject(connection, verified.subject)
+        return verified
     if clients is None:
         return await authenticate_key(connection, credential)
     # Only successful lookups are kept (by the key's hash), so a new key works at once and

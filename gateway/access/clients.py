@@ -1,19 +1,20 @@
-"""API clients: creating them and rotating their keys.
+"""API clients: creating, listing, disabling and enabling them, and rotating their keys.
 
 The plain key is returned once and never stored."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.access.auth import generate_key
 from gateway.domain import Capability, Role
-from gateway.errors import BadUserInput
+from gateway.errors import BadUserInput, NotFound
 from gateway.store import models
 
 
@@ -122,7 +123,124 @@ async def ensure_client(
             key_hash=new_key.key_hash,
             capabilities=[c.value for c in granted],
             disabled_at=None,
+            previous_key_id=None,
+            previous_key_hash=None,
+            previous_key_expires_at=None,
         )
     )
     await _set_purposes(connection, existing, wanted)
     return IssuedClient(existing, name, role, new_key.key, tuple(wanted), tuple(granted))
+
+
+# -- Listing, disabling, enabling, rotating --------------------------------------------------------
+
+DEFAULT_ROTATION_OVERLAP = dt.timedelta(hours=24)
+MAX_ROTATION_OVERLAP = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class ClientSummary:
+    id: uuid.UUID
+    name: str
+    role: Role
+    key_id: str
+    purposes: tuple[str, ...]
+    capabilities: tuple[Capability, ...]
+    created_at: dt.datetime
+    disabled_at: dt.datetime | None
+    previous_key_expires_at: dt.datetime | None
+
+
+_LIST = text(
+    "SELECT c.id, c.name, c.role, c.key_id, c.capabilities, c.created_at, c.disabled_at, "
+    "CASE WHEN c.previous_key_expires_at > now() THEN c.previous_key_expires_at END "
+    "AS previous_key_expires_at, "
+    "coalesce(array_agg(p.purpose_key ORDER BY p.purpose_key) "
+    "FILTER (WHERE p.purpose_key IS NOT NULL), '{}') AS purposes "
+    "FROM clients c LEFT JOIN client_purposes p ON p.client_id = c.id "
+    "GROUP BY c.id ORDER BY c.name"
+)
+
+
+async def list_clients(connection: AsyncConnection) -> list[ClientSummary]:
+    """Every client, by name; never a key (only its public id)."""
+    return [
+        ClientSummary(
+            r.id,
+            r.name,
+            Role(r.role),
+            r.key_id,
+            tuple(r.purposes),
+            tuple(Capability(c) for c in r.capabilities),
+            r.created_at,
+            r.disabled_at,
+            r.previous_key_expires_at,
+        )
+        for r in await connection.execute(_LIST)
+    ]
+
+
+async def _client_id(connection: AsyncConnection, name: str) -> uuid.UUID:
+    found = await connection.scalar(
+        select(models.Client.id).where(models.Client.name == name.strip()).with_for_update()
+    )
+    if found is None:
+        raise NotFound(f"No client is named {name.strip()!r}.")
+    return found
+
+
+async def set_disabled(
+    connection: AsyncConnection, name: str, *, disabled: bool, now: dt.datetime
+) -> tuple[uuid.UUID, bool]:
+    """Disable (or enable) a client; returns its id and whether anything changed. A disabled
+    client's keys are refused from the next lookup: at most the client cache's lifetime later
+    (gateway.access.caches.POLICY_TTL_SECONDS) on a worker that had it cached."""
+    client_id = await _client_id(connection, name)
+    c = models.Client
+    changed = await connection.scalar(
+        update(c)
+        .where(
+            c.id == client_id, c.disabled_at.is_(None) if disabled else c.disabled_at.is_not(None)
+        )
+        .values(disabled_at=now if disabled else None)
+        .returning(c.id)
+    )
+    return client_id, changed is not None
+
+
+@dataclass(frozen=True)
+class Rotation:
+    id: uuid.UUID
+    name: str
+    key: str
+    key_id: str
+    previous_key_id: str
+    previous_valid_until: dt.datetime
+
+
+async def rotate_key(
+    connection: AsyncConnection, name: str, *, overlap: dt.timedelta, now: dt.datetime
+) -> Rotation:
+    """Give a client a new key; the current one keeps working for `overlap` (so the app can be
+    redeployed with the new key), then stops. A key rotated out earlier stops at once."""
+    if overlap < dt.timedelta(0) or overlap > MAX_ROTATION_OVERLAP:
+        raise BadUserInput(f"The overlap is between 0 and {MAX_ROTATION_OVERLAP.days} days.")
+    client_id = await _client_id(connection, name)
+    c = models.Client
+    current = (
+        await connection.execute(select(c.key_id, c.key_hash).where(c.id == client_id))
+    ).one()
+    new_key = generate_key()
+    until = now + overlap
+    await connection.execute(
+        update(c)
+        .where(c.id == client_id)
+        .values(
+            key_id=new_key.key_id,
+            key_hash=new_key.key_hash,
+            previous_key_id=current.key_id,
+            previous_key_hash=current.key_hash,
+            previous_key_expires_at=until,
+        )
+    )
+    return Rotation(client_id, name.strip(), new_key.key, new_key.key_id, current.key_id, until)

@@ -35,6 +35,12 @@ class _Text(BaseModel):
     en: str = Field(min_length=1, max_length=4000)
 
 
+class _SignUp(_Text):
+    """What the sign-up form shows for a consent purpose, and whether it may be tied to joining."""
+
+    conditional: bool = False
+
+
 class PurposeSpec(BaseModel):
     """One `[purposes.<key>]` table of the policy file."""
 
@@ -48,6 +54,7 @@ class PurposeSpec(BaseModel):
     consent_lifetime_days: int | None = Field(default=None, ge=1, le=3650)
     title: _Text
     description: _Text
+    sign_up: _SignUp | None = None
 
     @field_validator("categories")
     @classmethod
@@ -62,6 +69,7 @@ class PurposeSpec(BaseModel):
             "consent_method": self.consent_method,
             "consent_lifetime_days": self.consent_lifetime_days,
             "accepted_notice_versions": self.accepted_notice_versions,
+            "sign_up": self.sign_up,
         }
         if self.legal_basis is LegalBasis.CONSENT:
             for name in ("consent_method", "consent_lifetime_days"):
@@ -70,6 +78,17 @@ class PurposeSpec(BaseModel):
             accepted = self.accepted_notice_versions
             if accepted is not None and self.notice_version not in accepted:
                 raise ValueError("accepted_notice_versions must include notice_version")
+            if (
+                self.sign_up is not None
+                and self.sign_up.conditional
+                and self.consent_method is not ConsentMethod.CONDITIONAL
+            ):
+                # The source document: conditional consent is tied to the terms of joining, and
+                # only a purpose that accepts it may be offered that way.
+                raise ValueError(
+                    "sign_up.conditional needs consent_method = CONDITIONAL: a purpose that "
+                    "needs explicit consent cannot be tied to joining"
+                )
         else:
             given = [name for name, value in consent_only.items() if value is not None]
             if given:
@@ -98,6 +117,10 @@ class PurposeSpec(BaseModel):
             accepted_notice_versions=frozenset(accepted),
             required_consent_method=self.consent_method,
             consent_lifetime=lifetime,
+            sign_up_wording=(
+                LocalizedText(nb=self.sign_up.nb, en=self.sign_up.en) if self.sign_up else None
+            ),
+            conditional_at_sign_up=bool(self.sign_up and self.sign_up.conditional),
         )
 
 
@@ -203,6 +226,9 @@ def _row(purpose: Purpose) -> dict[str, Any]:
         "accepted_notice_versions": sorted(purpose.accepted_notice_versions),
         "consent_lifetime": purpose.consent_lifetime,
         "retired": False,
+        "sign_up_nb": purpose.sign_up_wording.nb if purpose.sign_up_wording else None,
+        "sign_up_en": purpose.sign_up_wording.en if purpose.sign_up_wording else None,
+        "sign_up_conditional": purpose.conditional_at_sign_up,
     }
 
 
@@ -251,7 +277,7 @@ async def load_purposes(connection: AsyncConnection, purposes: Sequence[Purpose]
 _PURPOSES = (
     "SELECT p.key, p.legal_basis, p.title_nb, p.title_en, p.description_nb, p.description_en, "
     "p.required_consent_method, p.notice_version, p.accepted_notice_versions, "
-    "p.consent_lifetime, p.retired, "
+    "p.consent_lifetime, p.retired, p.sign_up_nb, p.sign_up_en, p.sign_up_conditional, "
     "coalesce(array_agg(c.category) FILTER (WHERE c.category IS NOT NULL), '{}') AS categories "
     "FROM purposes p LEFT JOIN purpose_categories c ON c.purpose_key = p.key "
     "WHERE $1 OR NOT p.retired GROUP BY p.key ORDER BY p.key"
@@ -277,6 +303,12 @@ async def fetch_purposes(connection: Raw, *, include_retired: bool = False) -> l
             ),
             consent_lifetime=row["consent_lifetime"],
             retired=row["retired"],
+            sign_up_wording=(
+                LocalizedText(nb=row["sign_up_nb"], en=row["sign_up_en"])
+                if row["sign_up_nb"] is not None
+                else None
+            ),
+            conditional_at_sign_up=row["sign_up_conditional"],
         )
         for row in rows
     ]

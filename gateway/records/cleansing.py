@@ -15,9 +15,17 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.domain import Category, CleansableField, ErrorCode, LegalBasis, Purpose
+from gateway.domain import (
+    Category,
+    CleansableField,
+    ErrorCode,
+    LegalBasis,
+    MembershipStatus,
+    Purpose,
+)
 from gateway.errors import BadUserInput, NotFound, Refused
 from gateway.store import models
+from gateway.store.db import Raw
 
 FIELD_CATEGORY = {
     CleansableField.STREET: Category.ADDRESS,
@@ -123,10 +131,17 @@ async def record_cleansing(
     column = getattr(m, field.value)
     # Lock the member's row: two corrections of one field apply one after the other.
     row = (
-        await connection.execute(select(m.id, column).where(m.id == member_id).with_for_update())
+        await connection.execute(
+            select(m.id, column, m.membership_status).where(m.id == member_id).with_for_update()
+        )
     ).first()
     if row is None:
         raise NotFound("No member has this id.", argument="memberId")
+    if row[2] != MembershipStatus.ACTIVE.value:
+        raise Refused(
+            ErrorCode.MEMBERSHIP_INACTIVE,
+            "The membership is closed: a member who has left is not cleansed.",
+        )
     old_value = row[1]
     if await has_objected(connection, member_id, purpose.key):
         raise Refused(
@@ -241,3 +256,22 @@ async def fetch_overdue_notices(
         .order_by(n.due_at)
     )
     return [OverdueNotice(r.id, r.member_id, r.field, r.due_at) for r in rows]
+
+
+async def lift_objection(
+    connection: Raw, *, member_id: uuid.UUID, purpose: Purpose, now: dt.datetime
+) -> ObjectionRecord | None:
+    """The member lifts their objection to a purpose, effective from the next request (the
+    decision reads objections in each request's transaction). The row stays, with `lifted_at`:
+    the history. None when no objection was in force."""
+    row = await connection.fetchrow(_LIFT, member_id, purpose.key, now)
+    if row is None:
+        return None
+    return ObjectionRecord(row["id"], purpose.key, row["objected_at"], created=True)
+
+
+_LIFT = (
+    "UPDATE objections SET lifted_at = $3 "
+    "WHERE member_id = $1 AND purpose_key = $2 AND lifted_at IS NULL "
+    "RETURNING id, objected_at"
+)

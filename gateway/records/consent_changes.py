@@ -19,6 +19,7 @@ from gateway.domain import (
     EnrichedField,
     ErrorCode,
     LegalBasis,
+    MembershipStatus,
     Purpose,
     consent_state_at,
 )
@@ -75,6 +76,28 @@ def _check_text(value: str | None, name: str, limit: int, *, required: bool = Tr
     if len(value) > limit:
         raise BadUserInput(f"`{name}` is longer than {limit} characters.", argument=name)
     return value.strip() if name != "evidence" else value
+
+
+def evidence_of(evidence: str | None, evidence_sha256: str | None) -> tuple[str | None, str]:
+    """The wording shown (if sent) and its SHA-256: one of them is required, since a consent
+    that cannot be proven is not a consent (GDPR Art. 7(1)); both must agree."""
+    wording = _check_text(evidence, "evidence", MAX_EVIDENCE, required=False)
+    digest = evidence_sha256.lower() if evidence_sha256 else None
+    if digest is not None and (
+        len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
+    ):
+        raise BadUserInput("`evidenceSha256` is a SHA-256 hex digest.", argument="evidenceSha256")
+    if wording is not None:
+        computed = hashlib.sha256(wording.encode()).hexdigest()
+        if digest is not None and digest != computed:
+            raise BadUserInput("`evidenceSha256` does not match `evidence`.", argument="evidence")
+        digest = computed
+    if digest is None:
+        raise BadUserInput(
+            "Give the wording shown to the member (`evidence`) or its SHA-256 digest.",
+            argument="evidence",
+        )
+    return wording, digest
 
 
 def consent_purpose(purpose: Purpose) -> Purpose:
@@ -141,28 +164,19 @@ async def grant_consent(
             **hints,
         )
     channel_ = _check_text(channel, "channel", MAX_CHANNEL)
-    wording = _check_text(evidence, "evidence", MAX_EVIDENCE, required=False)
-    digest = evidence_sha256.lower() if evidence_sha256 else None
-    if digest is not None and (
-        len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)
-    ):
-        raise BadUserInput("`evidenceSha256` is a SHA-256 hex digest.", argument="evidenceSha256")
-    if wording is None and digest is None:
-        raise BadUserInput(
-            "Give the wording shown to the member (`evidence`) or its SHA-256 digest.",
-            argument="evidence",
-        )
-    if wording is not None:
-        computed = hashlib.sha256(wording.encode()).hexdigest()
-        if digest is not None and digest != computed:
-            raise BadUserInput("`evidenceSha256` does not match `evidence`.", argument="evidence")
-        digest = computed
+    wording, digest = evidence_of(evidence, evidence_sha256)
     key = _check_text(idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY, required=False)
     assert purpose.consent_lifetime is not None
     assert channel_ is not None
 
-    if not await lock_consent(connection, member_id, purpose.key):
+    status = await lock_consent(connection, member_id, purpose.key)
+    if status is None:
         raise NotFound("No member has this id.", argument="memberId")
+    if status is not MembershipStatus.ACTIVE:
+        raise Refused(
+            ErrorCode.MEMBERSHIP_INACTIVE,
+            "The membership is closed: a member who has left gives no new consents.",
+        )
     if key is not None:
         existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
         if existing is not None:
@@ -214,7 +228,7 @@ async def withdraw_consent(
     key = _check_text(idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY, required=False)
     assert channel_ is not None
 
-    if not await lock_consent(connection, member_id, purpose.key):
+    if await lock_consent(connection, member_id, purpose.key) is None:
         raise NotFound("No member has this id.", argument="memberId")
     if key is not None:
         existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)

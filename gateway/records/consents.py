@@ -11,7 +11,13 @@ from typing import Any
 from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.domain import ActorKind, ConsentEventKind, ConsentMethod, ConsentState
+from gateway.domain import (
+    ActorKind,
+    ConsentEventKind,
+    ConsentMethod,
+    ConsentState,
+    MembershipStatus,
+)
 from gateway.store import models
 from gateway.store.db import Raw
 
@@ -102,22 +108,25 @@ def _event(row: Any) -> ConsentEventRecord:
     )
 
 
-async def lock_consent(connection: Raw, member_id: uuid.UUID, purpose: str) -> bool:
-    """Serialise changes to one (member, purpose) until this transaction ends; returns whether
-    the member exists (asked in the same round trip).
+async def lock_consent(
+    connection: Raw, member_id: uuid.UUID, purpose: str
+) -> MembershipStatus | None:
+    """Serialise changes to one (member, purpose) until this transaction ends; returns the
+    member's membership status, None if no member has this id (asked in the same round trip).
 
     With the lock held from before the insert until the commit, the order of `seq` is the order
     of commits: the newest event by `seq` is the last one committed.
     """
     [row] = await connection.fetch(_LOCK, f"consent:{member_id}:{purpose}", member_id)
-    return bool(row["member_exists"])
+    status = row["membership_status"]
+    return MembershipStatus(status) if status is not None else None
 
 
 # Raw SQL from here to append_event: each consent change runs these (measured: SQLAlchemy's
 # statement building was most of a grant's time).
 _LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), "
-    "EXISTS (SELECT 1 FROM members WHERE id = $2) AS member_exists"
+    "(SELECT membership_status FROM members WHERE id = $2) AS membership_status"
 )
 # The interpolated part is the model's column list, never input.
 _BY_KEY = (
@@ -171,6 +180,26 @@ async def withdraw_if_in_force(
         idempotency_key,
     )
     return _event(rows[0]) if rows else None
+
+
+_GRANT = (
+    f"SELECT {_COLUMNS} FROM consent_events "  # noqa: S608
+    "WHERE id = $1 AND member_id = $2 AND kind = 'GRANTED'"
+)
+
+
+async def fetch_grant(
+    connection: Raw, member_id: uuid.UUID, receipt_id: uuid.UUID
+) -> ConsentEventRecord | None:
+    """The grant a receipt id names, if it is this member's."""
+    rows = await connection.fetch(_GRANT, receipt_id, member_id)
+    return _event(rows[0]) if rows else None
+
+
+async def client_name(connection: Raw, client_id: uuid.UUID) -> str:
+    """The name of the client that captured a consent (for its receipt)."""
+    rows = await connection.fetch("SELECT name FROM clients WHERE id = $1", client_id)
+    return str(rows[0]["name"]) if rows else "unknown"
 
 
 async def event_by_idempotency_key(

@@ -47,6 +47,7 @@ from gateway.domain import (
     EnrichedField,
     LegalBasis,
     MembershipStatus,
+    ProfileField,
     Role,
     Tier,
 )
@@ -107,9 +108,20 @@ class Purpose(Base):
     retired: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[dt.datetime] = _created_at()
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    # The sign-up form's wording of a consent purpose, and whether it may be tied to joining.
+    sign_up_nb: Mapped[str | None] = mapped_column(Text)
+    sign_up_en: Mapped[str | None] = mapped_column(Text)
+    sign_up_conditional: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     __table_args__ = (
         CheckConstraint("key ~ '^[a-z][a-z0-9_]*$'", name="key_format"),
+        CheckConstraint(
+            "(sign_up_nb IS NULL) = (sign_up_en IS NULL) "
+            "AND (sign_up_nb IS NULL OR legal_basis = 'CONSENT') "
+            "AND (NOT sign_up_conditional OR (sign_up_nb IS NOT NULL "
+            "AND required_consent_method = 'CONDITIONAL'))",
+            name="sign_up",
+        ),
         CheckConstraint(one_of("legal_basis", LegalBasis), name="legal_basis"),
         CheckConstraint(
             "required_consent_method IS NULL OR "
@@ -174,9 +186,18 @@ class Member(Base):
     deceased: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[dt.datetime] = _created_at()
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    # The membership terms (the contract purpose's notice version) accepted at sign-up; NULL for
+    # members moved in from a register that did not record it.
+    terms_version: Mapped[str | None] = mapped_column(String(32))
+    # The identity provider's `sub` for this member, when member tokens come from one.
+    external_subject: Mapped[str | None] = mapped_column(String(255), unique=True)
+    closed_at: Mapped[dt.datetime | None]
 
     __table_args__ = (
         CheckConstraint(one_of("tier", Tier), name="tier"),
+        CheckConstraint(
+            "(membership_status = 'CLOSED') = (closed_at IS NOT NULL)", name="closed_when_closed"
+        ),
         CheckConstraint(one_of("membership_status", MembershipStatus), name="membership_status"),
         CheckConstraint("points >= 0", name="points_not_negative"),
         CheckConstraint("email LIKE '%_@_%'", name="email_shape"),
@@ -201,9 +222,18 @@ class Client(Base):
     )
     created_at: Mapped[dt.datetime] = _created_at()
     disabled_at: Mapped[dt.datetime | None]
+    # The key before the last rotation, valid until `previous_key_expires_at` (the overlap).
+    previous_key_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    previous_key_hash: Mapped[str | None] = mapped_column(String(64))
+    previous_key_expires_at: Mapped[dt.datetime | None]
 
     __table_args__ = (
         CheckConstraint(one_of("role", Role), name="role"),
+        CheckConstraint(
+            "(previous_key_id IS NULL) = (previous_key_hash IS NULL) "
+            "AND (previous_key_id IS NULL) = (previous_key_expires_at IS NULL)",
+            name="previous_key_complete",
+        ),
         CheckConstraint(subset_of("capabilities", Capability), name="capabilities"),
         CheckConstraint("length(key_hash) = 64", name="key_hash_sha256"),
         CheckConstraint("length(btrim(name)) > 0", name="name_not_blank"),
@@ -231,7 +261,9 @@ class ConsentEvent(Base):
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
-    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id"))
+    # No foreign key: the evidence outlives an erased member's row for the period the README
+    # states (see Erasure). A trigger (migration 0005) refuses events for members that do not exist.
+    member_id: Mapped[uuid.UUID]
     purpose_key: Mapped[str] = mapped_column(ForeignKey("purposes.key"))
     kind: Mapped[str] = mapped_column(String(16))
     method: Mapped[str | None] = mapped_column(String(16))
@@ -368,6 +400,54 @@ class Objection(Base):
             unique=True,
             postgresql_where=text("lifted_at IS NULL"),
         ),
+    )
+
+
+class ProfileChange(Base):
+    """One change of a member's base field: old and new value, by whom, when (Art. 16)."""
+
+    __tablename__ = "profile_changes"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    member_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    field: Mapped[str] = mapped_column(String(32))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    client_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("clients.id"))
+    purpose_key: Mapped[str | None] = mapped_column(ForeignKey("purposes.key"))
+    changed_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(one_of("field", ProfileField), name="field"),
+        CheckConstraint("actor_kind IN ('CLIENT', 'MEMBER')", name="actor_kind"),
+        CheckConstraint("(actor_kind = 'CLIENT') = (client_id IS NOT NULL)", name="client_actor"),
+        Index("ix_profile_changes_member_id_changed_at", "member_id", "changed_at"),
+    )
+
+
+class Erasure(Base):
+    """That a member was erased (Art. 17), when, and until when their consent evidence is kept.
+
+    Holds nothing that identifies the person: the member id is a random pseudonym whose link to
+    the person (the members row, its email and external subject) was deleted.
+    """
+
+    __tablename__ = "erasures"
+
+    member_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    receipt_id: Mapped[uuid.UUID] = mapped_column(
+        unique=True, server_default=text("gen_random_uuid()")
+    )
+    erased_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    requested_by: Mapped[str] = mapped_column(String(16))
+    evidence_kept_until: Mapped[dt.datetime]
+    evidence_purged_at: Mapped[dt.datetime | None]
+    deleted: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+
+    __table_args__ = (
+        CheckConstraint("requested_by IN ('MEMBER', 'SYSTEM')", name="requested_by"),
+        CheckConstraint("evidence_kept_until >= erased_at", name="kept_after_erasure"),
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.access.auth import (
     MEMBER_TOKEN_AUDIENCE,
     MEMBER_TOKEN_ISSUER,
+    ExternalSubject,
     TokenKeys,
     authenticate,
     generate_key,
@@ -129,7 +130,6 @@ def _claims(**overrides: object) -> dict[str, object]:
         jwt.encode(_claims(), None, algorithm="none"),
         jwt.encode(_claims(exp=None), TEST_SECRET),
         jwt.encode(_claims(sub=None), TEST_SECRET),
-        jwt.encode(_claims(sub="not-a-uuid"), TEST_SECRET),
         jwt.encode(_claims(aud="someone-else"), TEST_SECRET),
         "eyJhbGciOiJIUzI1NiJ9.garbage.garbage",
     ],
@@ -140,7 +140,6 @@ def _claims(**overrides: object) -> dict[str, object]:
         "alg-none",
         "no-exp",
         "no-sub",
-        "sub-not-uuid",
         "wrong-audience",
         "garbage",
     ],
@@ -148,6 +147,14 @@ def _claims(**overrides: object) -> dict[str, object]:
 def test_bad_member_token_is_refused(token: str) -> None:
     with pytest.raises(Unauthenticated):
         verify_member_token(token, TEST_SECRET)
+
+
+def test_a_subject_that_is_not_a_member_id_is_an_identity_providers_subject() -> None:
+    token = jwt.encode(_claims(sub="auth0|5f7c8ec7c33c6c004bbafe82"), TEST_SECRET)
+
+    assert verify_member_token(token, TEST_SECRET) == ExternalSubject(
+        "auth0|5f7c8ec7c33c6c004bbafe82"
+    )
 
 
 @pytest.mark.parametrize(("expired_ago", "accepted"), [(3, True), (10, False), (30, False)])
