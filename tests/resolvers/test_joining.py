@@ -21,7 +21,8 @@ from tests.helpers import access_events
 POLICY = {p.key: p for p in read_policy_file()}
 OFFERS = POLICY["personalized_offers"].sign_up_wording
 INSIGHT = POLICY["customer_insight"].sign_up_wording
-assert OFFERS is not None and INSIGHT is not None
+assert OFFERS is not None
+assert INSIGHT is not None
 
 ENROLL = """
 mutation($member: NewMemberInput!, $terms: String!, $consents: [SignUpConsentInput!],
@@ -124,7 +125,8 @@ async def test_enrolment_creates_the_member_with_terms_and_consents(
     assert receipts["customer_insight"]["method"] == "CONDITIONAL"
     assert receipts["personalized_offers"]["collectedBy"] == "client:web-shop"
     assert receipts["personalized_offers"]["channel"] == "web-signup"
-    assert OFFERS is not None and INSIGHT is not None
+    assert OFFERS is not None
+    assert INSIGHT is not None
     assert receipts["personalized_offers"]["evidenceSha256"] == (
         hashlib.sha256(OFFERS.nb.encode()).hexdigest()
     )
@@ -144,7 +146,8 @@ async def test_enrolment_creates_the_member_with_terms_and_consents(
                 {"id": member_id},
             )
         ).all()
-    assert row.email == member["email"] and row.terms_version == "2026-01"
+    assert row.email == member["email"]
+    assert row.terms_version == "2026-01"
     assert [(s.purpose_key, s.evidence) for s in stored] == [
         ("customer_insight", None),
         ("personalized_offers", OFFERS.nb),
@@ -240,7 +243,8 @@ async def test_an_email_already_a_member_is_refused_without_revealing_whose(
     body = await enroll(api, shop, member=new_member(email="Kari@Example.NO"))
 
     assert code_of(body) == "ALREADY_MEMBER"
-    assert str(existing) not in str(body) and "Kari" not in str(body)
+    assert str(existing) not in str(body)
+    assert "Kari" not in str(body)
     assert (await row_counts(db))["members"] == before["members"]
 
 
@@ -312,7 +316,8 @@ async def test_a_member_corrects_their_data_and_sees_the_history(api: Api, db: A
     )
 
     result = response.json()["data"]["updateMyProfile"]
-    assert result["changed"] == ["phone", "street"] and result["unchanged"] == ["city"]
+    assert result["changed"] == ["phone", "street"]
+    assert result["unchanged"] == ["city"]
     me = (await api.graphql(MY_PROFILE, token=token)).json()["data"]["me"]
     assert me["profile"]["phone"] == "+4798765432"
     changes = {c["field"]: c for c in me["profileChanges"]}
@@ -320,10 +325,12 @@ async def test_a_member_corrects_their_data_and_sees_the_history(api: Api, db: A
     assert changes["phone"]["newValue"] == "+4798765432"
     assert changes["phone"]["by"] == "you"
     [event] = [e for e in await access_events(db) if e["operation"] == "updateMyProfile"]
-    assert event["outcome"] == "WRITTEN" and event["member_id"] == member_id
+    assert event["outcome"] == "WRITTEN"
+    assert event["member_id"] == member_id
     assert event["details"]["changed"] == ["phone", "street"]
     # Names of the fields, never their values, in the log.
-    assert "98765432" not in str(event) and "Kirkegata" not in str(event)
+    assert "98765432" not in str(event)
+    assert "Kirkegata" not in str(event)
 
 
 async def test_removing_an_optional_field_and_keeping_the_rest(api: Api, db: AsyncEngine) -> None:
@@ -335,7 +342,8 @@ async def test_removing_an_optional_field_and_keeping_the_rest(api: Api, db: Asy
 
     assert response.json()["data"]["updateMyProfile"]["changed"] == ["phone"]
     me = (await api.graphql(MY_PROFILE, token=member_token(member_id))).json()["data"]["me"]
-    assert me["profile"]["phone"] is None and me["profile"]["firstName"] == "Kari"
+    assert me["profile"]["phone"] is None
+    assert me["profile"]["firstName"] == "Kari"
 
 
 @pytest.mark.parametrize(
@@ -364,7 +372,8 @@ async def test_invalid_changes_are_refused_and_change_nothing(
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
     assert error["extensions"].get("field") == field
     after = await row_counts(db)
-    assert after["members"] == before["members"] and after["profile_changes"] == 0
+    assert after["members"] == before["members"]
+    assert after["profile_changes"] == 0
 
 
 async def test_a_country_and_its_postal_code_change_together(api: Api, db: AsyncEngine) -> None:
@@ -423,7 +432,8 @@ async def test_an_app_updates_a_member_under_the_contract(api: Api, db: AsyncEng
     me = (await api.graphql(MY_PROFILE, token=member_token(member_id))).json()["data"]["me"]
     assert me["profileChanges"][0]["by"] == "crm"
     [event] = [e for e in await access_events(db) if e["operation"] == "updateMember"]
-    assert event["purpose"] == "membership_service" and event["legal_basis"] == "CONTRACT"
+    assert event["purpose"] == "membership_service"
+    assert event["legal_basis"] == "CONTRACT"
 
 
 async def test_apps_need_the_capability_the_purpose_and_its_categories(
@@ -462,4 +472,5 @@ async def test_apps_need_the_capability_the_purpose_and_its_categories(
         assert response.json()["errors"][0]["extensions"]["code"] == code, (purpose, code)
     assert (await row_counts(db))["profile_changes"] == 0
     refused = [e for e in await access_events(db) if e["operation"] == "updateMember"]
-    assert len(refused) == len(cases) and {e["outcome"] for e in refused} == {"DENIED"}
+    assert len(refused) == len(cases)
+    assert {e["outcome"] for e in refused} == {"DENIED"}

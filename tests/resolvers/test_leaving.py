@@ -93,7 +93,8 @@ async def test_leaving_closes_withdraws_and_purges_together(
     ]
     assert (await row_counts(db))["enrichment_records"] == 0
     [event] = [e for e in await access_events(db) if e["operation"] == "leaveClub"]
-    assert event["outcome"] == "WRITTEN" and len(event["consent_ids"]) == 2
+    assert event["outcome"] == "WRITTEN"
+    assert len(event["consent_ids"]) == 2
     # Contract purposes withhold; the member still has `me` and the export.
     body = await read(api, reader, member_id, "membership_service")
     assert body["data"]["member"]["firstName"] is None
@@ -113,7 +114,8 @@ async def test_leaving_twice_changes_nothing_the_second_time(api: Api, db: Async
 
     again = (await api.graphql(LEAVE, token=token)).json()["data"]["leaveClub"]
 
-    assert again["closed"] is False and again["withdrawnPurposes"] == []
+    assert again["closed"] is False
+    assert again["withdrawnPurposes"] == []
     after = await row_counts(db)
     assert after["consent_events"] == before["consent_events"]
 
@@ -204,15 +206,19 @@ async def test_erasure_forgets_the_person_and_keeps_what_must_be_kept(
     receipt = response.json()["data"]["eraseMe"]
     assert receipt["memberId"] == str(member_id)
     deleted = {d["what"]: d["count"] for d in receipt["deleted"]}
-    assert deleted["profile"] == 1 and deleted["enrichment_records"] == 4
-    assert deleted["objections"] == 1 and deleted["profile_changes"] == 1
+    assert deleted["profile"] == 1
+    assert deleted["enrichment_records"] == 4
+    assert deleted["objections"] == 1
+    assert deleted["profile_changes"] == 1
     assert deleted["consents_withdrawn"] == 2
     assert receipt["consentEventsKept"] == 4  # two grants, two withdrawals
     kept_until = dt.datetime.fromisoformat(receipt["evidenceKeptUntil"])
     assert kept_until - dt.datetime.fromisoformat(receipt["erasedAt"]) == dt.timedelta(days=1095)
     counts = await row_counts(db)
-    assert counts["members"] == 0 and counts["enrichment_records"] == 0
-    assert counts["objections"] == 0 and counts["profile_changes"] == 0
+    assert counts["members"] == 0
+    assert counts["enrichment_records"] == 0
+    assert counts["objections"] == 0
+    assert counts["profile_changes"] == 0
     assert counts["erasures"] == 1
     # Nothing left in Tillit's database names the person.
     async with db.connect() as connection:
