@@ -240,6 +240,8 @@ async def add_member(engine: AsyncEngine, **values: Any) -> uuid.UUID:
         "points": 1200,
         **values,
     }
+    if row.get("membership_status") == "CLOSED":
+        row.setdefault("closed_at", dt.datetime.now(dt.UTC))
     columns = ", ".join(row)
     params = ", ".join(f":{k}" for k in row)
     async with engine.begin() as connection:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-from gateway.cli import audit, records
+from gateway.cli import audit, clients, members, records
 from gateway.cli.server import app
 from gateway.cli.support import err
 
+clients.register(app)
+members.register(app)
 records.register(app)
 audit.register(app)
 

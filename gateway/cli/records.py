@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import sys
 import uuid
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.purposes import fetch_purposes
 from gateway.audit.trail import AccessRecord, AuditTrail
 from gateway.cli.support import (
+    emit,
     err,
     fail,
     in_transaction,
@@ -29,7 +27,8 @@ from gateway.errors import BadUserInput
 from gateway.records.cleansing import fetch_overdue_notices
 from gateway.records.consent_changes import expire_lapsed_consent
 from gateway.records.consents import fetch_expiring, fetch_lapsed
-from gateway.records.enrich_import import ImportFileError, ImportReport, check_file, import_file
+from gateway.records.csv_files import ImportFileError
+from gateway.records.enrich_import import ImportReport, check_file, import_file
 from gateway.records.enrichment import validate_source
 from gateway.store.db import raw_of
 
@@ -46,22 +45,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(enrich_app, name="enrich")
 
 
-def _emit(columns: list[str], rows: list[list[str]], fmt: str, title: str) -> None:
-    if fmt == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return
-    if fmt != "table":
-        raise fail("--format is table or csv")
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-
-
 @consents_app.command("expiring")
 def consents_expiring(
     within: Annotated[str, typer.Option(help="Window, e.g. 30d, 2w, 3m.")] = "30d",
@@ -76,7 +59,7 @@ def consents_expiring(
     rows = [
         [str(e.member_id), e.purpose, e.expires_at.isoformat(), str(e.consent_id)] for e in expiring
     ]
-    _emit(
+    emit(
         ["member_id", "purpose", "expires_at", "consent_id"],
         rows,
         fmt,
@@ -141,7 +124,7 @@ def notices_overdue(fmt: Format = "table") -> None:
     now = dt.datetime.now(dt.UTC)
     overdue = run_with_database(in_transaction(lambda c: fetch_overdue_notices(c, now=now)))
     rows = [[str(n.id), str(n.member_id), n.field or "", n.due_at.isoformat()] for n in overdue]
-    _emit(["notice_id", "member_id", "field", "due_at"], rows, fmt, f"{len(rows)} notices overdue")
+    emit(["notice_id", "member_id", "field", "due_at"], rows, fmt, f"{len(rows)} notices overdue")
 
 
 @enrich_app.command("import")

@@ -1,5 +1,5 @@
-"""The `tillit` commands that run and set up the gateway: serve, migrate, policy, clients,
-token and demo."""
+"""The `tillit` commands that run and set up the gateway: serve, migrate, policy, token and
+demo."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.access.auth import mint_member_token
-from gateway.access.clients import IssuedClient, create_client, ensure_client
+from gateway.access.clients import ensure_client
 from gateway.access.purposes import DEFAULT_POLICY_FILE, load_purposes, read_policy_file
+from gateway.cli.clients import print_client
 from gateway.cli.demo import load_demo
 from gateway.cli.support import (
     database_url,
@@ -40,9 +41,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 policy_app = typer.Typer(help="The purpose policy.", no_args_is_help=True)
-clients_app = typer.Typer(help="API clients.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
-app.add_typer(clients_app, name="clients")
 
 DEMO_APP = "demo-app"
 DEMO_AUDITOR = "demo-auditor"
@@ -102,46 +101,6 @@ def policy_load(
             out.print(f"{label}: {', '.join(keys)}")
 
 
-# -- clients ---------------------------------------------------------------------------------------
-
-
-def _print_client(client: IssuedClient) -> None:
-    out.print(
-        f"client [bold]{client.name}[/bold] ({client.role.value}) id {client.id}", highlight=False
-    )
-    if client.purposes:
-        out.print(f"  purposes: {', '.join(client.purposes)}", highlight=False)
-    if client.capabilities:
-        out.print(
-            f"  capabilities: {', '.join(c.value for c in client.capabilities)}", highlight=False
-        )
-    out.print(f"  key: [bold]{client.key}[/bold]  (shown once; store it now)", highlight=False)
-
-
-@clients_app.command("create")
-def clients_create(
-    name: Annotated[str, typer.Option(help="A unique, human-readable name.")],
-    role: Annotated[Role, typer.Option(help="app, auditor or admin.")] = Role.APP,
-    purpose: Annotated[
-        list[str] | None,
-        typer.Option("--purpose", help="A purpose the client may act under (repeat)."),
-    ] = None,
-    capability: Annotated[
-        list[Capability] | None,
-        typer.Option("--capability", help="capture_consent, enrich or cleanse (repeat)."),
-    ] = None,
-) -> None:
-    """Register an API client and print its key, once."""
-    client = run_with_database(
-        in_transaction(
-            lambda c: create_client(
-                c, name=name, role=role, purposes=purpose or (), capabilities=capability or ()
-            )
-        )
-    )
-    _print_client(client)
-
-
 # -- token -----------------------------------------------------------------------------------------
 
 
@@ -179,7 +138,7 @@ async def _setup_demo(connection: AsyncConnection, members: int, seed: int, clie
     )
     if clients:
         purposes = ["membership_service", "personalized_offers", "customer_insight", "data_quality"]
-        _print_client(
+        print_client(
             await ensure_client(
                 connection,
                 name=DEMO_APP,
@@ -188,7 +147,7 @@ async def _setup_demo(connection: AsyncConnection, members: int, seed: int, clie
                 capabilities=list(Capability),
             )
         )
-        _print_client(await ensure_client(connection, name=DEMO_AUDITOR, role=Role.AUDITOR))
+        print_client(await ensure_client(connection, name=DEMO_AUDITOR, role=Role.AUDITOR))
     settings = load_settings()
     member_token = mint_member_token(
         summary.first_member_id,

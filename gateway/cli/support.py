@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -12,6 +14,7 @@ from typing import TypeVar
 import typer
 from dateutil.relativedelta import relativedelta
 from rich.console import Console
+from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import DatabaseUnavailable, SettingsError, TillitError
@@ -106,3 +109,20 @@ def parse_duration(raw: str, *, now: dt.datetime) -> dt.timedelta:
         "y": relativedelta(years=amount),
     }[unit]
     return (now + step) - now
+
+
+def emit(columns: list[str], rows: list[list[str]], fmt: str, title: str) -> None:
+    """Rows as a rich table, or as CSV on stdout (`--format csv`)."""
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    if fmt != "table":
+        raise fail("--format is table or csv")
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)

@@ -17,7 +17,7 @@ import csv
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,6 +36,14 @@ from gateway.domain import (
 )
 from gateway.errors import BadUserInput
 from gateway.records.consents import fetch_consent_states
+from gateway.records.csv_files import (
+    ImportFileError,
+    Row,
+    batches,
+    csv_line,
+    line_of_bad_byte,
+    open_csv,
+)
 from gateway.records.enrichment import (
     EnrichmentRow,
     enrichment_refusal,
@@ -52,15 +60,6 @@ VALUE_COLUMNS = {f.value: f for f in EnrichedField}
 ALLOWED_COLUMNS = {MEMBER_COLUMN, OBTAINED_COLUMN, *VALUE_COLUMNS}
 
 
-class ImportFileError(Exception):
-    """The file as a whole cannot be imported; nothing was written."""
-
-    def __init__(self, line: int, reason: str) -> None:
-        self.line = line
-        self.reason = reason
-        super().__init__(f"line {line}: {reason}")
-
-
 @dataclass
 class ImportReport:
     rows: int = 0
@@ -73,21 +72,10 @@ class ImportReport:
         return sum(self.refused.values())
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    line: int
-    cells: list[str]
-
-
-def _open(path: Path) -> TextIO:
-    # utf-8-sig: a byte-order mark, as spreadsheet programs write it, is not part of the header.
-    return path.open(encoding="utf-8-sig", errors="strict", newline="")
-
-
 def check_file(path: Path) -> tuple[list[str], int]:
     """The header and the number of data rows, or ImportFileError before anything is written."""
     try:
-        with _open(path) as handle:
+        with open_csv(path) as handle:
             reader = csv.reader(handle)
             try:
                 header = [name.strip() for name in next(reader)]
@@ -99,24 +87,10 @@ def check_file(path: Path) -> tuple[list[str], int]:
                 rows += 1
             return header, rows
     except UnicodeDecodeError:
-        line = _line_of_bad_byte(path)
+        line = line_of_bad_byte(path)
         raise ImportFileError(line, "not UTF-8 text (save the file as UTF-8)") from None
     except csv.Error as exc:
-        raise ImportFileError(_csv_line(exc), f"unreadable CSV: {exc}") from None
-
-
-def _csv_line(exc: csv.Error) -> int:
-    return int(getattr(exc, "line_num", 0) or 0)
-
-
-def _line_of_bad_byte(path: Path) -> int:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return number
-    return 1
+        raise ImportFileError(csv_line(exc), f"unreadable CSV: {exc}") from None
 
 
 def _check_header(header: list[str]) -> None:
@@ -134,29 +108,15 @@ def _check_header(header: list[str]) -> None:
         raise ImportFileError(1, f"no value column; give one or more of {known}")
 
 
-def _batches(path: Path) -> Iterator[list[_Row]]:
-    with _open(path) as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        batch: list[_Row] = []
-        for cells in reader:
-            batch.append(_Row(reader.line_num, cells))
-            if len(batch) == BATCH_ROWS:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-
 @dataclass(frozen=True, slots=True)
 class _Parsed:
-    row: _Row
+    row: Row
     member_id: uuid.UUID
     values: dict[EnrichedField, Any]
     obtained_at: dt.datetime | None
 
 
-def _parse(row: _Row, header: list[str]) -> _Parsed:
+def _parse(row: Row, header: list[str]) -> _Parsed:
     if len(row.cells) != len(header):
         raise BadUserInput(f"expected {len(header)} fields, found {len(row.cells)}")
     cells = dict(zip(header, (cell.strip() for cell in row.cells), strict=True))
@@ -227,11 +187,11 @@ async def import_file(
     writer.writerow(["line", "code", "reason", *header])
     request_id = f"import-{uuid.uuid4().hex[:12]}"
 
-    def refuse(row: _Row, code: str, reason: str) -> None:
+    def refuse(row: Row, code: str, reason: str) -> None:
         report.refused[code] += 1
         writer.writerow([row.line, code, reason, *row.cells])
 
-    for batch in _batches(path):
+    for batch in batches(path, BATCH_ROWS):
         report.rows += len(batch)
         parsed: list[_Parsed] = []
         for row in batch:

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.records.enrich_import import ImportFileError, check_file
+from gateway.records.csv_files import ImportFileError
+from gateway.records.enrich_import import check_file
 from tests.conftest import add_member, row_counts, scalar, tillit
 from tests.helpers import enrich, grant
 
