@@ -109,9 +109,16 @@ async def consent_receipt(
 
 
 async def access_history(
-    context: Context, member_id: uuid.UUID, *, first: int, after: str | None
+    context: Context,
+    member_id: uuid.UUID,
+    *,
+    first: int,
+    after: str | None,
+    by_the_member: bool | None = None,
 ) -> LogPage:
-    return await fetch_access_history(context.sql, member_id, first=first, after=after)
+    return await fetch_access_history(
+        context.sql, member_id, first=first, after=after, by_the_member=by_the_member
+    )
 
 
 async def export_my_data(context: Context) -> dict[str, Any]:

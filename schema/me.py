@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 from typing import Any
 
@@ -123,6 +124,13 @@ class MyObjection:
     reason: str | None
     objected_at: dt.datetime
     lifted_at: dt.datetime | None
+
+
+@strawberry.enum(description="Whose uses of your data to list.")
+class AccessParty(enum.Enum):
+    ANYONE = "ANYONE"
+    OTHERS = strawberry.enum_value("OTHERS", description="Everyone but you: apps, staff, Tillit.")
+    ME = strawberry.enum_value("ME", description="Your own visits and changes.")
 
 
 @renders(LogEntry)
@@ -255,8 +263,15 @@ class Me:
         info: Info,
         first: int = 20,
         after: str | None = None,
+        by: AccessParty = AccessParty.ANYONE,
     ) -> MyAccessConnection:
-        page = await resolve.access_history(info.context, root.id, first=first, after=after)
+        page = await resolve.access_history(
+            info.context,
+            root.id,
+            first=first,
+            after=after,
+            by_the_member={AccessParty.ME: True, AccessParty.OTHERS: False}.get(by),
+        )
         edges = [MyAccessEdge(cursor=e.cursor, node=e) for e in page.entries]
         return MyAccessConnection(
             edges=edges,

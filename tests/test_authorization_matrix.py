@@ -78,10 +78,38 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {},
     ),
     "exportMyData": ("mutation { exportMyData }", {}),
+    "withdrawObjection": (
+        'mutation { withdrawObjection(purpose: "data_quality") { lifted } }',
+        {},
+    ),
+    "enrollMember": (
+        'mutation { enrollMember(member: {firstName: "Ola", lastName: "Nordmann", '
+        'email: "ola.new@example.org"}, termsVersion: "2026-01", channel: "web") { memberId } }',
+        {},
+    ),
+    "updateMyProfile": (
+        'mutation { updateMyProfile(changes: {city: "Bergen"}) { changed } }',
+        {},
+    ),
+    "updateMember": (
+        'mutation($target: ID!) { updateMember(memberId: $target, purpose: "membership_service", '
+        'changes: {city: "Bergen"}) { changed } }',
+        {},
+    ),
+    "leaveClub": ("mutation { leaveClub { closed } }", {}),
+    "closeMembership": (
+        "mutation($target: ID!) { closeMembership(memberId: $target) { closed } }",
+        {},
+    ),
+    "eraseMe": (
+        'mutation { eraseMe(confirmEmail: "target@example.org") { receiptId } }',
+        {},
+    ),
 }
 
 OK, UNAUTH, FORBIDDEN = "OK", "UNAUTHENTICATED", "FORBIDDEN"
 NOT_PERMITTED = "PURPOSE_NOT_PERMITTED"
+CONFIRM = "CONFIRMATION_REQUIRED"
 
 # The table: one row per operation, one column per caller kind (in CALLERS' order).
 EXPECTED: dict[str, list[str]] = {
@@ -108,6 +136,14 @@ EXPECTED: dict[str, list[str]] = {
     "recordCleansing": [UNAUTH, OK, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
     "objectToProcessing": [UNAUTH, FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN, FORBIDDEN, UNAUTH],
     "exportMyData": [UNAUTH, FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN, FORBIDDEN, UNAUTH],
+    "withdrawObjection": [UNAUTH, FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN, FORBIDDEN, UNAUTH],
+    "enrollMember": [UNAUTH, OK, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
+    "updateMyProfile": [UNAUTH, FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN, FORBIDDEN, UNAUTH],
+    "updateMember": [UNAUTH, OK, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
+    "leaveClub": [UNAUTH, FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN, FORBIDDEN, UNAUTH],
+    "closeMembership": [UNAUTH, OK, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
+    # The other member's confirmation is not their own email: refused, nothing erased.
+    "eraseMe": [UNAUTH, FORBIDDEN, FORBIDDEN, OK, CONFIRM, FORBIDDEN, FORBIDDEN, UNAUTH],
 }
 WRITES = {
     "grantConsent",
@@ -115,6 +151,13 @@ WRITES = {
     "recordEnrichment",
     "recordCleansing",
     "objectToProcessing",
+    "withdrawObjection",
+    "enrollMember",
+    "updateMyProfile",
+    "updateMember",
+    "leaveClub",
+    "closeMembership",
+    "eraseMe",
 }
 CELLS = [
     pytest.param(op, caller, EXPECTED[op][i], id=f"{op}-{caller}")
@@ -139,13 +182,14 @@ class World:
 
 
 async def world(db: AsyncEngine) -> World:
-    target, other = await add_member(db), await add_member(db)
+    target = await add_member(db, email="target@example.org")
+    other = await add_member(db, email="other@example.org")
     await grant(db, target, "personalized_offers")
     everything = tuple(Capability)
     app = await add_client(
         db,
         name="app",
-        purposes=("personalized_offers", "customer_insight", "data_quality"),
+        purposes=("membership_service", "personalized_offers", "customer_insight", "data_quality"),
         capabilities=everything,
     )
     plain = await add_client(db, name="plain", purposes=("membership_service",))

@@ -29,6 +29,9 @@ class LogFilter:
     outcome: AccessOutcome | None = None
     start: dt.datetime | None = None
     end: dt.datetime | None = None
+    # With member_id: True, only the member's own accesses (their `me` views, their changes);
+    # False, only everyone else's; None, both.
+    by_the_member: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,10 @@ async def fetch_page(
     conditions = []
     if where.member_id is not None:
         conditions.append(e.member_id == where.member_id)
+        if where.by_the_member is True:
+            conditions.append(e.actor_member_id == where.member_id)
+        elif where.by_the_member is False:
+            conditions.append(e.actor_member_id.is_distinct_from(where.member_id))
     if where.client_id is not None:
         conditions.append(e.client_id == where.client_id)
     if where.purpose is not None:

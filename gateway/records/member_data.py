@@ -116,10 +116,20 @@ async def fetch_objections(
 
 
 async def fetch_access_history(
-    connection: AsyncConnection, member_id: uuid.UUID, *, first: int, after: str | None
+    connection: AsyncConnection,
+    member_id: uuid.UUID,
+    *,
+    first: int,
+    after: str | None,
+    by_the_member: bool | None = None,
 ) -> LogPage:
-    """Who touched the member's data, newest first."""
-    return await fetch_page(connection, LogFilter(member_id=member_id), first=first, after=after)
+    """Who touched the member's data, newest first (only others, or only the member, if asked)."""
+    return await fetch_page(
+        connection,
+        LogFilter(member_id=member_id, by_the_member=by_the_member),
+        first=first,
+        after=after,
+    )
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -8,11 +8,13 @@ import asyncio
 import datetime as dt
 import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import uvicorn
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.auth import mint_member_token
@@ -124,5 +126,176 @@ async def test_the_page_shows_errors_in_words(page: Page, server: str) -> None:
     await page.fill("#token", "not-a-token")
     await page.click("#sign-in-button")
 
-    await expect(page.locator("#status")).to_contain_text("Authentication required")
+    # In the page's language, never the server's English or a code.
+    await expect(page.locator("#status")).to_contain_text("Innloggingen gikk ikke")
     assert "Traceback" not in await page.content()
+    assert "UNAUTHENTICATED" not in await page.locator("body").inner_text()
+    await page.select_option("#language", "en")
+    await page.fill("#token", "not-a-token")
+    await page.click("#sign-in-button")
+    await expect(page.locator("#status")).to_contain_text("Sign-in failed")
+
+
+async def sign_in(page: Page, server: str, member_id: uuid.UUID) -> None:
+    token = mint_member_token(member_id, TEST_SECRET, dt.timedelta(minutes=10))
+    await page.goto(f"{server}/me")
+    await page.fill("#token", token)
+    await page.click("#sign-in-button")
+    await expect(page.locator("#profile")).to_be_visible()
+
+
+async def test_member_corrects_their_data_on_the_page(
+    page: Page, server: str, db: AsyncEngine
+) -> None:
+    member_id = await add_member(db, phone="+4791234567")
+    await sign_in(page, server, member_id)
+
+    await page.click("#edit-profile")
+    await page.fill("#edit-phone", "912 34 567")
+    await page.click("#save-profile")
+    # The server's refusal, in words, next to the field it is about.
+    await expect(page.locator("#error-phone")).to_contain_text("landkode")
+    await page.fill("#edit-phone", "+4798765432")
+    await page.fill("#edit-city", "Bergen")
+    await page.fill("#edit-postalCode", "5003")
+    await page.click("#save-profile")
+
+    await expect(page.locator("#status")).to_have_text("Lagret.")
+    await expect(page.locator("#profile")).to_contain_text("+4798765432")
+    await expect(page.locator("#changes")).to_contain_text("Telefon")
+    await expect(page.locator("#changes")).to_contain_text("+4791234567")
+    await expect(page.locator("#changes")).to_contain_text("Poststed")
+    async with db.connect() as connection:
+        city = await connection.scalar(
+            text("SELECT city FROM members WHERE id = :id"), {"id": member_id}
+        )
+    assert city == "Bergen"
+
+
+async def test_member_grants_a_consent_and_reads_its_receipt(
+    page: Page, server: str, db: AsyncEngine
+) -> None:
+    member_id = await add_member(db)
+    await sign_in(page, server, member_id)
+    card = page.locator('[data-consent="personalized_offers"]')
+    await expect(card).to_contain_text("Ikke samtykke")
+
+    await card.get_by_role("button", name="Gi samtykke").click()
+
+    await expect(card).to_contain_text("Samtykke gitt")
+    await card.get_by_role("button", name="Vis kvittering").click()
+    receipt = page.locator("#receipt")
+    await expect(receipt).to_be_visible()
+    await expect(receipt).to_contain_text("Personlige tilbud")
+    await expect(receipt).to_contain_text("Uttrykkelig samtykke")
+    await expect(receipt).to_contain_text("Mine data-siden")
+    await expect(page.locator("#history")).to_contain_text("Gitt")
+
+
+async def test_member_objects_and_lifts_the_objection(
+    page: Page, server: str, db: AsyncEngine
+) -> None:
+    member_id = await add_member(db)
+    await sign_in(page, server, member_id)
+    card = page.locator('[data-objection="data_quality"]')
+    await expect(card).to_contain_text("Ingen protest")
+
+    await card.get_by_role("button", name="Protester").click()
+    await expect(card).to_contain_text("Du har protestert")
+    await card.get_by_role("button", name="Trekk protesten").click()
+
+    await expect(card).to_contain_text("Ingen protest")
+    await expect(card).to_contain_text("trukket")
+    async with db.connect() as connection:
+        lifted = await connection.scalar(text("SELECT lifted_at IS NOT NULL FROM objections"))
+    assert lifted is True
+
+
+async def test_member_leaves_the_club(page: Page, server: str, db: AsyncEngine) -> None:
+    member_id = await add_member(db)
+    grant_id = await grant(db, member_id, "personalized_offers")
+    await enrich(db, member_id, grant_id)
+    await sign_in(page, server, member_id)
+
+    await page.click("#leave-button")
+    await expect(page.locator("#leave-confirm")).to_contain_text("Vil du melde deg ut nå?")
+    await page.click("#leave-yes")
+
+    await expect(page.locator("#status")).to_have_text("Du er meldt ut av klubben.")
+    await expect(page.locator("#closed-note")).to_be_visible()
+    await expect(page.locator('[data-consent="personalized_offers"]')).to_contain_text(
+        "Ikke samtykke"
+    )
+    await expect(page.locator("#profile")).to_contain_text("Avsluttet")
+    await expect(page.locator("#edit-profile")).to_be_hidden()
+    async with db.connect() as connection:
+        status = await connection.scalar(
+            text("SELECT membership_status FROM members WHERE id = :id"), {"id": member_id}
+        )
+        values = await connection.scalar(text("SELECT count(*) FROM enrichment_records"))
+    assert status == "CLOSED"
+    assert values == 0
+
+
+async def test_member_erases_their_data(page: Page, server: str, db: AsyncEngine) -> None:
+    member_id = await add_member(db, email="kari.erase@example.no")
+    await grant(db, member_id, "personalized_offers")
+    await sign_in(page, server, member_id)
+    await expect(page.locator("#erase")).to_contain_text("Samtykkehistorikken")
+
+    await page.fill("#erase-email", "someone.else@example.no")
+    await page.click("#erase-button")
+    await expect(page.locator("#status")).to_contain_text("Skriv e-postadressen")
+    await page.fill("#erase-email", "kari.erase@example.no")
+    await page.click("#erase-button")
+
+    await expect(page.locator("#erased")).to_contain_text("Dataene dine er slettet")
+    await expect(page.locator("#erased")).to_contain_text("Kvitteringsnummer")
+    await expect(page.locator("#content")).to_be_hidden()
+    async with db.connect() as connection:
+        members = await connection.scalar(text("SELECT count(*) FROM members"))
+        erasures = await connection.scalar(text("SELECT count(*) FROM erasures"))
+    assert members == 0
+    assert erasures == 1
+
+
+async def test_who_used_my_data_pages_past_fifty_and_keeps_my_own_visits_apart(
+    page: Page, server: str, api: Api, db: AsyncEngine
+) -> None:
+    member_id = await add_member(db, tier="GOLD")
+    grant_id = await grant(db, member_id, "customer_insight", method="CONDITIONAL")
+    await enrich(db, member_id, grant_id)
+    app_key = (await add_client(db, name="Kampanjeverktøy", purposes=("personalized_offers",))).key
+    for _ in range(55):
+        await read(api, app_key, member_id, "personalized_offers")
+    own_token = mint_member_token(member_id, TEST_SECRET, dt.timedelta(minutes=10))
+    await api.graphql("{ me { id } }", token=own_token)  # an earlier visit of their own
+
+    await sign_in(page, server, member_id)
+
+    access = page.locator("#access tbody tr")
+    await expect(access).to_have_count(50)
+    await expect(page.locator("#own")).to_contain_text("Så dataene dine")
+    await expect(page.locator("#own tbody tr")).to_have_count(1)
+    await expect(page.locator("#access")).not_to_contain_text("Så dataene dine")
+    await page.click("#more-access")
+    await expect(access).to_have_count(55)
+    await expect(page.locator("#more-access")).to_be_hidden()
+    shown = await page.locator("body").inner_text()
+    # Plain words only: no field keys, enum names, error codes or GraphQL field names.
+    for key in (
+        "household_size",
+        "householdSize",
+        "GOLD",
+        "CONDITIONAL",
+        "CONSENT_REQUIRED",
+        "CATEGORY_NOT_IN_PURPOSE",
+        "RELEASED",
+        "accessLog",
+        "consentHistory",
+        "personalized_offers",
+    ):
+        assert key not in shown, key
+    assert "Gull" in shown
+    assert "Som del av medlemsvilkårene" in shown
+    assert "Husstandsstørrelse" in shown

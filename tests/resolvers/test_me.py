@@ -435,3 +435,31 @@ async def test_member_only_operations_refuse_everyone_else(
         [event] = await access_events(db)
         assert event["operation"] == operation
         assert event["outcome"] in ("DENIED", "NOT_FOUND")
+
+
+async def test_the_access_log_lists_others_and_the_members_own_visits_apart(
+    api: Api, db: AsyncEngine
+) -> None:
+    member_id = await add_member(db)
+    app = await add_client(db, name="Kampanjeverktøy", purposes=("membership_service",))
+    token = mint_member_token(member_id, TEST_SECRET, dt.timedelta(minutes=5))
+    await api.graphql(
+        'query($id: ID!) { member(id: $id, purpose: "membership_service") { email } }',
+        {"id": str(member_id)},
+        token=app.key,
+    )
+    await api.graphql("{ me { id } }", token=token)
+
+    response = await api.graphql(
+        "{ me { others: accessLog(by: OTHERS) { edges { node { by operation } } } "
+        "own: accessLog(by: ME) { edges { node { by operation } } } "
+        "all: accessLog { edges { node { by } } } } }",
+        token=token,
+    )
+
+    me = response.json()["data"]["me"]
+    assert [e["node"] for e in me["others"]["edges"]] == [
+        {"by": "Kampanjeverktøy", "operation": "member"}
+    ]
+    assert [e["node"] for e in me["own"]["edges"]] == [{"by": "you", "operation": "me"}]
+    assert len(me["all"]["edges"]) == 2

@@ -202,15 +202,20 @@ async def test_members_erase_forgets_a_member_for_the_dpo(db: AsyncEngine, cli_e
     unknown = await tillit("members", "erase", str(uuid.uuid4()), "--yes")
     erased = await tillit("members", "erase", str(member_id), "--yes")
 
-    assert refused.exit_code == 1 and "UUID" in refused.output
-    assert unknown.exit_code == 1 and "No member" in unknown.output
+    assert refused.exit_code == 1
+    assert "UUID" in refused.output
+    assert unknown.exit_code == 1
+    assert "No member" in unknown.output
     assert erased.exit_code == 0, erased.output
     assert "erasure receipt" in erased.output
     counts = await row_counts(db)
-    assert counts["members"] == 0 and counts["enrichment_records"] == 0
-    assert counts["consent_events"] == 2 and counts["erasures"] == 1
+    assert counts["members"] == 0
+    assert counts["enrichment_records"] == 0
+    assert counts["consent_events"] == 2
+    assert counts["erasures"] == 1
     [event] = [e for e in await access_events(db) if e["operation"] == "membersErase"]
-    assert event["member_id"] == member_id and event["actor_kind"] == "SYSTEM"
+    assert event["member_id"] == member_id
+    assert event["actor_kind"] == "SYSTEM"
 
 
 async def test_members_purge_erased_keeps_evidence_inside_its_period(
@@ -266,7 +271,8 @@ async def test_clients_disable_and_enable_are_audited_and_refuse_the_key(
 
     assert "already" in again.output
     assert await is_accepted(db, shop.key)
-    assert enabled.exit_code == 0 and unknown.exit_code == 1
+    assert enabled.exit_code == 0
+    assert unknown.exit_code == 1
     assert [(e["operation"], e["outcome"]) for e in await admin_events(db)] == [
         ("clientDisabled", "WRITTEN"),
         ("clientDisabled", "UNCHANGED"),
@@ -305,7 +311,8 @@ async def test_clients_rotate_prints_a_new_key_and_keeps_the_old_for_the_overlap
     assert await is_accepted(db, new_key)
     [event] = await admin_events(db)
     assert event["operation"] == "clientKeyRotated"
-    assert new_key not in str(event) and shop.key not in str(event)
+    assert new_key not in str(event)
+    assert shop.key not in str(event)
 
 
 async def test_a_second_rotation_ends_the_first_keys_overlap(
