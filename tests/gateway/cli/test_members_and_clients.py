@@ -92,7 +92,8 @@ async def test_members_import_moves_a_register_in_and_is_idempotent(
         member = (
             await connection.execute(
                 text(
-                    "SELECT id, tier, points, member_since FROM members WHERE email = 'ola1@example.no'"
+                    "SELECT id, tier, points, member_since FROM members "
+                    "WHERE email = 'ola1@example.no'"
                 )
             )
         ).one()
