@@ -21,12 +21,15 @@ changes nothing and is counted as `existing`, so importing the same file twice c
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
+import os
 import re
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -155,6 +158,14 @@ class _Refused(Exception):
         super().__init__(reason)
 
 
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    """Why a row is refused, as a worker process sends it back (exceptions do not pickle)."""
+
+    code: str
+    message: str
+
+
 def _refusal(code: ErrorCode | str, reason: str) -> _Refused:
     return _Refused(str(code), reason)
 
@@ -191,6 +202,25 @@ def _consent(key: str, cells: Mapping[str, str], purpose: Purpose, now: dt.datet
         raise BadUserInput(f"{key}.evidence_sha256 is not a SHA-256 hex digest")
     assert purpose.consent_lifetime is not None
     return _Consent(key, method, notice, granted_at, granted_at + purpose.consent_lifetime, digest)
+
+
+def _parse_batch(
+    batch: list[Row],
+    header: list[str],
+    consent_keys: list[str],
+    purposes: Mapping[str, Purpose],
+    now: dt.datetime,
+) -> list[_Member | _Rejected]:
+    """Each row checked (in a worker process): the member, or why the row is refused."""
+    results: list[_Member | _Rejected] = []
+    for row in batch:
+        try:
+            results.append(_parse(row, header, consent_keys, purposes, now))
+        except BadUserInput as exc:
+            results.append(_Rejected("BAD_ROW", exc.message))
+        except _Refused as exc:
+            results.append(_Rejected(exc.code, exc.message))
+    return results
 
 
 def _parse(
@@ -289,18 +319,13 @@ async def import_members(
         report.refused[code] += 1
         writer.writerow([row.line, code, reason, *row.cells])
 
-    for batch in batches(path, BATCH_ROWS):
+    async def _write_batch(batch: list[Row], results: list[_Member | _Rejected]) -> None:
         report.rows += len(batch)
         now = dt.datetime.now(dt.UTC)
         parsed: list[_Member] = []
-        for row in batch:
-            try:
-                member = _parse(row, header, consent_keys, purposes, now)
-            except BadUserInput as exc:
-                refuse(row, "BAD_ROW", exc.message)
-                continue
-            except _Refused as exc:
-                refuse(row, exc.code, exc.message)
+        for row, member in zip(batch, results, strict=True):
+            if isinstance(member, _Rejected):
+                refuse(row, member.code, member.message)
                 continue
             email = str(member.fields[ProfileField.EMAIL]).lower()
             if email in seen:
@@ -372,6 +397,31 @@ async def import_members(
         report.existing += sum(1 for m in skipped if _email(m) in members)
         report.consents += len(grants)
         on_rows(len(batch))
+
+    loop = asyncio.get_running_loop()
+    # Checking rows (email, phone and postal-code rules) is most of an import's CPU: it runs in
+    # worker processes, the next batches while this process writes the current one.
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque[tuple[list[Row], asyncio.Future[list[_Member | _Rejected]]]] = deque()
+        reader = iter(batches(path, BATCH_ROWS))
+
+        def submit() -> None:
+            batch = next(reader, None)
+            if batch is not None:
+                at = dt.datetime.now(dt.UTC)
+                job = loop.run_in_executor(
+                    pool, _parse_batch, batch, header, consent_keys, purposes, at
+                )
+                pending.append((batch, job))
+
+        for _ in range(workers + 1):
+            submit()
+        while pending:
+            batch, job = pending.popleft()
+            results = await job
+            submit()
+            await _write_batch(batch, results)
     return report
 
 

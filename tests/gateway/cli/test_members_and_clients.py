@@ -345,3 +345,26 @@ async def test_clients_create_is_audited(db: AsyncEngine, cli_env: object) -> No
     [event] = await admin_events(db)
     assert event["operation"] == "clientCreated"
     assert event["details"]["capabilities"] == ["enroll"]
+
+
+async def test_members_import_streams_several_batches_in_order(
+    db: AsyncEngine, cli_env: object, tmp_path: Path
+) -> None:
+    rows = [
+        register_row(n, phone="not a phone") if n % 500 == 7 else register_row(n)
+        for n in range(2_600)
+    ]
+    register = write_register(tmp_path / "big.csv", rows)
+
+    first = await tillit("members", "import", str(register))
+    second = await tillit("members", "import", str(register))
+
+    assert first.exit_code == 0, first.output
+    assert "rows: 2600" in first.output
+    assert "imported: 2594 members, 2594 consents" in first.output
+    rejects = read_rejects(tmp_path / "big.rejects.csv")
+    # Line 1 is the header: member n is on line n + 2.
+    assert [int(r["line"]) for r in rejects] == [n + 2 for n in range(2_600) if n % 500 == 7]
+    assert "already members (unchanged): 2594" in second.output
+    assert await scalar(db, "SELECT count(*) FROM members") == 2594
+    assert await scalar(db, "SELECT count(*) FROM consent_events") == 2594
