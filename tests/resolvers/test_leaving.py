@@ -11,11 +11,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.sealer import seal_until_current
-from gateway.domain import Capability
+from gateway.domain import Capability, Role
 from gateway.records.lifecycle import purge_erased_evidence
 from gateway.store.db import raw_of
 from tests.conftest import TEST_SIGNER, Api, add_client, add_member, member_token, row_counts
-from tests.helpers import access_events, enrich, grant, read, verify
+from tests.helpers import access_events, audit_writes_fail, enrich, grant, read, verify
 
 LEAVE = "mutation { leaveClub { memberId closed closedAt withdrawnPurposes purgedFields message } }"
 CLOSE = """
@@ -353,3 +353,74 @@ async def test_someone_elses_receipt_is_not_found(api: Api, db: AsyncEngine) -> 
     assert error_code(withdrawn.json()) == "NOT_FOUND"
     assert error_code(malformed.json()) == "BAD_USER_INPUT"
     assert (await row_counts(db))["consent_events"] == before["consent_events"]
+
+
+# -- All or nothing --------------------------------------------------------------------------------
+
+LIFE_WRITES = {
+    "enrollMember": (
+        'mutation { enrollMember(member: {firstName: "Ola", lastName: "Nordmann", '
+        'email: "ola.new@example.no"}, termsVersion: "2026-01", channel: "web") { memberId } }',
+        "app",
+    ),
+    "updateMyProfile": (
+        'mutation { updateMyProfile(changes: {city: "Bergen"}) { changed } }',
+        "member",
+    ),
+    "updateMember": (
+        'mutation($id: ID!) { updateMember(memberId: $id, purpose: "membership_service", '
+        'changes: {city: "Bergen"}) { changed } }',
+        "app",
+    ),
+    "leaveClub": ("mutation { leaveClub { closed } }", "member"),
+    "closeMembership": (
+        "mutation($id: ID!) { closeMembership(memberId: $id) { closed } }",
+        "app",
+    ),
+    "eraseMe": (f'mutation {{ eraseMe(confirmEmail: "{EMAIL}") {{ receiptId }} }}', "member"),
+    "withdrawObjection": (
+        'mutation { withdrawObjection(purpose: "data_quality") { lifted } }',
+        "member",
+    ),
+}
+
+
+@pytest.mark.parametrize("failing", ["insert", "commit"])
+@pytest.mark.parametrize("operation", sorted(LIFE_WRITES))
+async def test_a_change_and_its_access_event_commit_together(
+    api: Api, db: AsyncEngine, operation: str, failing: str
+) -> None:
+    member_id, _ = await member_with_everything(db)
+    token = member_token(member_id)
+    await api.graphql(OBJECT, token=token)
+    app = await add_client(db, name="crm", capabilities=tuple(Capability))
+    document, caller = LIFE_WRITES[operation]
+    before = await row_counts(db)
+
+    async with audit_writes_fail(db, failing):
+        response = await api.graphql(
+            document,
+            {"id": str(member_id)} if "$id" in document else None,
+            token=token if caller == "member" else app.key,
+        )
+
+    assert response.status_code == 503
+    assert response.json()["errors"][0]["extensions"]["code"] == "AUDIT_UNAVAILABLE"
+    assert await row_counts(db) == before
+
+
+async def test_reports_keep_their_counts_after_an_erasure(api: Api, db: AsyncEngine) -> None:
+    member_id, _ = await member_with_everything(db)
+    auditor = await add_client(db, name="dpo", role=Role.AUDITOR, purposes=())
+    report = (
+        '{ transparencyReport(from: "2026-01-01T00:00:00Z", to: "2030-01-01T00:00:00Z") '
+        "{ accesses consentsGranted { key count } } }"
+    )
+    before = (await api.graphql(report, token=auditor.key)).json()["data"]["transparencyReport"]
+
+    await api.graphql(ERASE, {"email": EMAIL}, token=member_token(member_id))
+
+    after = (await api.graphql(report, token=auditor.key)).json()["data"]["transparencyReport"]
+    assert after["consentsGranted"] == before["consentsGranted"]
+    # The auditor's first report read, and the erasure, are events of their own.
+    assert after["accesses"] == before["accesses"] + 2
