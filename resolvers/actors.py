@@ -48,6 +48,15 @@ def target_of(principal: Principal, member_id: str | None) -> uuid.UUID:
     raise BadUserInput("Name the member (`memberId`).", argument="memberId")
 
 
+def the_member(principal: Principal, what: str) -> uuid.UUID:
+    """The calling member, for what only members do for themselves (object, leave, erase, ...)."""
+    if isinstance(principal, Anonymous):
+        raise Unauthenticated()
+    if not isinstance(principal, MemberPrincipal):
+        raise Forbidden(f"Only the member can {what}, with a member token.")
+    return principal.member_id
+
+
 def authorize_write(
     principal: Principal, target: uuid.UUID, capability: Capability, *, members_may: bool
 ) -> None:

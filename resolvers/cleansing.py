@@ -8,9 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit.trail import AccessRecord
-from gateway.domain import AccessOutcome, Anonymous, Capability, LegalBasis, MemberPrincipal
-from gateway.errors import Forbidden, Unauthenticated
-from gateway.records.cleansing import object_to, parse_field, parse_value, record_cleansing
+from gateway.domain import AccessOutcome, Capability, LegalBasis
+from gateway.records.cleansing import (
+    lift_objection,
+    object_to,
+    parse_field,
+    parse_value,
+    record_cleansing,
+)
 from gateway.records.enrichment import validate_source
 from resolvers.actors import (
     audited_write,
@@ -18,6 +23,7 @@ from resolvers.actors import (
     client_may_use,
     known_purpose,
     target_of,
+    the_member,
 )
 from resolvers.context import Context
 
@@ -102,14 +108,8 @@ async def object_to_processing(
 ) -> ObjectionView:
     """The member objects (GDPR Art. 21) to a legitimate-interest purpose."""
     operation = "objectToProcessing"
-    principal = context.principal
-    target = principal.member_id if isinstance(principal, MemberPrincipal) else None
     async with audited_write(context, operation=operation, purpose=purpose) as scope:
-        scope.target = target
-        if isinstance(principal, Anonymous):
-            raise Unauthenticated()
-        if target is None:
-            raise Forbidden("Only the member can object, with a member token.")
+        scope.target = target = the_member(context.principal, "object")
         declared = await known_purpose(context, purpose)
         objection = await object_to(
             context.sql,
@@ -118,7 +118,6 @@ async def object_to_processing(
             reason=reason,
             now=context.now,
         )
-    assert target is not None
     context.audit.record(
         AccessRecord(
             operation=operation,
@@ -130,3 +129,41 @@ async def object_to_processing(
         )
     )
     return ObjectionView(target, declared.key, objection.objected_at, not objection.created)
+
+
+@dataclass(frozen=True, slots=True)
+class LiftView:
+    member_id: uuid.UUID
+    purpose: str
+    lifted: bool
+    lifted_at: dt.datetime | None
+    message: str
+
+
+async def withdraw_objection(context: Context, *, purpose: str) -> LiftView:
+    operation = "withdrawObjection"
+    async with audited_write(context, operation=operation, purpose=purpose) as scope:
+        scope.target = target = the_member(context.principal, "withdraw their objection")
+        declared = await known_purpose(context, purpose)
+        lifted = await lift_objection(
+            context.db, member_id=target, purpose=declared, now=context.now
+        )
+    context.audit.record(
+        AccessRecord(
+            operation=operation,
+            member_id=target,
+            purpose=declared.key,
+            legal_basis=declared.legal_basis,
+            outcome=AccessOutcome.WRITTEN if lifted else AccessOutcome.UNCHANGED,
+            details={"objection": str(lifted.id) if lifted else None},
+        )
+    )
+    return LiftView(
+        target,
+        declared.key,
+        lifted is not None,
+        context.now if lifted else None,
+        "Objection withdrawn; processing for this purpose may resume."
+        if lifted
+        else "No objection to this purpose was in force; nothing changed.",
+    )

@@ -17,13 +17,11 @@ from gateway.domain import (
     ClientPrincipal,
     ErrorCode,
     LegalBasis,
-    MemberPrincipal,
     ProfileField,
     Purpose,
     Role,
 )
 from gateway.errors import BadUserInput, Forbidden, Refused, TillitError, Unauthenticated
-from gateway.records.cleansing import lift_objection
 from gateway.records.consents import ConsentEventRecord, client_name, fetch_grant
 from gateway.records.lifecycle import (
     ErasureRecord,
@@ -42,18 +40,10 @@ from resolvers.actors import (
     known_purpose,
     parse_uuid,
     target_of,
+    the_member,
 )
 from resolvers.consents import ReceiptView, receipt_view
 from resolvers.context import Context
-
-
-def _member_only(context: Context, what: str) -> uuid.UUID:
-    principal = context.principal
-    if isinstance(principal, Anonymous):
-        raise Unauthenticated()
-    if not isinstance(principal, MemberPrincipal):
-        raise Forbidden(f"Only the member can {what}, with a member token.")
-    return principal.member_id
 
 
 def _app_with(context: Context, capability: Capability) -> ClientPrincipal:
@@ -209,7 +199,7 @@ async def update_my_profile(
     operation = "updateMyProfile"
     fields = sorted(f.value for f in changes)
     async with audited_write(context, operation=operation, purpose=None, fields=fields) as scope:
-        scope.target = target = _member_only(context, "change their profile this way")
+        scope.target = target = the_member(context.principal, "change their profile this way")
         return await _update(
             context, operation=operation, target=target, changes=changes, purpose=None
         )
@@ -287,7 +277,7 @@ async def _close(
 async def leave_club(context: Context) -> ClosingView:
     operation = "leaveClub"
     async with audited_write(context, operation=operation, purpose=None) as scope:
-        scope.target = target = _member_only(context, "leave the club")
+        scope.target = target = the_member(context.principal, "leave the club")
         return await _close(context, operation=operation, target=target, purpose=None)
 
 
@@ -322,7 +312,7 @@ def erasure_record(operation: str, erasure: ErasureRecord) -> AccessRecord:
 async def erase_me(context: Context, *, confirm_email: str) -> ErasureRecord:
     operation = "eraseMe"
     async with audited_write(context, operation=operation, purpose=None) as scope:
-        scope.target = target = _member_only(context, "erase their data")
+        scope.target = target = the_member(context.principal, "erase their data")
         record = await fetch_member(context.db, target)
         if record is not None and confirm_email.strip().lower() != record.email.lower():
             raise Refused(
@@ -342,45 +332,7 @@ async def erase_me(context: Context, *, confirm_email: str) -> ErasureRecord:
     return erasure
 
 
-# -- Objections and receipts -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LiftView:
-    member_id: uuid.UUID
-    purpose: str
-    lifted: bool
-    lifted_at: dt.datetime | None
-    message: str
-
-
-async def withdraw_objection(context: Context, *, purpose: str) -> LiftView:
-    operation = "withdrawObjection"
-    async with audited_write(context, operation=operation, purpose=purpose) as scope:
-        scope.target = target = _member_only(context, "withdraw their objection")
-        declared = await known_purpose(context, purpose)
-        lifted = await lift_objection(
-            context.db, member_id=target, purpose=declared, now=context.now
-        )
-    context.audit.record(
-        AccessRecord(
-            operation=operation,
-            member_id=target,
-            purpose=declared.key,
-            legal_basis=declared.legal_basis,
-            outcome=AccessOutcome.WRITTEN if lifted else AccessOutcome.UNCHANGED,
-            details={"objection": str(lifted.id) if lifted else None},
-        )
-    )
-    return LiftView(
-        target,
-        declared.key,
-        lifted is not None,
-        context.now if lifted else None,
-        "Objection withdrawn; processing for this purpose may resume."
-        if lifted
-        else "No objection to this purpose was in force; nothing changed.",
-    )
+# -- Receipts -----------------------------------------------------------------------
 
 
 async def consent_receipt(

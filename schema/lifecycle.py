@@ -8,7 +8,8 @@ import strawberry
 
 from gateway.domain import ProfileField
 from gateway.records.lifecycle import ErasureRecord, ProfileChangeRecord, SignUpConsent
-from resolvers.lifecycle import ClosingView, EnrollmentView, LiftView, ProfileUpdateView
+from resolvers.cleansing import LiftView
+from resolvers.lifecycle import ClosingView, EnrollmentView, ProfileUpdateView
 from schema.enums import ConsentMethod
 from schema.receipts import ConsentReceipt
 from schema.renders import renders

@@ -12,11 +12,11 @@ from gateway.domain import EnrichedField
 from gateway.records.consent_changes import GrantRequest
 from gateway.records.lifecycle import ErasureRecord
 from resolvers import cleansing, consents, enrichment, lifecycle, me
-from resolvers.cleansing import CleansingView, ObjectionView
+from resolvers.cleansing import CleansingView, LiftView, ObjectionView
 from resolvers.consents import ReceiptView, WithdrawalView
 from resolvers.context import Context
 from resolvers.enrichment import EnrichmentView
-from resolvers.lifecycle import ClosingView, EnrollmentView, LiftView, ProfileUpdateView
+from resolvers.lifecycle import ClosingView, EnrollmentView, ProfileUpdateView
 from schema.enums import ConsentMethod
 from schema.lifecycle import (
     EnrollmentResult,
@@ -233,7 +233,7 @@ class Mutation:
         graphql_type=ObjectionWithdrawal | None,
     )
     async def withdraw_objection(self, info: Info, purpose: str) -> LiftView:
-        return await lifecycle.withdraw_objection(info.context, purpose=purpose)
+        return await cleansing.withdraw_objection(info.context, purpose=purpose)
 
     @strawberry.mutation(
         description="Sign a new member up (app clients with the enroll capability, the web "

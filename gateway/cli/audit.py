@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -27,10 +26,17 @@ from gateway.audit.report import render
 from gateway.audit.retention import RetentionRefused, drop_before, month_start
 from gateway.audit.sealer import seal_through_now
 from gateway.audit.sealing import Checkpoint
-from gateway.audit.trail import AccessRecord, AuditTrail
 from gateway.audit.verify import VerifyReport, verify_export, verify_log
-from gateway.cli.support import err, fail, out, parse_duration, run_with_database, settings_or_exit
-from gateway.domain import AccessOutcome, SystemPrincipal
+from gateway.cli.support import (
+    err,
+    fail,
+    out,
+    parse_duration,
+    record_system_event,
+    run_with_database,
+    settings_or_exit,
+)
+from gateway.domain import AccessOutcome
 from gateway.errors import BadUserInput, TillitError
 from gateway.signing import Signer
 from gateway.store.db import raw_of
@@ -47,23 +53,14 @@ def register(app: typer.Typer) -> None:
 
 async def _record(engine: AsyncEngine, operation: str, details: dict[str, object]) -> None:
     """Reading the log from the command line is an access event too, committed first."""
-    trail = AuditTrail(
-        request_id=f"cli-{uuid.uuid4().hex[:12]}",
-        principal=SystemPrincipal("cli"),
-        now=dt.datetime.now(dt.UTC),
-    )
-    trail.record(
-        AccessRecord(
-            operation=operation,
-            member_id=None,
-            purpose=None,
-            legal_basis=None,
+    async with engine.begin() as connection:
+        await record_system_event(
+            await raw_of(connection),
+            operation,
+            job="cli",
             outcome=AccessOutcome.RELEASED,
             details=details,
         )
-    )
-    async with engine.begin() as connection:
-        await trail.flush(await raw_of(connection))
 
 
 @audit_app.command("keygen")

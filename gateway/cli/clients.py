@@ -19,9 +19,16 @@ from gateway.access.clients import (
     rotate_key,
     set_disabled,
 )
-from gateway.audit.trail import AccessRecord, AuditTrail
-from gateway.cli.support import emit, fail, in_transaction, out, parse_duration, run_with_database
-from gateway.domain import AccessOutcome, Capability, Role, SystemPrincipal
+from gateway.cli.support import (
+    emit,
+    fail,
+    in_transaction,
+    out,
+    parse_duration,
+    record_system_event,
+    run_with_database,
+)
+from gateway.domain import AccessOutcome, Capability, Role
 from gateway.errors import TillitError
 from gateway.store.db import raw_of
 
@@ -55,22 +62,13 @@ async def audit_admin_action(
     **details: Any,
 ) -> None:
     """The access event of an admin action on a client (it touches no member)."""
-    trail = AuditTrail(
-        request_id=f"admin-{uuid.uuid4().hex[:12]}",
-        principal=SystemPrincipal("admin"),
-        now=dt.datetime.now(dt.UTC),
+    await record_system_event(
+        await raw_of(connection),
+        operation,
+        job="admin",
+        outcome=AccessOutcome.WRITTEN if changed else AccessOutcome.UNCHANGED,
+        details={"client": name, "clientId": str(client_id), **details},
     )
-    trail.record(
-        AccessRecord(
-            operation=operation,
-            member_id=None,
-            purpose=None,
-            legal_basis=None,
-            outcome=AccessOutcome.WRITTEN if changed else AccessOutcome.UNCHANGED,
-            details={"client": name, "clientId": str(client_id), **details},
-        )
-    )
-    await trail.flush(await raw_of(connection))
 
 
 def _run(work: Any) -> Any:

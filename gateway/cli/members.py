@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.purposes import fetch_purposes
 from gateway.audit.trail import AuditTrail
-from gateway.cli.support import err, fail, out, run_with_database, settings_or_exit
+from gateway.cli.support import fail, out, row_progress, run_with_database, settings_or_exit
 from gateway.domain import ActorKind, LegalBasis, SystemPrincipal
 from gateway.errors import TillitError
 from gateway.records.csv_files import ImportFileError
@@ -59,16 +58,8 @@ def members_import(
         started = dt.datetime.now(dt.UTC)
         with (
             reject_path.open("w", encoding="utf-8", newline="") as reject_file,
-            Progress(
-                TextColumn("importing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                transient=True,
-            ) as progress,
+            row_progress(total) as advance,
         ):
-            task = progress.add_task("rows", total=total)
             report = await import_members(
                 engine,
                 file,
@@ -76,7 +67,7 @@ def members_import(
                 contract=held_under,
                 rejects=reject_file,
                 header=header,
-                on_rows=lambda n: progress.advance(task, n),
+                on_rows=advance,
             )
         return report, (dt.datetime.now(dt.UTC) - started).total_seconds()
 

@@ -8,18 +8,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.purposes import fetch_purposes
 from gateway.audit.trail import AccessRecord, AuditTrail
 from gateway.cli.support import (
     emit,
-    err,
     fail,
     in_transaction,
     out,
     parse_duration,
+    row_progress,
     run_with_database,
 )
 from gateway.domain import AccessOutcome, LegalBasis, SystemPrincipal
@@ -157,16 +156,8 @@ def enrich_import(
             raise fail(f"unknown purpose {purpose!r}")
         with (
             reject_path.open("w", encoding="utf-8", newline="") as reject_file,
-            Progress(
-                TextColumn("importing"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                transient=True,
-            ) as progress,
+            row_progress(total) as advance,
         ):
-            task = progress.add_task("rows", total=total)
             return await import_file(
                 engine,
                 file,
@@ -174,7 +165,7 @@ def enrich_import(
                 purpose=declared,
                 rejects=reject_file,
                 header=header,
-                on_rows=lambda n: progress.advance(task, n),
+                on_rows=advance,
             )
 
     report = run_with_database(work)

@@ -7,20 +7,25 @@ import csv
 import datetime as dt
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import TypeVar
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
 
 import typer
 from dateutil.relativedelta import relativedelta
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.audit.trail import AccessRecord, AuditTrail
+from gateway.domain import AccessOutcome, SystemPrincipal
 from gateway.errors import DatabaseUnavailable, SettingsError, TillitError
 from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
 from gateway.store import db
+from gateway.store.db import Raw
 from gateway.store.embedded import resolve_database_url
 
 out = Console(soft_wrap=True)
@@ -126,3 +131,46 @@ def emit(columns: list[str], rows: list[list[str]], fmt: str, title: str) -> Non
     for row in rows:
         table.add_row(*row)
     out.print(table)
+
+
+@contextmanager
+def row_progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for an import of `total` rows; yields "advance by n"."""
+    with Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("rows", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+async def record_system_event(
+    raw: Raw,
+    operation: str,
+    *,
+    job: str,
+    outcome: AccessOutcome,
+    details: Mapping[str, Any],
+) -> None:
+    """An access event of a command that touches no member (reading the log, managing a
+    client), in `raw`'s transaction."""
+    trail = AuditTrail(
+        request_id=f"{job}-{uuid.uuid4().hex[:12]}",
+        principal=SystemPrincipal(job),
+        now=dt.datetime.now(dt.UTC),
+    )
+    trail.record(
+        AccessRecord(
+            operation=operation,
+            member_id=None,
+            purpose=None,
+            legal_basis=None,
+            outcome=outcome,
+            details=details,
+        )
+    )
+    await trail.flush(raw)
