@@ -202,3 +202,51 @@ async def test_changed_purpose_is_updated_and_removed_one_retired(
     assert in_force["membership_service"].categories == {Category.CONTACT}
     everything = {p.key: p for p in await fetch_purposes(await raw_of(conn), include_retired=True)}
     assert everything["offers"].retired
+
+
+SIGN_UP = """
+sign_up.nb = "Ja, send meg tilbud."
+sign_up.en = "Yes, send me offers."
+"""
+
+
+def test_the_sign_up_wording_of_a_consent_purpose_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID + SIGN_UP)
+
+    offers = {p.key: p for p in read_policy_file(path)}["offers"]
+
+    assert offers.sign_up_wording is not None
+    assert offers.sign_up_wording.en == "Yes, send me offers."
+    assert offers.conditional_at_sign_up is False
+
+
+def test_the_repository_offers_explicit_and_conditional_consents_at_sign_up() -> None:
+    purposes = {p.key: p for p in read_policy_file(DEFAULT_POLICY_FILE)}
+
+    assert purposes["personalized_offers"].sign_up_wording is not None
+    assert purposes["personalized_offers"].conditional_at_sign_up is False
+    assert purposes["customer_insight"].conditional_at_sign_up is True
+    assert purposes["membership_service"].sign_up_wording is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # An explicit-only purpose cannot be tied to joining.
+        (VALID + SIGN_UP + "sign_up.conditional = true\n", "needs consent_method = CONDITIONAL"),
+        # Sign-up wording belongs to consent purposes only.
+        (
+            VALID.replace(
+                'description.en = "Description"\n', 'description.en = "Description"\n' + SIGN_UP, 1
+            ),
+            "only apply to CONSENT purposes",
+        ),
+        (VALID + 'sign_up.nb = "Bare norsk"\n', "sign_up.en"),
+    ],
+    ids=["conditional-for-explicit", "not-a-consent-purpose", "one-language"],
+)
+def test_invalid_sign_up_wording_is_refused(tmp_path: Path, text: str, reason: str) -> None:
+    with pytest.raises(PolicyFileError) as refused:
+        read_policy_file(write(tmp_path, text))
+
+    assert reason in str(refused.value)
