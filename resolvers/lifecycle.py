@@ -80,6 +80,7 @@ class EnrollmentView:
     member_since: dt.date
     terms_version: str
     receipts: list[ReceiptView]
+    replayed: bool
 
 
 async def enroll(
@@ -91,6 +92,7 @@ async def enroll(
     consents: Sequence[SignUpConsent],
     channel: str,
     external_subject: str | None,
+    idempotency_key: str | None = None,
 ) -> EnrollmentView:
     """A web shop's sign-up: the member, under the membership contract, with the consents
     chosen in the form."""
@@ -111,25 +113,29 @@ async def enroll(
             actor=actor_of(client),
             external_subject=external_subject,
             now=context.now,
+            idempotency_key=idempotency_key,
         )
     except TillitError as error:
         if isinstance(error, Unauthenticated):
             raise
         raise context.refused(operation, error) from None
     member_id = enrollment.member_id
+    replayed = enrollment.replayed
+    written = AccessOutcome.UNCHANGED if replayed else AccessOutcome.WRITTEN
     context.audit.record(
         AccessRecord(
             operation=operation,
             member_id=member_id,
             purpose=contract.key,
             legal_basis=LegalBasis.CONTRACT,
-            outcome=AccessOutcome.WRITTEN,
+            outcome=written,
             fields_requested=tuple(sorted(f.value for f, v in profile.items() if v is not None)),
             consent_ids=tuple(event.id for _, event in enrollment.consents),
             details={
                 "termsVersion": enrollment.terms_version,
                 "channel": channel.strip(),
                 "externalSubject": external_subject is not None,
+                "replayed": replayed,
             },
         )
     )
@@ -141,13 +147,19 @@ async def enroll(
                 member_id=member_id,
                 purpose=consent_purpose.key,
                 legal_basis=LegalBasis.CONSENT,
-                outcome=AccessOutcome.WRITTEN,
+                outcome=written,
                 consent_ids=(event.id,),
                 details={"change": "GRANTED", "method": str(event.method), "atSignUp": True},
             )
         )
-        receipts.append(receipt_view(context, event, consent_purpose, f"client:{client.name}"))
-    return EnrollmentView(member_id, enrollment.member_since, enrollment.terms_version, receipts)
+        receipts.append(
+            receipt_view(
+                context, event, consent_purpose, f"client:{client.name}", replayed=replayed
+            )
+        )
+    return EnrollmentView(
+        member_id, enrollment.member_since, enrollment.terms_version, receipts, replayed
+    )
 
 
 # -- Changing --------------------------------------------------------------------------------------

@@ -100,6 +100,9 @@ class EnrollmentResult:
     member_since: dt.date
     terms_version: str = strawberry.field(description="The membership terms accepted.")
     receipts: list[ConsentReceipt] = strawberry.field(graphql_type=list[ConsentReceipt])
+    replayed: bool = strawberry.field(
+        description="True when an idempotency key returned an earlier sign-up's answer."
+    )
 
 
 @renders(ProfileUpdateView)

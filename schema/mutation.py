@@ -239,7 +239,8 @@ class Mutation:
         description="Sign a new member up (app clients with the enroll capability, the web "
         "shop's sign-up): under the membership contract (`purpose`) on the terms shown "
         "(`termsVersion`), with the consents chosen in the form, each with the wording shown. "
-        "Returns the member id and a receipt per consent.",
+        "Returns the member id and a receipt per consent. Send an `idempotencyKey` so that a "
+        "retried sign-up gets the first one's answer instead of ALREADY_MEMBER.",
         graphql_type=EnrollmentResult | None,
     )
     async def enroll_member(
@@ -251,6 +252,7 @@ class Mutation:
         consents: list[SignUpConsentInput] | None = None,
         purpose: str = "membership_service",
         external_subject: str | None = None,
+        idempotency_key: str | None = None,
     ) -> EnrollmentView:
         return await lifecycle.enroll(
             info.context,
@@ -260,6 +262,7 @@ class Mutation:
             consents=[c.to_request() for c in consents or ()],
             channel=channel,
             external_subject=external_subject,
+            idempotency_key=idempotency_key,
         )
 
     @strawberry.mutation(

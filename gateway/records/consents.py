@@ -29,6 +29,7 @@ CONSENT_STATES = table(
 # The columns of a stored event as ConsentEventRecord holds them: all but the wording itself.
 _RECORD_COLUMNS = tuple(c for c in models.ConsentEvent.__table__.columns if c.name != "evidence")
 _COLUMNS = ", ".join(c.name for c in _RECORD_COLUMNS)
+EVENT_COLUMNS = _COLUMNS  # what `event_of` reads
 
 # Raw SQL: the request's hot path.
 _CURRENT_STATES = (
@@ -88,7 +89,7 @@ class Actor:
     client_id: uuid.UUID | None = None
 
 
-def _event(row: Any) -> ConsentEventRecord:
+def event_of(row: Any) -> ConsentEventRecord:
     """From an asyncpg record or a SQLAlchemy row's mapping."""
     return ConsentEventRecord(
         id=row["id"],
@@ -179,7 +180,7 @@ async def withdraw_if_in_force(
         occurred_at,
         idempotency_key,
     )
-    return _event(rows[0]) if rows else None
+    return event_of(rows[0]) if rows else None
 
 
 _GRANT = (
@@ -193,7 +194,7 @@ async def fetch_grant(
 ) -> ConsentEventRecord | None:
     """The grant a receipt id names, if it is this member's."""
     rows = await connection.fetch(_GRANT, receipt_id, member_id)
-    return _event(rows[0]) if rows else None
+    return event_of(rows[0]) if rows else None
 
 
 async def client_name(connection: Raw, client_id: uuid.UUID) -> str:
@@ -206,14 +207,14 @@ async def event_by_idempotency_key(
     connection: Raw, member_id: uuid.UUID, purpose: str, key: str
 ) -> ConsentEventRecord | None:
     rows = await connection.fetch(_BY_KEY, member_id, purpose, key)
-    return _event(rows[0]) if rows else None
+    return event_of(rows[0]) if rows else None
 
 
 async def current_event(
     connection: Raw, member_id: uuid.UUID, purpose: str
 ) -> ConsentEventRecord | None:
     rows = await connection.fetch(_CURRENT, member_id, purpose)
-    return _event(rows[0]) if rows else None
+    return event_of(rows[0]) if rows else None
 
 
 async def append_event(
@@ -249,7 +250,7 @@ async def append_event(
         expires_at,
         idempotency_key,
     )
-    return _event(row)
+    return event_of(row)
 
 
 async def fetch_history(
@@ -262,7 +263,7 @@ async def fetch_history(
     rows = await connection.execute(
         select(*_RECORD_COLUMNS).where(e.member_id == member_id).order_by(e.occurred_at, e.seq)
     )
-    return [_event(row._mapping) for row in rows]
+    return [event_of(row._mapping) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)

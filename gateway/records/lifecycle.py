@@ -33,11 +33,18 @@ from gateway.domain import (
     Purpose,
 )
 from gateway.errors import BadUserInput, NotFound, Refused
-from gateway.records.consent_changes import MAX_CHANNEL, consent_purpose, evidence_of
+from gateway.records.consent_changes import (
+    MAX_CHANNEL,
+    MAX_IDEMPOTENCY_KEY,
+    consent_purpose,
+    evidence_of,
+)
 from gateway.records.consents import (
+    EVENT_COLUMNS,
     Actor,
     ConsentEventRecord,
     append_event,
+    event_of,
     lock_consent,
     withdraw_if_in_force,
 )
@@ -79,6 +86,7 @@ class Enrollment:
     member_since: dt.date
     terms_version: str
     consents: tuple[tuple[Purpose, ConsentEventRecord], ...]
+    replayed: bool = False  # True: an idempotency key returned an earlier sign-up
 
 
 def _sign_up_consent(purpose: Purpose, consent: SignUpConsent) -> tuple[str | None, str]:
@@ -141,10 +149,59 @@ def check_external_subject(value: str | None) -> str | None:
 
 _ENROL = (
     "INSERT INTO members (first_name, last_name, email, phone, street, postal_code, city, "
-    "country, terms_version, external_subject, created_at, updated_at, member_since) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) "
+    "country, terms_version, external_subject, created_at, updated_at, member_since, "
+    "enrolled_by_client_id, enrollment_key) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14) "
     "ON CONFLICT DO NOTHING RETURNING id, member_since"
 )
+_BY_ENROLLMENT_KEY = (
+    "SELECT id, member_since, terms_version, lower(email) AS email, created_at FROM members "
+    "WHERE enrolled_by_client_id = $1 AND enrollment_key = $2"
+)
+# The grants the sign-up recorded: by its app, at the instant the member was created.
+_SIGN_UP_GRANTS = (
+    f"SELECT {EVENT_COLUMNS} FROM consent_events "  # noqa: S608
+    "WHERE member_id = $1 AND kind = 'GRANTED' AND captured_by_client_id = $2 "
+    "AND occurred_at = $3 ORDER BY seq"
+)
+
+
+async def _replay(
+    connection: Raw,
+    *,
+    client_id: uuid.UUID,
+    key: str,
+    email: str,
+    terms_version: str,
+    purposes: Sequence[Purpose],
+) -> Enrollment | None:
+    """The earlier sign-up this idempotency key names, if it asked for the same (email, terms,
+    consents); a key sent again with something else is refused, as for consents."""
+    row = await connection.fetchrow(_BY_ENROLLMENT_KEY, client_id, key)
+    if row is None:
+        return None
+    grants = [
+        event_of(r)
+        for r in await connection.fetch(_SIGN_UP_GRANTS, row["id"], client_id, row["created_at"])
+    ]
+    by_key = {p.key: p for p in purposes}
+    if (
+        row["email"] != email.lower()
+        or row["terms_version"] != terms_version
+        or sorted(g.purpose for g in grants) != sorted(by_key)
+    ):
+        raise Refused(
+            ErrorCode.IDEMPOTENCY_KEY_REUSED,
+            "This idempotency key was used for a different sign-up; send a new key.",
+            argument="idempotencyKey",
+        )
+    return Enrollment(
+        row["id"],
+        row["member_since"],
+        terms_version,
+        tuple((by_key[g.purpose], g) for g in grants),
+        replayed=True,
+    )
 
 
 async def enroll_member(
@@ -158,11 +215,13 @@ async def enroll_member(
     actor: Actor,
     external_subject: str | None,
     now: dt.datetime,
+    idempotency_key: str | None = None,
 ) -> Enrollment:
     """Create a member under the membership contract, with the consents chosen at sign-up.
 
     Everything is checked before anything is written; an email (or external subject) already
-    registered is refused without saying whose."""
+    registered is refused without saying whose. With an idempotency key (per app), a sign-up
+    sent again returns the first one's member and receipts."""
     if contract.legal_basis is not LegalBasis.CONTRACT:
         raise BadUserInput(
             f"Members join under a CONTRACT purpose; {contract.key} rests on "
@@ -195,7 +254,28 @@ async def enroll_member(
         seen.add(purpose.key)
         checked.append((purpose, consent, *_sign_up_consent(purpose, consent)))
     subject = check_external_subject(external_subject)
+    key = idempotency_key.strip() if idempotency_key is not None else None
+    if key is not None and (not key or len(key) > MAX_IDEMPOTENCY_KEY or actor.client_id is None):
+        raise BadUserInput(
+            f"`idempotencyKey` is 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+            argument="idempotencyKey",
+        )
 
+    async def replayed() -> Enrollment | None:
+        if key is None or actor.client_id is None:
+            return None
+        return await _replay(
+            connection,
+            client_id=actor.client_id,
+            key=key,
+            email=str(fields[ProfileField.EMAIL]),
+            terms_version=terms_version,
+            purposes=[purpose for purpose, *_ in checked],
+        )
+
+    earlier = await replayed()
+    if earlier is not None:
+        return earlier
     rows = await connection.fetch(
         _ENROL,
         fields[ProfileField.FIRST_NAME],
@@ -210,8 +290,14 @@ async def enroll_member(
         subject,
         now,
         now.date(),
+        actor.client_id if key is not None else None,
+        key,
     )
     if not rows:
+        # A twin of this request may have committed the same key meanwhile.
+        earlier = await replayed()
+        if earlier is not None:
+            return earlier
         raise _already_member()
     member_id: uuid.UUID = rows[0]["id"]
     recorded: list[tuple[Purpose, ConsentEventRecord]] = []

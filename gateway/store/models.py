@@ -192,12 +192,20 @@ class Member(Base):
     # The identity provider's `sub` for this member, when member tokens come from one.
     external_subject: Mapped[str | None] = mapped_column(String(255), unique=True)
     closed_at: Mapped[dt.datetime | None]
+    # The app that signed the member up and the idempotency key it sent: a retried sign-up
+    # gets the first one's answer.
+    enrolled_by_client_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("clients.id"))
+    enrollment_key: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         CheckConstraint(one_of("tier", Tier), name="tier"),
         CheckConstraint(
             "(membership_status = 'CLOSED') = (closed_at IS NOT NULL)", name="closed_when_closed"
         ),
+        CheckConstraint(
+            "enrollment_key IS NULL OR enrolled_by_client_id IS NOT NULL", name="key_has_client"
+        ),
+        UniqueConstraint("enrolled_by_client_id", "enrollment_key"),
         CheckConstraint(one_of("membership_status", MembershipStatus), name="membership_status"),
         CheckConstraint("points >= 0", name="points_not_negative"),
         CheckConstraint("email LIKE '%_@_%'", name="email_shape"),

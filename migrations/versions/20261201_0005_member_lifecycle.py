@@ -1,7 +1,8 @@
 """A member's whole life: joining, changing, leaving, being forgotten; client key rotation.
 
 - purposes: the sign-up wording of a consent purpose, and whether it may be tied to joining;
-- members: the terms version accepted, the identity provider's subject, when it was closed;
+- members: the terms version accepted, the identity provider's subject, when it was closed,
+  the app that enrolled it and its idempotency key;
   the gateway role may now insert (enrolment) and delete (erasure) members;
 - profile_changes: the history of corrections (Art. 16), old and new value, by whom;
 - erasures: that a member was erased, and until when their consent evidence is kept;
@@ -68,6 +69,25 @@ def upgrade() -> None:
     op.add_column("members", sa.Column("terms_version", sa.String(32)))
     op.add_column("members", sa.Column("external_subject", sa.String(255)))
     op.add_column("members", sa.Column("closed_at", TIMESTAMPTZ))
+    op.add_column("members", sa.Column("enrolled_by_client_id", sa.UUID()))
+    op.add_column("members", sa.Column("enrollment_key", sa.String(128)))
+    op.create_foreign_key(
+        op.f("fk_members_enrolled_by_client_id_clients"),
+        "members",
+        "clients",
+        ["enrolled_by_client_id"],
+        ["id"],
+    )
+    op.create_unique_constraint(
+        op.f("uq_members_enrolled_by_client_id_enrollment_key"),
+        "members",
+        ["enrolled_by_client_id", "enrollment_key"],
+    )
+    op.create_check_constraint(
+        op.f("ck_members_key_has_client"),
+        "members",
+        "enrollment_key IS NULL OR enrolled_by_client_id IS NOT NULL",
+    )
     op.execute("UPDATE members SET closed_at = updated_at WHERE membership_status = 'CLOSED'")
     op.create_unique_constraint(
         op.f("uq_members_external_subject"), "members", ["external_subject"]
@@ -200,9 +220,20 @@ def downgrade() -> None:
     op.drop_table("erasures")
     op.drop_index(op.f("ix_profile_changes_member_id_changed_at"), table_name="profile_changes")
     op.drop_table("profile_changes")
+    op.execute("ALTER TABLE members DROP CONSTRAINT ck_members_key_has_client")
+    op.execute(
+        "ALTER TABLE members DROP CONSTRAINT uq_members_enrolled_by_client_id_enrollment_key"
+    )
+    op.execute("ALTER TABLE members DROP CONSTRAINT fk_members_enrolled_by_client_id_clients")
     op.execute("ALTER TABLE members DROP CONSTRAINT ck_members_closed_when_closed")
     op.execute("ALTER TABLE members DROP CONSTRAINT uq_members_external_subject")
-    for column in ("closed_at", "external_subject", "terms_version"):
+    for column in (
+        "enrollment_key",
+        "enrolled_by_client_id",
+        "closed_at",
+        "external_subject",
+        "terms_version",
+    ):
         op.drop_column("members", column)
     op.execute("ALTER TABLE purposes DROP CONSTRAINT ck_purposes_sign_up")
     for column in ("sign_up_conditional", "sign_up_en", "sign_up_nb"):

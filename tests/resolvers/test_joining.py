@@ -26,10 +26,11 @@ assert INSIGHT is not None
 
 ENROLL = """
 mutation($member: NewMemberInput!, $terms: String!, $consents: [SignUpConsentInput!],
-         $subject: String, $purpose: String! = "membership_service") {
+         $subject: String, $purpose: String! = "membership_service", $key: String) {
   enrollMember(member: $member, termsVersion: $terms, channel: "web-signup",
-               consents: $consents, externalSubject: $subject, purpose: $purpose) {
-    memberId memberSince termsVersion
+               consents: $consents, externalSubject: $subject, purpose: $purpose,
+               idempotencyKey: $key) {
+    memberId memberSince termsVersion replayed
     receipts { receiptId purpose method noticeVersion channel collectedBy evidenceSha256 }
   }
 }
@@ -93,10 +94,10 @@ async def shop(db: AsyncEngine) -> str:
     return client.key
 
 
-async def enroll(api: Api, key: str, **variables: Any) -> dict[str, Any]:
+async def enroll(api: Api, caller: str, **variables: Any) -> dict[str, Any]:
     values: dict[str, Any] = {"member": new_member(), "terms": "2026-01", "consents": []}
     values.update(variables)
-    response = await api.graphql(ENROLL, values, token=key)
+    response = await api.graphql(ENROLL, values, token=caller)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -474,3 +475,57 @@ async def test_apps_need_the_capability_the_purpose_and_its_categories(
     refused = [e for e in await access_events(db) if e["operation"] == "updateMember"]
     assert len(refused) == len(cases)
     assert {e["outcome"] for e in refused} == {"DENIED"}
+
+
+async def test_a_retried_sign_up_with_its_key_gets_the_first_answer(
+    api: Api, db: AsyncEngine, shop: str
+) -> None:
+    member = new_member()
+    first = await enroll(api, shop, member=member, consents=[offers()], key="signup-42")
+    counts = await row_counts(db)
+
+    again = await enroll(api, shop, member=member, consents=[offers()], key="signup-42")
+
+    one, two = first["data"]["enrollMember"], again["data"]["enrollMember"]
+    assert two["memberId"] == one["memberId"]
+    assert two["replayed"] is True
+    assert one["replayed"] is False
+    assert [r["receiptId"] for r in two["receipts"]] == [r["receiptId"] for r in one["receipts"]]
+    after = await row_counts(db)
+    assert {t: n for t, n in after.items() if t != "access_events"} == {
+        t: n for t, n in counts.items() if t != "access_events"
+    }
+    replays = [e for e in await access_events(db) if e["details"].get("replayed")]
+    assert {e["outcome"] for e in replays} == {"UNCHANGED"}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"member": new_member(email="another@example.no")}, {"consents": []}],
+    ids=["another-email", "other-consents"],
+)
+async def test_a_key_sent_again_with_another_sign_up_is_refused(
+    api: Api, db: AsyncEngine, shop: str, changed: dict[str, Any]
+) -> None:
+    member = new_member()
+    await enroll(api, shop, member=member, consents=[offers()], key="signup-43")
+    before = await row_counts(db)
+
+    body = await enroll(
+        api, shop, **{"member": member, "consents": [offers()], **changed}, key="signup-43"
+    )
+
+    assert code_of(body) == "IDEMPOTENCY_KEY_REUSED"
+    assert (await row_counts(db))["members"] == before["members"]
+
+
+async def test_keys_belong_to_the_app_that_sent_them(api: Api, db: AsyncEngine, shop: str) -> None:
+    other = await add_client(
+        db, name="mobile-app", purposes=("membership_service",), capabilities=(Capability.ENROLL,)
+    )
+    await enroll(api, shop, key="same-key")
+
+    body = await enroll(api, other.key, key="same-key")
+
+    assert body["data"]["enrollMember"]["replayed"] is False
+    assert (await row_counts(db))["members"] == 2
