@@ -210,10 +210,15 @@ async def seed_consenting_members(db: AsyncEngine, count: int) -> list[uuid.UUID
     return ids
 
 
-async def test_import_of_100k_rows_with_one_percent_bad(
+# Twenty batches: enough to cross batch boundaries with every kind of bad row. The speed of a
+# 100,000-row import is measured by hand (README), not asserted here.
+ROWS = 20_000
+
+
+async def test_import_of_20k_rows_with_one_percent_bad(
     db: AsyncEngine, cli_env: object, tmp_path: Path
 ) -> None:
-    consenting = await seed_consenting_members(db, 100_000)
+    consenting = await seed_consenting_members(db, ROWS)
     unconsenting = [await add_member(db) for _ in range(3)]
     expected = {"BAD_ROW": 0, "NOT_FOUND": 0, "CONSENT_REQUIRED": 0}
     rows: list[list[str]] = []
@@ -254,9 +259,9 @@ async def test_import_of_100k_rows_with_one_percent_bad(
 
     assert result.exit_code == 0, result.output
     refused = sum(expected.values())
-    assert refused == 1000
-    assert "rows: 100000" in result.output
-    assert f"accepted: {100_000 - refused}" in result.output
+    assert refused == ROWS // 100
+    assert f"rows: {ROWS}" in result.output
+    assert f"accepted: {ROWS - refused}" in result.output
     for code, count in expected.items():
         assert f"{code}: {count}" in result.output
     with rejects.open(encoding="utf-8") as handle:
@@ -264,10 +269,10 @@ async def test_import_of_100k_rows_with_one_percent_bad(
     assert len(rejected) == refused
     assert {r[1] for r in rejected} == set(expected)
     assert all(int(r[0]) >= 2 for r in rejected)
-    assert await scalar(db, "SELECT count(*) FROM enrichment_records") == 4 * (100_000 - refused)
+    assert await scalar(db, "SELECT count(*) FROM enrichment_records") == 4 * (ROWS - refused)
     assert (
         await scalar(db, "SELECT count(*) FROM access_events WHERE operation = 'enrichImport'")
-        == 100_000 - refused
+        == ROWS - refused
     )
 
 
