@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -55,3 +55,26 @@ def batches(path: Path, size: int) -> Iterator[list[Row]]:
                 batch = []
         if batch:
             yield batch
+
+
+def check_file(path: Path, check_header: Callable[[list[str]], object]) -> tuple[list[str], int]:
+    """The header (refused by `check_header` raising ImportFileError) and the number of data
+    rows, read once in constant memory before anything is written."""
+    try:
+        with open_csv(path) as handle:
+            reader = csv.reader(handle)
+            try:
+                header = [name.strip() for name in next(reader)]
+            except StopIteration:
+                raise ImportFileError(1, "the file is empty") from None
+            if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
+                raise ImportFileError(1, "wrong delimiter: columns are separated by commas")
+            if len(set(header)) != len(header):
+                raise ImportFileError(1, "a column is named twice")
+            check_header(header)
+            return header, sum(1 for _ in reader)
+    except UnicodeDecodeError:
+        line = line_of_bad_byte(path)
+        raise ImportFileError(line, "not UTF-8 text (save the file as UTF-8)") from None
+    except csv.Error as exc:
+        raise ImportFileError(csv_line(exc), f"unreadable CSV: {exc}") from None

@@ -35,14 +35,12 @@ from gateway.domain import (
     SystemPrincipal,
 )
 from gateway.errors import BadUserInput
+from gateway.records import csv_files
 from gateway.records.consents import fetch_consent_states
 from gateway.records.csv_files import (
     ImportFileError,
     Row,
     batches,
-    csv_line,
-    line_of_bad_byte,
-    open_csv,
 )
 from gateway.records.enrichment import (
     EnrichmentRow,
@@ -74,35 +72,15 @@ class ImportReport:
 
 def check_file(path: Path) -> tuple[list[str], int]:
     """The header and the number of data rows, or ImportFileError before anything is written."""
-    try:
-        with open_csv(path) as handle:
-            reader = csv.reader(handle)
-            try:
-                header = [name.strip() for name in next(reader)]
-            except StopIteration:
-                raise ImportFileError(1, "the file is empty") from None
-            _check_header(header)
-            rows = 0
-            for _ in reader:
-                rows += 1
-            return header, rows
-    except UnicodeDecodeError:
-        line = line_of_bad_byte(path)
-        raise ImportFileError(line, "not UTF-8 text (save the file as UTF-8)") from None
-    except csv.Error as exc:
-        raise ImportFileError(csv_line(exc), f"unreadable CSV: {exc}") from None
+    return csv_files.check_file(path, _check_header)
 
 
 def _check_header(header: list[str]) -> None:
-    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
-        raise ImportFileError(1, "wrong delimiter: columns are separated by commas")
     if MEMBER_COLUMN not in header:
         raise ImportFileError(1, f"missing column `{MEMBER_COLUMN}`")
     unknown = [name for name in header if name not in ALLOWED_COLUMNS]
     if unknown:
         raise ImportFileError(1, f"unknown column(s): {', '.join(unknown)}")
-    if len(set(header)) != len(header):
-        raise ImportFileError(1, "a column is named twice")
     if not any(name in VALUE_COLUMNS for name in header):
         known = ", ".join(VALUE_COLUMNS)
         raise ImportFileError(1, f"no value column; give one or more of {known}")

@@ -48,14 +48,8 @@ from gateway.domain import (
     Tier,
 )
 from gateway.errors import BadUserInput
-from gateway.records.csv_files import (
-    ImportFileError,
-    Row,
-    batches,
-    csv_line,
-    line_of_bad_byte,
-    open_csv,
-)
+from gateway.records import csv_files
+from gateway.records.csv_files import ImportFileError, Row, batches
 from gateway.records.lifecycle import check_external_subject
 from gateway.records.profile import REQUIRED, check_changes
 from gateway.store.db import raw_of
@@ -82,10 +76,6 @@ class MemberImportReport:
 
 def check_header(header: list[str], purposes: Mapping[str, Purpose]) -> list[str]:
     """Refuse a header that cannot be imported; returns the consent purposes it names."""
-    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
-        raise ImportFileError(1, "wrong delimiter: columns are separated by commas")
-    if len(set(header)) != len(header):
-        raise ImportFileError(1, "a column is named twice")
     missing = [f.value for f in REQUIRED if f.value not in header]
     if missing:
         raise ImportFileError(1, f"missing column(s): {', '.join(sorted(missing))}")
@@ -109,22 +99,7 @@ def check_header(header: list[str], purposes: Mapping[str, Purpose]) -> list[str
 
 def check_file(path: Path, purposes: Mapping[str, Purpose]) -> tuple[list[str], int]:
     """The header and the number of data rows, or ImportFileError before anything is written."""
-    try:
-        with open_csv(path) as handle:
-            reader = csv.reader(handle)
-            try:
-                header = [name.strip() for name in next(reader)]
-            except StopIteration:
-                raise ImportFileError(1, "the file is empty") from None
-            check_header(header, purposes)
-            rows = sum(1 for _ in reader)
-            return header, rows
-    except UnicodeDecodeError:
-        raise ImportFileError(
-            line_of_bad_byte(path), "not UTF-8 text (save the file as UTF-8)"
-        ) from None
-    except csv.Error as exc:
-        raise ImportFileError(csv_line(exc), f"unreadable CSV: {exc}") from None
+    return csv_files.check_file(path, lambda header: check_header(header, purposes))
 
 
 @dataclass(frozen=True, slots=True)
