@@ -127,8 +127,8 @@ class _Member:
 class _Refused(Exception):
     """A row that is well-formed but may not be imported; the code goes to the reject file."""
 
-    def __init__(self, code: str, reason: str) -> None:
-        self.code = code
+    def __init__(self, code: ErrorCode | str, reason: str) -> None:
+        self.code = str(code)
         self.message = reason
         super().__init__(reason)
 
@@ -141,10 +141,6 @@ class _Rejected:
     message: str
 
 
-def _refusal(code: ErrorCode | str, reason: str) -> _Refused:
-    return _Refused(str(code), reason)
-
-
 def _consent(key: str, cells: Mapping[str, str], purpose: Purpose, now: dt.datetime) -> _Consent:
     method_text = cells[f"{key}.method"].upper()
     if method_text not in ConsentMethod.__members__:
@@ -152,12 +148,12 @@ def _consent(key: str, cells: Mapping[str, str], purpose: Purpose, now: dt.datet
     method = ConsentMethod(method_text)
     required = purpose.required_consent_method or ConsentMethod.EXPLICIT
     if not method.satisfies(required):
-        raise _refusal(
+        raise _Refused(
             ErrorCode.CONSENT_METHOD_INSUFFICIENT, f"{key} needs {required.value.lower()} consent"
         )
     notice = cells[f"{key}.notice_version"]
     if notice not in purpose.accepted_notice_versions:
-        raise _refusal(
+        raise _Refused(
             ErrorCode.NOTICE_OUTDATED, f"{key}: notice {notice!r} is not one the policy accepts"
         )
     try:
@@ -170,7 +166,7 @@ def _consent(key: str, cells: Mapping[str, str], purpose: Purpose, now: dt.datet
         raise BadUserInput(f"{key}.granted_at is in the future")
     digest = cells[f"{key}.evidence_sha256"].lower()
     if not digest:
-        raise _refusal(
+        raise _Refused(
             "EVIDENCE_MISSING", f"{key}: no evidence (the wording's SHA-256); not imported"
         )
     if not _SHA256.match(digest):
