@@ -24,7 +24,7 @@ from gateway.access.auth import TokenKeys
 from gateway.access.caches import POLICY_TTL_SECONDS, TtlCache
 from gateway.audit.sealer import run_sealer
 from gateway.domain import ClientPrincipal, ErrorCode, Purpose
-from gateway.errors import DatabaseUnavailable, SettingsError
+from gateway.errors import SettingsError
 from gateway.logs import configure_logging, flush_logs
 from gateway.settings import Settings, load_settings
 from gateway.store import db, migrate
@@ -34,9 +34,9 @@ from gateway.web.boundary import Boundary, error_body
 from gateway.web.graphql import GraphQLEndpoint
 from gateway.web.me import me_export, me_page
 from gateway.web.middleware import RequestContextMiddleware
+from gateway.web.readiness import readyz
 
 log = structlog.get_logger("tillit.app")
-READINESS_TIMEOUT_SECONDS = 2.0
 
 
 class State(TypedDict):
@@ -53,33 +53,6 @@ class State(TypedDict):
 async def healthz(request: Request) -> Response:
     """Alive: the process answers. Says nothing about the database."""
     return JSONResponse({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    """Ready: the database answers and its schema is at the revision this code expects."""
-    engine: AsyncEngine = request.state.engine
-    expected: str = request.state.head_revision
-    try:
-        with db.translated():
-            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), engine.connect() as connection:
-                current = await db.schema_revision(connection)
-    except DatabaseUnavailable as exc:
-        cause = exc.__cause__
-        log.warning("readiness.database_unreachable", error_type=type(cause).__name__)
-        return JSONResponse(
-            {"status": "unavailable", "reason": "database unreachable"}, status_code=503
-        )
-    if current != expected:
-        return JSONResponse(
-            {
-                "status": "unavailable",
-                "reason": "database schema is not at the expected revision; run `tillit migrate`",
-                "expected_revision": expected,
-                "current_revision": current,
-            },
-            status_code=503,
-        )
-    return JSONResponse({"status": "ready", "revision": current})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -124,6 +124,27 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         default=5000, ge=100, description="PostgreSQL statement_timeout for request connections."
     )
+    db_connect_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How long connecting to one host may take before the next host in "
+        "DATABASE_URL is tried.",
+    )
+    db_tcp_timeout_seconds: float = Field(
+        default=10.0,
+        ge=2,
+        le=600,
+        description="TCP keepalives and TCP_USER_TIMEOUT: a connection whose host goes silent "
+        "is closed after about this long.",
+    )
+    request_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Deadline of one request: past it the request ends with 503 "
+        "AUDIT_UNAVAILABLE, its connection is discarded and nothing it did is released.",
+    )
     # Operation limits: what one request may ask of the gateway. Defaults fit every operation
     # the /me page and the documented app queries send, with room to spare.
     max_body_bytes: int = Field(

@@ -9,6 +9,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.store.connect import Connector, Deadlines, parse_url
 from gateway.store.db import normalize_url
 from gateway.store.migrate import include_name
 from gateway.store.models import Base
@@ -35,7 +36,9 @@ def run_on(connection: Connection) -> None:
 
 
 async def _run_from_url(url: str) -> None:
-    engine = create_async_engine(url)
+    # Every URL form the gateway reads (several hosts among them) connects the same way here.
+    connect = Connector(parse_url(url), Deadlines(command=None), {})
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=connect)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_on)

@@ -189,46 +189,65 @@ def _full(checkpoint: Checkpoint) -> bool:
     return "last_id" in checkpoint.details
 
 
+# Longest a batch may take, from the lock to the commit: ten times what a full batch takes on the
+# benchmark machine. Past it the sealer's connection counts as lost (a silent host, a commit
+# waiting for a standby that is gone) and is discarded.
+BATCH_DEADLINE_SECONDS = 30.0
+# After a failure (the database away, a failover), how soon the sealer tries again.
+RETRY_SECONDS = 1.0
+
+
 async def run_sealer(
     engine: AsyncEngine, signer: Signer, *, interval: float, stop: asyncio.Event
 ) -> None:
     """Seal every `interval` seconds while this process holds the database's sealer lock.
 
     Every gateway process runs this; the session-level advisory lock lets exactly one of them
-    seal, and another takes over within an interval when that one stops.
+    seal, and another takes over within an interval when that one stops. After a failover the
+    lock is free on the new primary (locks are not replicated): whichever sealer reconnects first
+    takes it, within RETRY_SECONDS of its connection failing.
     """
     while not stop.is_set():
         try:
             async with engine.connect() as connection:
-                held = await connection.scalar(
-                    text("SELECT pg_try_advisory_lock(:key)"), {"key": SEAL_LOCK}
-                )
-                await connection.commit()
-                if held:
-                    log.info("sealer.started")
-                    try:
-                        while not stop.is_set():
-                            async with connection.begin():
-                                checkpoint = await seal_once(connection, signer)
-                            if checkpoint is not None and checkpoint.event_count:
-                                log.info(
-                                    "sealer.sealed",
-                                    checkpoint=checkpoint.id,
-                                    events=checkpoint.event_count,
-                                )
-                            if checkpoint is not None and _full(checkpoint):
-                                # Behind: seal the next batch now, after one turn of the loop.
-                                await asyncio.sleep(0)
-                                continue
-                            await _wait(stop, interval)
-                    finally:
-                        await connection.execute(
-                            text("SELECT pg_advisory_unlock(:key)"), {"key": SEAL_LOCK}
-                        )
-                        await connection.commit()
-        except Exception as exc:  # the database may be gone; try again later
+                try:
+                    await _seal_while_holding(connection, signer, interval=interval, stop=stop)
+                except BaseException:
+                    # Closed without a round trip: the session ends, and with it the lock, so
+                    # no pooled connection is left holding it, whatever went wrong.
+                    await connection.invalidate()
+                    raise
+        except Exception as exc:  # the database may be gone; try again soon
             log.warning("sealer.failed", error_type=type(exc).__name__)
+            await _wait(stop, min(interval, RETRY_SECONDS))
+            continue
         await _wait(stop, interval)
+
+
+async def _seal_while_holding(
+    connection: AsyncConnection, signer: Signer, *, interval: float, stop: asyncio.Event
+) -> None:
+    async with asyncio.timeout(BATCH_DEADLINE_SECONDS):
+        held = await connection.scalar(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": SEAL_LOCK}
+        )
+        await connection.commit()
+    if not held:
+        return
+    log.info("sealer.started")
+    while not stop.is_set():
+        async with asyncio.timeout(BATCH_DEADLINE_SECONDS), connection.begin():
+            checkpoint = await seal_once(connection, signer)
+        if checkpoint is not None and checkpoint.event_count:
+            log.info("sealer.sealed", checkpoint=checkpoint.id, events=checkpoint.event_count)
+        if checkpoint is not None and _full(checkpoint):
+            # Behind: seal the next batch now, after one turn of the loop.
+            await asyncio.sleep(0)
+            continue
+        await _wait(stop, interval)
+    async with asyncio.timeout(BATCH_DEADLINE_SECONDS):
+        await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SEAL_LOCK})
+        await connection.commit()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -33,6 +33,10 @@ class VerifyReport:
     events: int = 0
     dropped: int = 0
     unsealed: int = 0
+    # Seconds between the newest checkpoint and the database's clock (None for an export): the
+    # sealer writes one every interval even when nothing happened, so an old one means no
+    # sealer is running.
+    newest_age: float | None = None
     problems: list[str] = field(default_factory=list)
 
     def fail(self, problem: str) -> VerifyReport:
@@ -176,6 +180,8 @@ async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyR
         )
         or 0
     )
+    now = await connection.scalar(text("SELECT now()"))
+    report.newest_age = max(0.0, (now - checkpoints[-1].created_at).total_seconds())
     return report
 
 

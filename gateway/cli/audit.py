@@ -126,8 +126,18 @@ def verify(
         Path | None,
         typer.Option("--manifest", help="The export's manifest (default FILE.manifest.json)."),
     ] = None,
+    max_age: Annotated[
+        float,
+        typer.Option(
+            help="Warn (and exit 2) when the newest checkpoint is older than this many seconds: "
+            "no sealer is running. 0: do not check.",
+            min=0,
+        ),
+    ] = 60.0,
 ) -> None:
-    """Recompute the trail (or an export) and report OK or the first thing that does not match."""
+    """Recompute the trail (or an export) and report OK or the first thing that does not match.
+
+    Exit codes: 0 verified, 1 a problem (named), 2 verified but the newest checkpoint is stale."""
     settings = settings_or_exit()
     if export is not None:
         report = verify_export(
@@ -145,6 +155,14 @@ def verify(
     _print_report(report)
     if not report.ok:
         raise typer.Exit(1)
+    if max_age and report.newest_age is not None and report.newest_age > max_age:
+        err.print(
+            f"[yellow]WARNING:[/yellow] the newest checkpoint is {report.newest_age:.0f} s old "
+            f"(more than --max-age {max_age:g}): no sealer has written one since; "
+            f"{report.unsealed} events wait unsealed",
+            highlight=False,
+        )
+        raise typer.Exit(2)
 
 
 @audit_app.command("retention")

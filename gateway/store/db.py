@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.errors import DatabaseUnavailable
+from gateway.store.connect import Connector, Deadlines, parse_url
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -36,10 +37,32 @@ def normalize_url(url: str) -> str:
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
 
 
+def deadlines(settings: Settings) -> Deadlines:
+    """Every connection's deadlines: connect per host, per statement on the client (a second
+    longer than the server's statement_timeout, which cannot end a wait the server does not know
+    about), and TCP's."""
+    return Deadlines(
+        connect=settings.db_connect_timeout_seconds,
+        command=settings.db_statement_timeout_ms / 1000 + 1,
+        tcp=settings.db_tcp_timeout_seconds,
+    )
+
+
+def connector(url: str, settings: Settings, **extra_settings: str) -> Connector:
+    """How every connection of the gateway is opened (see gateway.store.connect)."""
+    return Connector(
+        parse_url(url), deadlines(settings), {**server_settings(settings), **extra_settings}
+    )
+
+
 def create_engine(url: str, settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
     size = pool_size or settings.db_pool_size
+    connect = connector(url, settings)
     return create_async_engine(
-        normalize_url(url),
+        # The dialect only: connections come from `connect`, which reads every URL form libpq
+        # reads (several hosts among them, which SQLAlchemy's URL cannot hold).
+        "postgresql+asyncpg://",
+        async_creator=connect,
         pool_size=size,
         # No overflow: a connection opened for a burst and closed after it costs PostgreSQL a
         # backend start (measured: 19 per second under the load test, a quarter of its
@@ -51,7 +74,6 @@ def create_engine(url: str, settings: Settings, *, pool_size: int | None = None)
         pool_pre_ping=False,
         # Parameters can be personal data: keep them out of exception messages and logs.
         hide_parameters=not settings.dev,
-        connect_args={"timeout": 5, "server_settings": server_settings(settings)},
     )
 
 
@@ -69,10 +91,15 @@ def asyncpg_dsn(url: str) -> str:
 
 
 def server_settings(settings: Settings) -> dict[str, str]:
+    tcp = int(settings.db_tcp_timeout_seconds)
     return {
         "application_name": "tillit",
         "statement_timeout": str(settings.db_statement_timeout_ms),
         "idle_in_transaction_session_timeout": "60000",
+        # The server gives up on a client that went silent as the client gives up on it.
+        "tcp_keepalives_idle": str(max(1, tcp // 2)),
+        "tcp_keepalives_interval": str(max(1, tcp // 10)),
+        "tcp_user_timeout": str(tcp * 1000),
     }
 
 
@@ -85,18 +112,17 @@ async def _keep(connection: Any) -> None:
 async def create_raw_pool(url: str, settings: Settings) -> asyncpg.Pool:
     """The pool for the hot operations (see `Raw`): plain asyncpg, no SQLAlchemy, connected as
     the engine is."""
+    # The hot statements are the same few, with ids as parameters: plan them once per
+    # connection. Left to choose, PostgreSQL planned them afresh on every execution (a custom
+    # plan for `id = ANY($1)` looked cheaper than the generic one), which was about half of a
+    # one-member read's statement time (measured: 400 us with a plan per execution, 200 us
+    # with the generic plan, the same plan shape).
+    connect = connector(url, settings, plan_cache_mode="force_generic_plan")
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        asyncpg_dsn(url),
+        connect=connect,
         min_size=0,
         max_size=settings.db_pool_size,
-        timeout=5,
         reset=_keep,
-        # The hot statements are the same few, with ids as parameters: plan them once per
-        # connection. Left to choose, PostgreSQL planned them afresh on every execution (a custom
-        # plan for `id = ANY($1)` looked cheaper than the generic one), which was about half of a
-        # one-member read's statement time (measured: 400 us with a plan per execution, 200 us
-        # with the generic plan, the same plan shape).
-        server_settings={**server_settings(settings), "plan_cache_mode": "force_generic_plan"},
     )
     return pool
 
@@ -159,13 +185,53 @@ async def raw_of(connection: AsyncConnection) -> Raw:
 @asynccontextmanager
 async def raw_operation(pool: asyncpg.Pool, *, transaction: bool) -> AsyncIterator[Raw]:
     """A connection of the raw pool for one hot operation: autocommit for a read (its one INSERT
-    of access events commits on its own), else one transaction committed when the block ends."""
+    of access events commits on its own), else one transaction committed when the block ends.
+
+    A connection the operation lost (the database unavailable, the request's deadline passed in
+    the middle of a statement) is closed at once, without a round trip, and the pool opens a new
+    one for the next operation: whatever state it was left in is never reused.
+    """
     async with pool.acquire(timeout=RAW_POOL_TIMEOUT_SECONDS) as driver:
-        if transaction:
-            async with driver.transaction():
+        try:
+            if not transaction:
                 yield Raw(driver)
-        else:
-            yield Raw(driver)
+                return
+            block = driver.transaction()
+            await block.start()
+            try:
+                yield Raw(driver)
+            except BaseException as exc:
+                if not lost(exc):
+                    await block.rollback()
+                raise
+            await block.commit()
+        except BaseException as exc:
+            if lost(exc):
+                driver.terminate()
+            raise
+
+
+@asynccontextmanager
+async def engine_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.begin()`, except that a connection the operation lost (see `raw_operation`) is
+    invalidated instead of rolled back: the rollback would wait on the same silent server."""
+    async with engine.connect() as connection:
+        try:
+            await connection.begin()
+            yield connection
+            await connection.commit()
+        except BaseException as exc:
+            if lost(exc):
+                await connection.invalidate()
+            else:
+                await connection.rollback()
+            raise
+
+
+def lost(exc: BaseException) -> bool:
+    """Whether the connection an exception came out of may be in a state nobody knows: cancelled
+    in the middle of a statement, or the database unavailable."""
+    return isinstance(exc, asyncio.CancelledError | TimeoutError) or unavailable(exc)
 
 
 # -- Driver errors, translated at this one seam ----------------------------------------------------
@@ -182,6 +248,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
     # Statement timeout, administrator shutdown, "the database system is starting up".
     asyncpg.exceptions.OperatorInterventionError,
+    # A standby, or a primary being demoted: it cannot take the access events.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.exceptions.InsufficientResourcesError,
     OSError,
     asyncio.TimeoutError,

@@ -9,9 +9,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.store.connect import parse_url, render_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -88,4 +90,4 @@ async def ensure_gateway_login(engine: AsyncEngine, login: str = GATEWAY_LOGIN) 
 
 def as_gateway_login(url: str, login: str = GATEWAY_LOGIN) -> str:
     """The same database URL, for the gateway's login (no password: see ensure_gateway_login)."""
-    return make_url(url).set(username=login, password=None).render_as_string(hide_password=False)
+    return render_url(parse_url(url).as_login(login))

@@ -474,6 +474,17 @@ class RateLimit(Base):
     __table_args__ = ({"prefixes": ("UNLOGGED",)},)
 
 
+class ReadinessProbe(Base):
+    """The last time a gateway worker's readiness probe committed a write (GET /readyz): a logged
+    row, so its commit waits for the synchronous standby like every access event's does. Rows of
+    workers gone for a day are deleted by the next probe."""
+
+    __tablename__ = "readiness_probes"
+
+    worker: Mapped[str] = mapped_column(String(200), primary_key=True)
+    probed_at: Mapped[dt.datetime]
+
+
 class Xid8(UserDefinedType[int]):
     """PostgreSQL's 64-bit transaction id (`xid8`)."""
 

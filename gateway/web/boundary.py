@@ -12,7 +12,8 @@ which in this order
 6. says every way it can end without an answer as one `Refused` (the HTTP status, code, message
    and headers the route sends): 401 for no or bad credentials, 429 over the rate limit, 403, 404
    or 400 for a refusal the work raised (audited, like every refusal), 503 when the database or
-   the audit write is unavailable (nothing is released).
+   the audit write is unavailable or the request's deadline (TILLIT_REQUEST_TIMEOUT_SECONDS)
+   passed (nothing is released; the connection is discarded, see gateway.store.db).
 
 An exception the work did not expect passes on unchanged (RequestContextMiddleware masks and
 logs it), unless the work had finished: then it was the audit write or the commit that failed,
@@ -21,6 +22,7 @@ and nothing may leave (503).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import AsyncIterator
@@ -138,25 +140,31 @@ class Boundary:
         refusal: TillitError | None = None
         executed = False
         try:
-            with db.translated():
-                async with _connection(request, via) as (raw, sql):
-                    context = await self._context(request, raw, sql)
-                    try:
-                        yield context
-                    except TillitError as exc:
-                        if isinstance(exc, _UNATTRIBUTED):
-                            raise
-                        # A refusal the work raised is answered in HTTP terms, and audited
-                        # (once: the work may have recorded it already).
-                        refusal = exc
-                        if not context.audit.records:
-                            context.refused(operation, exc)
-                    executed = True
-                    await self._flush(context)
+            async with asyncio.timeout(self.settings.request_timeout_seconds):
+                with db.translated():
+                    async with _connection(request, via) as (raw, sql):
+                        context = await self._context(request, raw, sql)
+                        try:
+                            yield context
+                        except TillitError as exc:
+                            if isinstance(exc, _UNATTRIBUTED):
+                                raise
+                            # A refusal the work raised is answered in HTTP terms, and audited
+                            # (once: the work may have recorded it already).
+                            refusal = exc
+                            if not context.audit.records:
+                                context.refused(operation, exc)
+                        executed = True
+                        await self._flush(context)
         except TillitError as exc:
             if isinstance(exc, AuditUnavailable):
                 log.error("operation.unavailable", operation=operation, **_cause(exc))
             raise Refused.of(exc) from None
+        except TimeoutError:
+            # The request's deadline passed (a silent database, a commit waiting for a standby):
+            # its connection was discarded and nothing it did is released.
+            log.error("operation.deadline", operation=operation, executed=executed)
+            raise Refused.of(AuditUnavailable()) from None
         except Exception as exc:
             if not executed:
                 raise
@@ -207,7 +215,7 @@ async def _connection(
 ) -> AsyncIterator[tuple[Raw, AsyncConnection | None]]:
     """The operation's connection: the raw protocol always, SQLAlchemy's only off the raw pool."""
     if via is Via.ENGINE:
-        async with request.state.engine.begin() as connection:
+        async with db.engine_transaction(request.state.engine) as connection:
             yield await db.raw_of(connection), connection
     else:
         pool = request.state.raw_pool

@@ -9,6 +9,7 @@ scrape of any worker reports the sum over all of them.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hmac
 import os
@@ -29,6 +30,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
+
+from gateway.store import db
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -71,6 +74,13 @@ UNSEALED = Gauge(
     multiprocess_mode="max",
 )
 
+NOT_READY = Gauge(
+    "tillit_not_ready",
+    "1 for the reason the worker's last readiness probe failed (0 for the others; all 0: ready).",
+    ["reason"],
+    multiprocess_mode="max",
+)
+
 _pools: list[Any] = []
 
 
@@ -87,6 +97,11 @@ def observe_request(operation: str, status: int, started: float) -> None:
         idle = raw_pool.get_idle_size()
         POOL.labels("in_use").set(engine_pool.checkedout() + raw_pool.get_size() - idle)
         POOL.labels("idle").set(engine_pool.checkedin() + idle)
+
+
+def observe_readiness(reason: str | None, reasons: Iterable[str]) -> None:
+    for each in reasons:
+        NOT_READY.labels(each).set(1 if each == reason else 0)
 
 
 def observe_audit_write(started: float, written: int) -> None:
@@ -113,8 +128,15 @@ _SEALER_STATE = text(
 )
 
 
+# A scrape must answer while the database does not (the lag then reads as infinite).
+SEALER_STATE_TIMEOUT_SECONDS = 2.0
+
+
 async def _sealer_state(engine: AsyncEngine) -> None:
-    async with engine.connect() as connection:
+    async with (
+        asyncio.timeout(SEALER_STATE_TIMEOUT_SECONDS),
+        db.engine_transaction(engine) as connection,
+    ):
         row = (await connection.execute(_SEALER_STATE)).one()
     SEALER_LAG.set(float(row.lag) if row.lag is not None else float("inf"))
     UNSEALED.set(max(0, int(row.unsealed or 0)))
