@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := gateway schema resolvers migrations tests bench
 
-.PHONY: run test lint schema bench loadtest clean
+.PHONY: run test hatest lint schema bench loadtest clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tillit needs Python 3.11 or newer")'
@@ -31,6 +31,15 @@ run: $(INSTALLED)
 
 test: $(INSTALLED) $(CLIENTS)
 	$(BIN)/pytest
+
+# Failover under load on a real HA stack (tests/ha): Patroni and etcd over two PostgreSQL 15 nodes.
+# Needs root and Debian's patroni, etcd-server, postgresql-15 and iptables. HATEST_FORM=short for CI.
+HA_PACKAGES := patroni etcd-server postgresql-15 iptables
+
+hatest: $(INSTALLED)
+	@missing=$$(for p in $(HA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "make hatest needs: apt-get install" $$missing; exit 1; fi
+	TILLIT_HATEST=1 $(BIN)/pytest tests/ha -p no:cacheprovider --timeout=900
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check $(SOURCES)

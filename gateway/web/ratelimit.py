@@ -29,7 +29,7 @@ import structlog
 
 from gateway.domain import Anonymous, ClientPrincipal, MemberPrincipal, Principal
 from gateway.errors import RateLimited
-from gateway.store.db import Raw
+from gateway.store.db import Raw, raw_operation
 
 log = structlog.get_logger("tillit.ratelimit")
 
@@ -153,8 +153,8 @@ class RateLimiter:
             if not self._pending and not forget:
                 continue
             try:
-                async with pool.acquire(timeout=self.sync_seconds + 5) as driver:
-                    raw = Raw(driver)
+                # A connection this loses (a silent database) is closed, not handed to a request.
+                async with raw_operation(pool, transaction=False) as raw:
                     await self.sync(raw)
                     if forget:
                         await self.forget_idle(raw)

@@ -605,3 +605,22 @@ async def test_keygen_prints_a_usable_key_pair(cli_env: object) -> None:
     signer = Signer.from_base64(values["TILLIT_AUDIT_SIGNING_KEY"])
     verifier = Verifier.from_base64(values["TILLIT_AUDIT_VERIFY_KEY"])
     assert verifier.verify(signer.sign(b"x"), b"x")
+
+
+async def test_audit_verify_warns_when_the_newest_checkpoint_is_stale(
+    db: AsyncEngine, cli_env: object
+) -> None:
+    await write_events(db, 2)
+    await seal_until_current(db, TEST_SIGNER)
+    fresh = await tillit("audit", "verify")
+    await asyncio.sleep(0.3)  # no sealer runs: the newest checkpoint only ages
+
+    stale = await tillit("audit", "verify", "--max-age", "0.1")
+    unchecked = await tillit("audit", "verify", "--max-age", "0")
+
+    assert fresh.exit_code == 0, fresh.output
+    assert stale.exit_code == 2
+    assert "OK:" in stale.output
+    assert "WARNING: the newest checkpoint is" in stale.output
+    assert "no sealer has written one since" in stale.output
+    assert unchecked.exit_code == 0

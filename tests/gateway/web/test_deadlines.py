@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -94,6 +95,8 @@ async def test_a_read_only_server_is_unavailability_not_an_error(
     assert refused_with_nothing(unlimited)
     assert ready.status_code == 503
     assert "read-only" in ready.json()["reason"]
+    assert REGISTRY.get_sample_value("tillit_not_ready", {"reason": "read_only"}) == 1
+    assert REGISTRY.get_sample_value("tillit_not_ready", {"reason": "database_unreachable"}) == 0
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ async def own_server(tmp_path: Path) -> AsyncIterator[Any]:
 
     server = await asyncio.to_thread(get_server, tmp_path / "pg", cleanup_mode="stop")
     yield server
-    await asyncio.to_thread(server.stop)
+    await asyncio.to_thread(server.cleanup)  # stops it, and nothing is left for atexit
 
 
 async def set_synchronous_standby(admin_url: str, names: str) -> None:
