@@ -43,6 +43,11 @@ async def access_log(
                     "outcome": where.outcome.value if where.outcome else None,
                     "from": where.start.isoformat() if where.start else None,
                     "to": where.end.isoformat() if where.end else None,
+                    "request_id": where.request_id,
+                    "operation": where.operation,
+                    "acting_member_id": (
+                        str(where.acting_member_id) if where.acting_member_id else None
+                    ),
                 },
                 "returned": len(page.entries),
             },

@@ -7,9 +7,11 @@ from collections import Counter
 from typing import Any
 
 import strawberry
+from strawberry.scalars import JSON
 
 from gateway.audit.log import LogEntry, LogFilter
 from gateway.domain import AccessOutcome
+from gateway.errors import BadUserInput
 from schema.renders import renders
 
 strawberry.enum(AccessOutcome, description="What an access event came to.")
@@ -38,6 +40,20 @@ class AccessEvent:
     @strawberry.field(description="Withheld fields with the reason code of each.")
     def fields_withheld(self, root: strawberry.Parent[LogEntry]) -> list[WithheldField]:
         return [WithheldField(field=k, code=v) for k, v in sorted(root.fields_withheld.items())]
+
+    @strawberry.field(
+        description="What the operation recorded beside the fields, as in the export: a "
+        "refusal's reason, the fields a purge or a change touched, an export's range, a "
+        "filter. Names and codes, never a member's values."
+    )
+    def details(self, root: strawberry.Parent[LogEntry]) -> JSON:
+        document: JSON = _json_scalar(root.details)
+        return document
+
+
+def _json_scalar(document: dict[str, Any]) -> Any:
+    """A jsonb column's value as GraphQL's JSON scalar carries it: plain JSON values already."""
+    return document
 
 
 @strawberry.type
@@ -72,6 +88,15 @@ class AccessLogFilter:
     outcome: AccessOutcome | None = None
     from_: dt.datetime | None = strawberry.field(default=None, name="from")
     to: dt.datetime | None = None
+    request_id: str | None = strawberry.field(
+        default=None, description="One request's events (the X-Request-ID it was answered with)."
+    )
+    operation: str | None = strawberry.field(
+        default=None, description="A root field or route, e.g. `member`, `withdrawConsent`."
+    )
+    acting_member_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Events where this member acted (`me`, their own changes)."
+    )
 
 
 @strawberry.type
@@ -112,4 +137,13 @@ def log_filter(where: AccessLogFilter | None, parse: Any) -> LogFilter:
         outcome=where.outcome,
         start=where.from_,
         end=where.to,
+        request_id=_bounded(where.request_id, "requestId", 128),
+        operation=_bounded(where.operation, "operation", 64),
+        acting_member_id=parse(where.acting_member_id, "actingMemberId"),
     )
+
+
+def _bounded(value: str | None, argument: str, most: int) -> str | None:
+    if value is not None and not 0 < len(value) <= most:
+        raise BadUserInput(f"`{argument}` is 1 to {most} characters.", argument=argument)
+    return value

@@ -18,7 +18,7 @@ from gateway.errors import BadUserInput
 from gateway.store import models
 
 MAX_PAGE = 500
-_ENTRY_COLUMNS = tuple(c for c in models.ACCESS_EVENT_COLUMNS if c != "details")
+_ENTRY_COLUMNS = models.ACCESS_EVENT_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,10 @@ class LogFilter:
     outcome: AccessOutcome | None = None
     start: dt.datetime | None = None
     end: dt.datetime | None = None
+    request_id: str | None = None
+    operation: str | None = None
+    # The member who acted (their own `me` views and changes, or an attempt through their token).
+    acting_member_id: uuid.UUID | None = None
     # With member_id: True, only the member's own accesses (their `me` views, their changes);
     # False, only everyone else's; None, both.
     by_the_member: bool | None = None
@@ -53,6 +57,9 @@ class LogEntry:
     fields_released: list[str]
     fields_withheld: dict[str, str]
     consent_ids: list[uuid.UUID]
+    # What the operation recorded beside the fields (a refusal's reason, purged fields, an
+    # export's range): names and codes, never a member's values.
+    details: dict[str, Any]
 
     @property
     def cursor(self) -> str:
@@ -117,6 +124,12 @@ async def fetch_page(
         conditions.append(e.occurred_at >= where.start)
     if where.end is not None:
         conditions.append(e.occurred_at < where.end)
+    if where.request_id is not None:
+        conditions.append(e.request_id == where.request_id)
+    if where.operation is not None:
+        conditions.append(e.operation == where.operation)
+    if where.acting_member_id is not None:
+        conditions.append(e.actor_member_id == where.acting_member_id)
     if after is not None:
         stamp, event_id = decode_cursor(after)
         conditions.append(or_(e.occurred_at < stamp, and_(e.occurred_at == stamp, e.id < event_id)))

@@ -4,8 +4,10 @@ retention; and the audit commands."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import uuid
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 from asgi_lifespan import LifespanManager
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -118,6 +121,70 @@ async def test_access_log_filters(api: Api, db: AsyncEngine, auditor: str) -> No
     assert refused["node"]["purpose"] == "data_quality"
     assert {w["code"] for w in refused["node"]["fieldsWithheld"]} == {"PURPOSE_NOT_PERMITTED"}
     assert window.json()["data"]["accessLog"]["edges"] == []
+
+
+FILTERED = """
+query($filter: AccessLogFilter) {
+  accessLog(filter: $filter, first: 50) {
+    edges { node { requestId operation memberId actorMemberId outcome details } }
+  }
+}
+"""
+
+
+async def test_access_log_filters_by_request_operation_and_acting_member(
+    api: Api, db: AsyncEngine, auditor: str
+) -> None:
+    app_key = (await add_client(db, name="shop")).key
+    member = await add_member(db)
+    await read_members(api, app_key, [member], "membership_service")
+    tagged = await api.http.post(
+        "/graphql",
+        json={"query": "{ me { id } }"},
+        headers={"Authorization": f"Bearer {member_token(member)}", "X-Request-ID": "req-42"},
+    )
+
+    def query(**where: str) -> Any:
+        return api.graphql(FILTERED, {"filter": where}, token=auditor)
+
+    by_request = (await query(requestId="req-42")).json()["data"]["accessLog"]["edges"]
+    by_operation = (await query(operation="member")).json()["data"]["accessLog"]["edges"]
+    by_actor = (await query(actingMemberId=str(member))).json()["data"]["accessLog"]["edges"]
+    too_long = (await query(requestId="x" * 129)).json()
+
+    assert tagged.status_code == 200
+    assert [e["node"]["requestId"] for e in by_request] == ["req-42"]
+    assert [e["node"]["operation"] for e in by_operation] == ["member"]
+    assert {e["node"]["actorMemberId"] for e in by_actor} == {str(member)}
+    assert {e["node"]["operation"] for e in by_actor} == {"me"}
+    assert too_long["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_write_events_show_their_details_through_graphql(
+    api: Api, db: AsyncEngine, auditor: str
+) -> None:
+    member = await add_member(db)
+    await api.graphql(FILTERED, {"filter": {"operation": "nothing"}}, token=auditor)
+
+    [read] = (
+        await api.graphql(FILTERED, {"filter": {"operation": "accessLog"}}, token=auditor)
+    ).json()["data"]["accessLog"]["edges"]
+    refused = await api.graphql(
+        'mutation($m: ID) { withdrawConsent(memberId: $m, purpose: "personalized_offers") '
+        "{ withdrawn } }",
+        {"m": str(member)},
+        token=(await add_client(db, name="no-capability")).key,
+    )
+    [denied] = (
+        await api.graphql(FILTERED, {"filter": {"operation": "withdrawConsent"}}, token=auditor)
+    ).json()["data"]["accessLog"]["edges"]
+
+    assert read["node"]["details"]["filter"]["operation"] == "nothing"
+    assert read["node"]["details"]["returned"] == 0
+    code = refused.json()["errors"][0]["extensions"]["code"]
+    assert code in ("FORBIDDEN", "PURPOSE_NOT_PERMITTED")
+    assert denied["node"]["outcome"] == "DENIED"
+    assert denied["node"]["details"] == {"reason": code}  # the refusal's reason, as exported
 
 
 async def test_reading_the_log_is_itself_audited(api: Api, db: AsyncEngine, auditor: str) -> None:
@@ -316,6 +383,72 @@ async def test_export_streams_sealed_events_and_its_manifest_verifies(
     report = verify_export(exported, tmp_path / "m.json", TEST_SIGNER.verifier)
     assert not report.ok
     assert "SHA-256" in report.problems[0]
+
+
+async def test_the_signed_formats_are_what_the_readme_says_byte_for_byte(
+    api: Api, db: AsyncEngine, auditor: str
+) -> None:
+    """Recomputed from README's "Signed formats" with hashlib, json and cryptography alone."""
+    await sealed_reads(api, db)
+    params = {"from": DAY_AGO, "to": DAY_AHEAD, "format": "jsonl"}
+    headers = {"Authorization": f"Bearer {auditor}"}
+    body = await api.http.get("/audit/export", params=params, headers=headers)
+    manifest = (
+        await api.http.get(
+            "/audit/export/manifest",
+            params={**params, "checkpoint": body.headers["x-tillit-checkpoint"]},
+            headers=headers,
+        )
+    ).json()
+    async with db.connect() as connection:
+        [checkpoint] = (
+            (
+                await connection.execute(
+                    text("SELECT * FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+                )
+            )
+            .mappings()
+            .all()
+        )
+    public = Ed25519PublicKey.from_public_bytes(
+        base64.b64decode(TEST_SIGNER.verifier.public_base64)
+    )
+
+    def sorted_json(value: Any, *, ascii_only: bool = False) -> bytes:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only
+        ).encode()
+
+    leaves = []
+    for line in body.text.splitlines():
+        event = json.loads(line)
+        given = bytes.fromhex(event.pop("event_hash"))
+        event.pop("position")
+        leaves.append(hashlib.sha256(b"\x00" + sorted_json(event)).digest())
+        assert leaves[-1] == given
+    left, right = hashlib.sha256(b"\x01" + leaves[0] + leaves[1]).digest(), leaves[2]
+    assert checkpoint["batch_root"] == hashlib.sha256(b"\x01" + left + right).digest()
+    content = b"tillit-checkpoint-v1\n" + sorted_json(
+        {
+            "id": checkpoint["id"],
+            "kind": checkpoint["kind"],
+            "created_at": checkpoint["created_at"].isoformat(timespec="microseconds"),
+            "first_position": checkpoint["first_position"],
+            "last_position": checkpoint["last_position"],
+            "event_count": checkpoint["event_count"],
+            "horizon": str(checkpoint["horizon"]),
+            "batch_root": checkpoint["batch_root"].hex(),
+            "previous_hash": checkpoint["previous_hash"].hex(),
+            "details": checkpoint["details"],
+        }
+    )
+    assert checkpoint["checkpoint_hash"] == hashlib.sha256(content).digest()
+    public.verify(checkpoint["signature"], checkpoint["checkpoint_hash"])  # raises if not
+    assert checkpoint["key_id"] == hashlib.sha256(public.public_bytes_raw()).hexdigest()[:16]
+    unsigned = {k: v for k, v in manifest.items() if k != "signature"}
+    message = b"tillit-export-manifest-v1\n" + sorted_json(unsigned, ascii_only=True)
+    public.verify(bytes.fromhex(manifest["signature"]), message)
+    assert manifest["sha256"] == hashlib.sha256(body.content).hexdigest()
 
 
 @pytest.mark.parametrize("value", ['=HYPERLINK("x")', "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
