@@ -10,7 +10,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.store.connect import Connector, Deadlines, parse_url
-from gateway.store.db import normalize_url
 from gateway.store.migrate import include_name
 from gateway.store.models import Base
 
@@ -57,7 +56,7 @@ def run_migrations_online() -> None:
     url = os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url")
     if not url:
         raise SystemExit("Set DATABASE_URL to run alembic directly, or use `tillit migrate`.")
-    asyncio.run(_run_from_url(normalize_url(url)))
+    asyncio.run(_run_from_url(url))  # every spelling parse_url reads
 
 
 if context.is_offline_mode():

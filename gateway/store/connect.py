@@ -32,7 +32,7 @@ import structlog
 
 log = structlog.get_logger("tillit.db")
 
-_SCHEMES = ("postgresql+asyncpg", "postgresql", "postgres")
+SCHEMES = ("postgresql+asyncpg", "postgresql", "postgres")
 # Query parameters this module consumes; every other one goes to asyncpg as it is (sslmode, ...).
 _OURS = ("host", "port", "target_session_attrs", "connect_timeout", "user", "password", "dbname")
 _SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
@@ -71,7 +71,7 @@ class Target:
 def parse_url(url: str) -> Target:
     """Read a PostgreSQL URL in any of the forms in the module's docstring."""
     scheme, sep, _ = url.partition("://")
-    if not sep or scheme not in _SCHEMES:
+    if not sep or scheme not in SCHEMES:
         raise InvalidDatabaseUrl("DATABASE_URL must be a postgresql:// URL")
     parts = urlsplit("postgresql://" + url[len(scheme) + 3 :])
     userinfo, at, hostlist = parts.netloc.rpartition("@")

@@ -20,21 +20,20 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.errors import DatabaseUnavailable
-from gateway.store.connect import Connector, Deadlines, parse_url
+from gateway.store.connect import SCHEMES, Connector, Deadlines, parse_url
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
 
 RAW_POOL_TIMEOUT_SECONDS = 5.0
-_DRIVER_PREFIXES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
 
 def normalize_url(url: str) -> str:
     """Accept the usual spellings of a PostgreSQL URL and return the asyncpg one."""
-    for prefix in _DRIVER_PREFIXES:
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise ValueError("DATABASE_URL must be a postgresql:// URL")
+    return "postgresql+asyncpg://" + rest
 
 
 def deadlines(settings: Settings) -> Deadlines:
