@@ -22,7 +22,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import SettingsError
-from gateway.signing import DEV_AUDIT_SEED, InvalidKey, Signer, Verifier
+from gateway.notes import COSIGNATURE_V1, NoteError, NoteKey, valid_name
+from gateway.signing import DEFAULT_LOG_ORIGIN, DEV_AUDIT_SEED, InvalidKey, Signer, Verifier
 
 # The development signing key. It is public (it is in this file), so it is refused outside dev mode.
 DEV_MEMBER_TOKEN_SECRET = "dev-only-insecure-member-token-secret-change-me"  # noqa: S105
@@ -98,8 +99,19 @@ class Settings(BaseSettings):
     )
     audit_verify_key: str | None = Field(
         default=None,
-        description="Base64 Ed25519 public key for `tillit audit verify` (default: derived from "
-        "the signing key).",
+        description="Base64 Ed25519 public keys `tillit audit verify` trusts, comma-separated: "
+        "after a key rotation the new key and every retired one (default: the signing key's).",
+    )
+    audit_origin: str = Field(
+        default=DEFAULT_LOG_ORIGIN,
+        description="The log's name in its signed checkpoints (C2SP tlog-checkpoint origin), a "
+        "schema-less URL such as `kundeklubben.no/tillit`; fixed for the life of the log.",
+    )
+    audit_witnesses: str = Field(
+        default="",
+        description="Verifier keys (`name+keyid+base64`, comma-separated) of the witnesses "
+        "whose cosignatures POST /audit/cosignature accepts; `tillit audit witness-keygen` "
+        "makes one.",
     )
     seal_interval_seconds: float = Field(
         default=10.0,
@@ -245,12 +257,42 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         if signer.key_id == Signer.from_seed(DEV_AUDIT_SEED).key_id:
             raise ValueError("TILLIT_AUDIT_SIGNING_KEY is the public development key.")
-        if self.audit_verify_key is not None:
+        return self
+
+    @field_validator("audit_verify_key")
+    @classmethod
+    def _verify_keys(cls, value: str | None) -> str | None:
+        if value is not None:
             try:
-                Verifier.from_base64(self.audit_verify_key)
+                [Verifier.from_base64(key) for key in value.split(",") if key.strip()]
             except InvalidKey as exc:
                 raise ValueError(str(exc)) from None
-        return self
+        return value
+
+    @field_validator("audit_origin")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        if not valid_name(value):
+            raise ValueError(
+                "TILLIT_AUDIT_ORIGIN names the log in its checkpoints: a schema-less URL such as "
+                "kundeklubben.no/tillit (no spaces, no +, at most 200 characters)."
+            )
+        return value
+
+    @field_validator("audit_witnesses")
+    @classmethod
+    def _witnesses(cls, value: str) -> str:
+        for vkey in (v for v in value.split(",") if v.strip()):
+            try:
+                key = NoteKey.parse(vkey)
+            except NoteError as exc:
+                raise ValueError(f"TILLIT_AUDIT_WITNESSES: {exc}") from None
+            if key.kind != COSIGNATURE_V1:
+                raise ValueError(
+                    f"TILLIT_AUDIT_WITNESSES: {key.name}'s key is not a cosignature key "
+                    "(type 0x04; `tillit audit witness-keygen` makes one)"
+                )
+        return value
 
     @field_validator("cors_origins")
     @classmethod
@@ -272,14 +314,26 @@ class Settings(BaseSettings):
     def audit_signer(self) -> Signer:
         """The checkpoint key in force: the configured one, or in dev mode the development key."""
         if self.audit_signing_key is not None:
-            return Signer.from_base64(self.audit_signing_key.get_secret_value())
-        return Signer.from_seed(DEV_AUDIT_SEED)
+            return Signer.from_base64(self.audit_signing_key.get_secret_value(), self.audit_origin)
+        return Signer.from_seed(DEV_AUDIT_SEED, self.audit_origin)
+
+    @property
+    def audit_verifiers(self) -> list[Verifier]:
+        """The keys `tillit audit verify` trusts: the configured ones, or the signing key's."""
+        if self.audit_verify_key is not None:
+            keys = [k for k in self.audit_verify_key.split(",") if k.strip()]
+            if keys:
+                return [Verifier.from_base64(key) for key in keys]
+        return [self.audit_signer.verifier]
 
     @property
     def audit_verifier(self) -> Verifier:
-        if self.audit_verify_key is not None:
-            return Verifier.from_base64(self.audit_verify_key)
-        return self.audit_signer.verifier
+        """The first trusted key (export manifests are checked with it)."""
+        return self.audit_verifiers[0]
+
+    @property
+    def witness_keys(self) -> list[NoteKey]:
+        return [NoteKey.parse(v) for v in self.audit_witnesses.split(",") if v.strip()]
 
     @property
     def signing_secret(self) -> str:

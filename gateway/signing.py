@@ -16,6 +16,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+# The log's name in its checkpoints (C2SP tlog-checkpoint's origin line, and the key name of the
+# log's signature on them) unless TILLIT_AUDIT_ORIGIN names it.
+DEFAULT_LOG_ORIGIN = "tillit.local/audit"
 # Public by being in this file: refused outside dev mode (see settings).
 DEV_AUDIT_SEED = hashlib.sha256(b"tillit development audit key, never for production").digest()
 
@@ -52,6 +55,10 @@ class Verifier:
         return key_id_of(self.public)
 
     @property
+    def raw(self) -> bytes:
+        return self.public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
     def public_base64(self) -> str:
         return base64.b64encode(self.public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
@@ -66,14 +73,16 @@ class Verifier:
 @dataclass(frozen=True)
 class Signer:
     private: Ed25519PrivateKey
+    # The log this key signs for: its checkpoints' origin line and the key's name on them.
+    origin: str = DEFAULT_LOG_ORIGIN
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> Signer:
-        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+    def from_seed(cls, seed: bytes, origin: str = DEFAULT_LOG_ORIGIN) -> Signer:
+        return cls(Ed25519PrivateKey.from_private_bytes(seed), origin)
 
     @classmethod
-    def from_base64(cls, value: str) -> Signer:
-        return cls.from_seed(_decode(value, "TILLIT_AUDIT_SIGNING_KEY"))
+    def from_base64(cls, value: str, origin: str = DEFAULT_LOG_ORIGIN) -> Signer:
+        return cls.from_seed(_decode(value, "TILLIT_AUDIT_SIGNING_KEY"), origin)
 
     @classmethod
     def generate(cls) -> tuple[Signer, str]:

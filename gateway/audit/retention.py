@@ -17,7 +17,9 @@ from gateway.audit.sealing import (
     last_checkpoint,
     write_checkpoint,
 )
+from gateway.audit.tiles import edge_at
 from gateway.signing import Signer
+from gateway.store.db import raw_of
 
 _PARTITION = re.compile(r"^access_events_(\d{4})_(\d{2})$")
 
@@ -109,5 +111,6 @@ async def drop_before(
             ],
         },
         now=dt.datetime.now(dt.UTC),
+        tree_root=(await edge_at(await raw_of(connection), previous.last_position)).root(),
     )
     return dropped, checkpoint

@@ -26,6 +26,8 @@ from gateway.audit.sealing import (
     merkle_root,
     write_checkpoint,
 )
+from gateway.audit.tiles import edge_at, store_tiles
+from gateway.audit.tree import Edge
 from gateway.signing import Signer
 from gateway.store import db
 from gateway.store.db import Raw
@@ -76,12 +78,15 @@ _JSON_COLUMNS = ("fields_withheld", "details")
 _HASH_SLICE = 500
 
 
-async def _hashes(events: list[asyncpg.Record]) -> list[bytes]:
+async def _hashes(events: list[asyncpg.Record], tree: Edge) -> list[bytes]:
+    """The events' leaf hashes, appended to the tree as they are computed."""
     leaves: list[bytes] = []
     for start in range(0, len(events), _HASH_SLICE):
         if start:
             await asyncio.sleep(0)
-        leaves.extend(event_hash(event) for event in events[start : start + _HASH_SLICE])
+        part = [event_hash(event) for event in events[start : start + _HASH_SLICE]]
+        tree.extend(part)
+        leaves.extend(part)
     return leaves
 
 
@@ -105,7 +110,9 @@ async def seal_once(
     after = (previous.horizon, previous.details.get("last_id")) if previous else (0, None)
     raw = await db.raw_of(connection)
     events, (sealed_to, last_id) = await _final_events(raw, after, horizon, max_batch or MAX_BATCH)
-    leaves = await _hashes(events)
+    tree = await edge_at(raw, previous.last_position if previous else 0)
+    leaves = await _hashes(events, tree)
+    await store_tiles(raw, tree.take_changed())
     now = dt.datetime.now(dt.UTC)
     checkpoint = await write_checkpoint(
         connection,
@@ -118,6 +125,7 @@ async def seal_once(
         # A full batch may stop inside a transaction: say after which event.
         details={} if last_id is None else {"last_id": last_id},
         now=now,
+        tree_root=tree.root(),
     )
     if events:
         # Positions follow from each event's place in the batch; the hashes travel as one

@@ -13,8 +13,12 @@ single task per database, periodically:
    before it: such events are final;
 2. gives the final events not yet sealed the next positions, in (txid, id) order, and stores each
    one's hash (RFC 6962 leaf hash of its canonical JSON);
-3. writes a checkpoint over the batch: its Merkle root (RFC 6962), chained to the previous
-   checkpoint's hash and signed with Ed25519 under a key kept outside the database.
+3. appends their hashes to the log's one Merkle tree (gateway/audit/tree.py, stored as tiles by
+   gateway/audit/tiles.py);
+4. writes a checkpoint over the batch: its Merkle root (RFC 6962), chained to the previous
+   checkpoint's hash and signed with Ed25519 under a key kept outside the database; and the
+   root of the whole tree at its new size as a C2SP signed note (gateway/notes.py), which
+   witnesses cosign and proofs are checked against.
 
 A checkpoint is written even when no event arrived, so that a gap in time shows.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +36,17 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.tree import EMPTY_ROOT, merkle_root
+from gateway.notes import TreeHead, sign_checkpoint
 from gateway.signing import Signer
 from gateway.store.models import ACCESS_EVENT_COLUMNS
+
+__all__ = ["EMPTY_ROOT", "merkle_root"]
 
 # One sealer per database: this advisory lock key (an arbitrary constant, "TILLSEAL").
 SEAL_LOCK = 0x54494C4C5345414C
 MAX_BATCH = 10_000
 GENESIS = bytes(32)
-EMPTY_ROOT = hashlib.sha256(b"").digest()
 CHECKPOINT_DOMAIN = b"tillit-checkpoint-v1\n"
 
 EVENT_COLUMNS = ACCESS_EVENT_COLUMNS
@@ -105,27 +112,6 @@ def event_hash(row: Mapping[str, Any]) -> bytes:
     return hashlib.sha256(b"\x00" + canonical_event(row)).digest()
 
 
-def merkle_root(leaves: Sequence[bytes]) -> bytes:
-    """RFC 6962 Merkle tree hash over leaf hashes, in order.
-
-    Bottom-up: pair neighbours level by level and carry a level's odd last node up unchanged,
-    which is the same tree as RFC 6962's split at the largest power of two below the count
-    (tests compare the two), without the recursion's copies of the list.
-    """
-    if not leaves:
-        return EMPTY_ROOT
-    level = list(leaves)
-    sha256 = hashlib.sha256
-    while len(level) > 1:
-        paired = [
-            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
-        ]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return level[0]
-
-
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     id: int
@@ -141,6 +127,10 @@ class Checkpoint:
     signature: bytes
     key_id: str
     details: Mapping[str, Any]
+    # The root of the whole tree at size last_position and the signed note committing to it
+    # (None on checkpoints written before the tree existed).
+    tree_root: bytes | None = None
+    note: str | None = None
 
     def canonical(self) -> bytes:
         return checkpoint_content(
@@ -199,7 +189,7 @@ def checkpoint_content(
 
 _CHECKPOINT_COLUMNS = (
     "id, kind, created_at, first_position, last_position, event_count, horizon::text AS horizon, "
-    "batch_root, previous_hash, checkpoint_hash, signature, key_id, details"
+    "batch_root, previous_hash, checkpoint_hash, signature, key_id, details, tree_root, note"
 )
 
 
@@ -244,8 +234,9 @@ async def write_checkpoint(
     batch_root: bytes,
     details: Mapping[str, Any],
     now: dt.datetime,
+    tree_root: bytes,
 ) -> Checkpoint:
-    """Sign and insert the next checkpoint in the chain."""
+    """Sign and insert the next checkpoint in the chain, with the tree's root at its size."""
     first_position = previous.last_position + 1 if previous else 1
     fields: dict[str, Any] = {
         "id": previous.id + 1 if previous else 1,
@@ -260,19 +251,22 @@ async def write_checkpoint(
         "details": details,
     }
     checkpoint_hash = hashlib.sha256(checkpoint_content(**fields)).digest()
+    note = sign_checkpoint(TreeHead(signer.origin, fields["last_position"], tree_root), signer)
     checkpoint = Checkpoint(
         **fields,
         checkpoint_hash=checkpoint_hash,
         signature=signer.sign(checkpoint_hash),
         key_id=signer.key_id,
+        tree_root=tree_root,
+        note=note,
     )
     await connection.execute(
         text(
             "INSERT INTO audit_checkpoints (id, kind, created_at, first_position, last_position, "
             "event_count, horizon, batch_root, previous_hash, checkpoint_hash, signature, key_id, "
-            "details) VALUES (:id, :kind, :created_at, :first_position, :last_position, "
-            ":event_count, CAST(:horizon AS xid8), :batch_root, :previous_hash, "
-            ":checkpoint_hash, :signature, :key_id, CAST(:details AS jsonb))"
+            "details, tree_root, note) VALUES (:id, :kind, :created_at, :first_position, "
+            ":last_position, :event_count, CAST(:horizon AS xid8), :batch_root, :previous_hash, "
+            ":checkpoint_hash, :signature, :key_id, CAST(:details AS jsonb), :tree_root, :note)"
         ),
         {
             **fields,
@@ -280,6 +274,19 @@ async def write_checkpoint(
             "signature": checkpoint.signature,
             "key_id": checkpoint.key_id,
             "details": json.dumps(details, sort_keys=True),
+            "tree_root": tree_root,
+            "note": note,
         },
     )
+    if previous is None or previous.key_id != signer.key_id or previous.note is None:
+        # A key signs from its first checkpoint on: listed for GET /audit/keys.
+        await connection.execute(
+            text(
+                "INSERT INTO audit_keys (key_id, public_key, first_checkpoint, first_used_at) "
+                "SELECT CAST(:key_id AS varchar), CAST(:public_key AS bytea), min(id), "
+                "min(created_at) FROM audit_checkpoints WHERE key_id = :key_id "
+                "ON CONFLICT (key_id) DO NOTHING"
+            ),
+            {"key_id": signer.key_id, "public_key": signer.verifier.raw},
+        )
     return checkpoint

@@ -23,7 +23,14 @@ from gateway.audit.sealing import (
     event_hash,
     merkle_root,
 )
+from gateway.audit.tiles import read_tiles, tree_size
+from gateway.audit.tree import Edge, TileId
+from gateway.notes import NoteError, NoteKey, open_checkpoint
 from gateway.signing import Verifier
+from gateway.store.db import raw_of
+
+# Full tiles compared with the stored ones per round trip.
+_TILE_BATCH = 500
 
 
 @dataclass
@@ -46,7 +53,10 @@ class VerifyReport:
 
 
 def _check_checkpoint(
-    checkpoint: Checkpoint, expected_id: int, previous: Checkpoint | None, verifier: Verifier
+    checkpoint: Checkpoint,
+    expected_id: int,
+    previous: Checkpoint | None,
+    keys: dict[str, Verifier],
 ) -> str | None:
     if checkpoint.id != expected_id:
         return (
@@ -64,9 +74,63 @@ def _check_checkpoint(
         )
     if hashlib.sha256(checkpoint.canonical()).digest() != checkpoint.checkpoint_hash:
         return f"checkpoint {checkpoint.id} was altered (its hash does not match its content)"
+    verifier = keys.get(checkpoint.key_id)
+    if verifier is None:
+        return (
+            f"checkpoint {checkpoint.id} is signed by key {checkpoint.key_id}, which is not "
+            "trusted here (after a key rotation, list every key in TILLIT_AUDIT_VERIFY_KEY; "
+            "`tillit audit keys` shows the keys the log was signed with)"
+        )
     if not verifier.verify(checkpoint.signature, checkpoint.checkpoint_hash):
         return f"checkpoint {checkpoint.id} has no valid signature under key {verifier.key_id}"
     return None
+
+
+def _check_note(checkpoint: Checkpoint, tree: Edge, verifier: Verifier) -> str | None:
+    """The checkpoint's signed note commits to the tree recomputed from the seals."""
+    if checkpoint.note is None or checkpoint.tree_root is None:
+        return None
+    try:
+        head = open_checkpoint(checkpoint.note, [NoteKey.of_log(_origin(checkpoint), verifier)])[0]
+    except NoteError as exc:
+        return f"checkpoint {checkpoint.id}'s signed note does not verify: {exc}"
+    if head.size != checkpoint.last_position or tree.size != checkpoint.last_position:
+        return f"checkpoint {checkpoint.id}'s signed note is not for tree size {tree.size}"
+    if head.root != checkpoint.tree_root or head.root != tree.root():
+        return (
+            f"checkpoint {checkpoint.id}'s tree root differs from the tree of the seals "
+            "(a seal was altered, removed or reordered)"
+        )
+    return None
+
+
+def _origin(checkpoint: Checkpoint) -> str:
+    assert checkpoint.note is not None
+    return checkpoint.note.split("\n", 1)[0]
+
+
+class _TileCheck:
+    """Compares the tiles the recomputed tree fills with the stored ones, a batch at a time."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+        self.pending: dict[TileId, bytes] = {}
+
+    def full(self, tile: TileId, data: bytes) -> None:
+        self.pending[tile] = data
+
+    async def compare(self, expected: dict[TileId, bytes] | None = None) -> str | None:
+        expected = expected if expected is not None else self.pending
+        stored = await read_tiles(await raw_of(self.connection), expected)
+        for tile, data in sorted(expected.items()):
+            if stored.get(tile) != data:
+                return f"tile {tile[0]}/{tile[1]} of the tree differs from the seals"
+        if expected is self.pending:
+            self.pending = {}
+        return None
+
+    async def flush_if_full(self) -> str | None:
+        return await self.compare() if len(self.pending) >= _TILE_BATCH else None
 
 
 async def _sealed_events(
@@ -86,9 +150,14 @@ async def _sealed_events(
         yield dict(row._mapping)
 
 
-async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyReport:
-    """Check the whole trail. Stops at the first problem and names it."""
+async def verify_log(
+    connection: AsyncConnection, verifiers: Verifier | list[Verifier]
+) -> VerifyReport:
+    """Check the whole trail. Stops at the first problem and names it.
+
+    `verifiers`: the keys trusted; each checkpoint must be signed by the one its key id names."""
     report = VerifyReport()
+    keys = {v.key_id: v for v in ([verifiers] if isinstance(verifiers, Verifier) else verifiers)}
     checkpoints = await all_checkpoints(connection)
     if not checkpoints:
         return report.fail("no checkpoints yet: nothing has been sealed, nothing can be verified")
@@ -96,7 +165,7 @@ async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyR
     dropped_before: dt.datetime | None = None
     # First the chain: ids, links, hashes, signatures; and what retention dropped.
     for expected_id, checkpoint in enumerate(checkpoints, start=1):
-        problem = _check_checkpoint(checkpoint, expected_id, previous, verifier)
+        problem = _check_checkpoint(checkpoint, expected_id, previous, keys)
         if problem:
             return report.fail(problem)
         report.checkpoints += 1
@@ -104,9 +173,14 @@ async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyR
         if checkpoint.kind == "RETENTION":
             cutoff = dt.datetime.fromisoformat(str(checkpoint.details["dropped_before"]))
             dropped_before = max(dropped_before, cutoff) if dropped_before else cutoff
-    # Then every sealed batch against its events.
+    # Then every sealed batch against its events, and the tree over all of them.
+    tiles = _TileCheck(connection)
+    tree = Edge(on_full=tiles.full)
     for checkpoint in checkpoints:
         if checkpoint.kind != "SEAL":
+            problem = _check_note(checkpoint, tree, keys[checkpoint.key_id])
+            if problem:
+                return report.fail(problem)
             continue
         leaves: list[bytes] = []
         expected_position = checkpoint.first_position
@@ -157,6 +231,15 @@ async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyR
                 f"the seals of checkpoint {checkpoint.id} no longer match it "
                 "(a seal was altered, removed or reordered)"
             )
+        tree.extend(leaves)
+        problem = _check_note(checkpoint, tree, keys[checkpoint.key_id]) or (
+            await tiles.flush_if_full()
+        )
+        if problem:
+            return report.fail(problem)
+    problem = await _check_tiles(connection, tree, tiles)
+    if problem:
+        return report.fail(problem)
     assert previous is not None
     stray = (
         await connection.execute(
@@ -185,6 +268,21 @@ async def verify_log(connection: AsyncConnection, verifier: Verifier) -> VerifyR
     return report
 
 
+async def _check_tiles(connection: AsyncConnection, tree: Edge, tiles: _TileCheck) -> str | None:
+    """The stored tiles are the recomputed tree's, and hold nothing beyond it."""
+    problem = await tiles.compare()
+    if problem:
+        return problem
+    growing = {tile: b"".join(tree.levels[tile[0]]) for tile, _ in Edge.shape(tree.size)}
+    problem = await tiles.compare(growing)
+    if problem:
+        return problem
+    stored = await tree_size(await raw_of(connection))
+    if stored != tree.size and any(tree.levels):
+        return f"the tree's tiles hold {stored} leaves, the seals {tree.size}"
+    return None
+
+
 def manifest_content(manifest: dict[str, Any]) -> bytes:
     unsigned = {k: v for k, v in manifest.items() if k != "signature"}
     return (
@@ -193,14 +291,18 @@ def manifest_content(manifest: dict[str, Any]) -> bytes:
     )
 
 
-def verify_export(path: Path, manifest_path: Path, verifier: Verifier) -> VerifyReport:
+def verify_export(
+    path: Path, manifest_path: Path, verifiers: Verifier | list[Verifier]
+) -> VerifyReport:
     """Check an export file against its signed manifest: signature, size, row count, SHA-256."""
     report = VerifyReport()
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         signature = bytes.fromhex(manifest["signature"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return report.fail(f"{manifest_path}: not a Tillit export manifest")
+    trusted = [verifiers] if isinstance(verifiers, Verifier) else verifiers
+    verifier = next((v for v in trusted if v.key_id == manifest.get("key_id")), trusted[0])
     if not verifier.verify(signature, manifest_content(manifest)):
         return report.fail(f"{manifest_path}: the signature does not match the manifest")
     digest = hashlib.sha256()

@@ -143,13 +143,13 @@ def verify(
         report = verify_export(
             export,
             manifest_file or export.with_name(export.name + ".manifest.json"),
-            settings.audit_verifier,
+            settings.audit_verifiers,
         )
     else:
 
         async def work(engine: AsyncEngine) -> VerifyReport:
             async with engine.connect() as connection:
-                return await verify_log(connection, settings.audit_verifier)
+                return await verify_log(connection, settings.audit_verifiers)
 
         report = run_with_database(work, settings=settings)
     _print_report(report)

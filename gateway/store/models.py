@@ -25,6 +25,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Sequence,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -574,9 +575,15 @@ class AuditCheckpoint(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary)
     key_id: Mapped[str] = mapped_column(String(32))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    # The root of the log's whole Merkle tree at size last_position, and the checkpoint as a
+    # C2SP signed note (None on checkpoints written before the tree, migration 0007).
+    tree_root: Mapped[bytes | None] = mapped_column(LargeBinary)
+    note: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("kind IN ('SEAL', 'RETENTION')", name="kind"),
+        CheckConstraint("tree_root IS NULL OR length(tree_root) = 32", name="tree_root"),
+        CheckConstraint("(note IS NULL) = (tree_root IS NULL)", name="note"),
         CheckConstraint("length(batch_root) = 32", name="batch_root"),
         CheckConstraint("length(previous_hash) = 32", name="previous_hash"),
         CheckConstraint("length(checkpoint_hash) = 32", name="checkpoint_hash"),
@@ -599,3 +606,45 @@ class AuditSeal(Base):
         CheckConstraint("length(event_hash) = 32", name="event_hash"),
         Index("ix_audit_seals_checkpoint", "checkpoint_id"),
     )
+
+
+class AuditTile(Base):
+    """Up to 256 hashes of the log's Merkle tree (C2SP tlog-tiles layout; gateway/audit/tree.py)."""
+
+    __tablename__ = "audit_tiles"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hashes: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        CheckConstraint(
+            "length(hashes) BETWEEN 32 AND 8192 AND length(hashes) % 32 = 0", name="hashes"
+        ),
+    )
+
+
+class AuditKey(Base):
+    """A key the log's checkpoints were signed with, from its first checkpoint on."""
+
+    __tablename__ = "audit_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    first_checkpoint: Mapped[int] = mapped_column(BigInteger)
+    first_used_at: Mapped[dt.datetime]
+
+    __table_args__ = (CheckConstraint("length(public_key) = 32", name="public_key"),)
+
+
+class AuditCosignature(Base):
+    """A witness's cosignature (C2SP tlog-cosignature) on the checkpoint of a tree size."""
+
+    __tablename__ = "audit_cosignatures"
+
+    tree_size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key_id: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    signed_at: Mapped[dt.datetime]
+    signature: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
