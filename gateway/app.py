@@ -35,6 +35,7 @@ from gateway.web.graphql import GraphQLEndpoint
 from gateway.web.me import me_export, me_page
 from gateway.web.middleware import RequestContextMiddleware
 from gateway.web.readiness import readyz
+from gateway.web.transparency import ROUTES as TRANSPARENCY_ROUTES
 
 log = structlog.get_logger("tillit.app")
 
@@ -157,6 +158,10 @@ def create_app(
             Route("/me/export", me_export, methods=["GET"]),
             Route("/audit/export", export, methods=["GET"]),
             Route("/audit/export/manifest", export_manifest, methods=["GET"]),
+            *(
+                Route(path, endpoint, methods=methods)
+                for path, endpoint, methods in TRANSPARENCY_ROUTES
+            ),
         ],
         middleware=[Middleware(RequestContextMiddleware), *_cors(settings)],
         # An unexpected exception is answered and logged by RequestContextMiddleware, which

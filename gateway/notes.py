@@ -76,7 +76,7 @@ class NoteKey:
     @classmethod
     def parse(cls, vkey: str) -> NoteKey:
         """A vkey: `name+hex key ID+base64(type || key)`; Ed25519 (0x01) or cosignature (0x04)."""
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)
         if len(parts) != 3 or not valid_name(parts[0]):
             raise NoteError("not a verifier key (name+keyid+base64)")
         name, hex_id, encoded = parts
@@ -241,7 +241,7 @@ class WitnessKey:
 
     @classmethod
     def parse(cls, skey: str) -> WitnessKey:
-        parts = skey.strip().split("+")
+        parts = skey.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"] or not valid_name(parts[2]):
             raise NoteError("not a witness key (PRIVATE+KEY+name+keyid+base64)")
         try:
@@ -265,7 +265,7 @@ def cosignature_time(key: NoteKey, signature: Signature, text: str) -> int | Non
     """The time a cosignature by `key` states, if it verifies over the note text; else None."""
     if key.kind != COSIGNATURE_V1 or len(signature.value) != 72:
         return None
-    (timestamp,) = struct.unpack(">Q", signature.value[:8])
+    timestamp = int.from_bytes(signature.value[:8], "big")
     if timestamp >= 1 << 63:
         return None
     if not key.verify(signature.value[8:], cosigned_message(text, timestamp)):

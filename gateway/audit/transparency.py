@@ -1,0 +1,200 @@
+"""What the log publishes so that anyone can check it without trusting the gateway: its keys, its
+checkpoints as signed notes with witnesses' cosignatures, and proofs (gateway/audit/tiles.py).
+
+Nothing here reveals more than hashes: an event's leaf (what it contains) stays behind the
+auditor key or the member's own token.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.notes import NoteError, NoteKey, TreeHead, cosignature_time, open_checkpoint
+from gateway.signing import Signer
+from gateway.store.db import Raw
+
+# A cosignature stating a time further ahead of the database's clock than this is refused.
+MAX_CLOCK_SKEW_SECONDS = 300
+
+
+class CosignatureRefused(Exception):
+    """A posted cosignature the log does not keep; `status` and the message say why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Published:
+    size: int
+    note: str  # the log's signed note, cosignatures appended
+
+
+async def latest_size(raw: Raw) -> int | None:
+    """The size of the newest checkpoint with a note (None before the first)."""
+    row = await raw.fetchrow(
+        "SELECT last_position FROM audit_checkpoints WHERE note IS NOT NULL ORDER BY id DESC "
+        "LIMIT 1"
+    )
+    return None if row is None else int(row["last_position"])
+
+
+async def _note(raw: Raw, size: int | None) -> tuple[int, str] | None:
+    if size is None:
+        row = await raw.fetchrow(
+            "SELECT last_position, note FROM audit_checkpoints WHERE note IS NOT NULL "
+            "ORDER BY id DESC LIMIT 1"
+        )
+    else:
+        row = await raw.fetchrow(
+            "SELECT last_position, note FROM audit_checkpoints WHERE note IS NOT NULL "
+            "AND last_position = $1 ORDER BY id DESC LIMIT 1",
+            size,
+        )
+    return None if row is None else (int(row["last_position"]), row["note"])
+
+
+async def published(raw: Raw, size: int | None = None) -> Published | None:
+    """The newest checkpoint (or the one of tree size `size`) with its cosignatures."""
+    found = await _note(raw, size)
+    if found is None:
+        return None
+    tree_size, note = found
+    rows = await raw.fetch(
+        "SELECT signature FROM audit_cosignatures WHERE tree_size = $1 ORDER BY witness, key_id",
+        tree_size,
+    )
+    return Published(tree_size, note + "".join(r["signature"] for r in rows))
+
+
+async def add_cosignatures(
+    raw: Raw, posted: str, witnesses: list[NoteKey], signer: Signer
+) -> tuple[TreeHead, list[str]]:
+    """Keep the cosignatures in `posted` (a checkpoint of this log with witnesses' signature
+    lines) by the configured `witnesses`. Refuses, with CosignatureRefused, a note that is not
+    one of this log's checkpoints, a cosignature that does not verify, or one by nobody known.
+    Returns the checkpoint and the names of the witnesses whose cosignatures were kept."""
+    log_key = NoteKey.of_log(signer.origin, signer.verifier)
+    try:
+        head, note, _ = open_checkpoint(posted, [log_key, *await _past_keys(raw, signer.origin)])
+    except NoteError as exc:
+        raise CosignatureRefused(400, f"Not a checkpoint of this log: {exc}") from None
+    ours = await _note(raw, head.size)
+    if ours is None or ours[1].split("\n\n", 1)[0] + "\n" != note.text:
+        raise CosignatureRefused(
+            409, "This log never published that checkpoint (its size and root do not match)."
+        )
+    now = await raw.fetchrow("SELECT now() AS now")
+    clock = now["now"]
+    kept: list[str] = []
+    rows: list[tuple[str, bytes, dt.datetime, str]] = []
+    for key in witnesses:
+        for signature in note.by(key):
+            timestamp = cosignature_time(key, signature, note.text)
+            if timestamp is None:
+                raise CosignatureRefused(400, f"The cosignature by {key.name} does not verify.")
+            signed_at = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+            if (signed_at - clock).total_seconds() > MAX_CLOCK_SKEW_SECONDS:
+                raise CosignatureRefused(400, f"The cosignature by {key.name} is from the future.")
+            rows.append((key.name, key.id, signed_at, signature.line))
+            kept.append(key.name)
+    if not rows:
+        raise CosignatureRefused(
+            403,
+            "No cosignature by a witness this log knows (TILLIT_AUDIT_WITNESSES names them).",
+        )
+    await raw.execute(
+        "INSERT INTO audit_cosignatures (tree_size, witness, key_id, signed_at, signature) "
+        "SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::timestamptz[], $5::text[]) "
+        "ON CONFLICT (tree_size, witness, key_id) DO UPDATE SET signed_at = excluded.signed_at, "
+        "signature = excluded.signature, received_at = now() "
+        "WHERE excluded.signed_at > audit_cosignatures.signed_at",
+        head.size,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+    )
+    return head, kept
+
+
+async def _past_keys(raw: Raw, origin: str) -> list[NoteKey]:
+    rows = await raw.fetch("SELECT public_key FROM audit_keys ORDER BY first_checkpoint")
+    return [NoteKey(origin, 0x01, bytes(r["public_key"])) for r in rows]
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+async def keys(raw: Raw, signer: Signer, witnesses: list[NoteKey]) -> dict[str, Any]:
+    """Every key the log's checkpoints were signed with, oldest first, with when each was in
+    force; the key in force now; and the witnesses whose cosignatures the log keeps."""
+    rows = await raw.fetch(
+        "SELECT k.key_id, k.public_key, k.first_checkpoint, k.first_used_at, "
+        "(SELECT max(c.id) FROM audit_checkpoints c WHERE c.key_id = k.key_id) AS last_checkpoint "
+        "FROM audit_keys k ORDER BY k.first_checkpoint"
+    )
+    listed: list[dict[str, Any]] = []
+    for number, row in enumerate(rows):
+        public = bytes(row["public_key"])
+        following = rows[number + 1] if number + 1 < len(rows) else None
+        listed.append(
+            _key(
+                signer.origin,
+                row["key_id"],
+                public,
+                valid_from=row["first_used_at"],
+                valid_until=following["first_used_at"] if following else None,
+                checkpoints=(int(row["first_checkpoint"]), int(row["last_checkpoint"])),
+                current=row["key_id"] == signer.key_id,
+            )
+        )
+    if not any(k["current"] for k in listed):
+        # Configured, not used yet: in force from the next checkpoint.
+        listed.append(
+            _key(
+                signer.origin,
+                signer.key_id,
+                signer.verifier.raw,
+                valid_from=None,
+                valid_until=None,
+                checkpoints=None,
+                current=True,
+            )
+        )
+    return {
+        "origin": signer.origin,
+        "keys": listed,
+        "witnesses": [{"name": w.name, "vkey": w.vkey} for w in witnesses],
+    }
+
+
+def _key(
+    origin: str,
+    key_id: str,
+    public: bytes,
+    *,
+    valid_from: dt.datetime | None,
+    valid_until: dt.datetime | None,
+    checkpoints: tuple[int, int] | None,
+    current: bool,
+) -> dict[str, Any]:
+    note_key = NoteKey(origin, 0x01, public)
+    return {
+        "keyId": key_id,
+        "algorithm": "Ed25519",
+        "publicKey": base64.b64encode(public).decode(),
+        "vkey": note_key.vkey,
+        "noteKeyId": note_key.id.hex(),
+        "validFrom": _iso(valid_from),
+        "validUntil": _iso(valid_until),
+        "firstCheckpoint": checkpoints[0] if checkpoints else None,
+        "lastCheckpoint": checkpoints[1] if checkpoints else None,
+        "current": current,
+    }

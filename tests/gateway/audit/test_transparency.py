@@ -1,0 +1,447 @@
+"""Proofs anyone can check: the log's checkpoints, keys, inclusion and consistency proofs, checked
+here by a verifier written in this file from the texts of RFC 6962 (section 2.1), C2SP
+signed-note, tlog-checkpoint and tlog-cosignature, with hashlib, base64 and the Ed25519 of
+`cryptography` only: nothing of gateway's is used to check what gateway serves."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.audit.sealer import seal_until_current
+from gateway.signing import Signer
+from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNER, Api, make_settings, serving
+from tests.helpers import verify, write_events
+
+# -- the verifier, from the texts --------------------------------------------------------------
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def mth(leaves: list[bytes]) -> bytes:
+    """RFC 6962 2.1: MTH({}) = SHA-256(); MTH({d0}) = the leaf hash; else split at k, the largest
+    power of two smaller than n. (`leaves` are leaf hashes already.)"""
+    n = len(leaves)
+    if n == 0:
+        return sha256(b"")
+    if n == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:]))
+
+
+def largest_power_below(n: int) -> int:
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def root_from_path(m: int, n: int, leaf: bytes, path: list[bytes]) -> bytes:
+    """RFC 6962 2.1.1: PATH(m, D[n]) = PATH(m, D[0:k]) : MTH(D[k:n]) for m < k, else
+    PATH(m - k, D[k:n]) : MTH(D[0:k]); read backwards, the path rebuilds the root."""
+    if n == 1:
+        if path:
+            raise ValueError("path too long")
+        return leaf
+    if not path:
+        raise ValueError("path too short")
+    k = largest_power_below(n)
+    *rest, last = path
+    if m < k:
+        return sha256(b"\x01" + root_from_path(m, k, leaf, rest) + last)
+    return sha256(b"\x01" + last + root_from_path(m - k, n - k, leaf, rest))
+
+
+def included(m: int, n: int, leaf: bytes, path: list[bytes], root: bytes) -> bool:
+    if not 0 <= m < n:
+        return False
+    try:
+        return root_from_path(m, n, leaf, path) == root
+    except ValueError:
+        return False
+
+
+def consistent(m: int, n: int, old_root: bytes, new_root: bytes, proof: list[bytes]) -> bool:
+    """RFC 6962 2.1.2: PROOF(m, D[n]) = SUBPROOF(m, D[n], true); rebuild both roots from it."""
+    if not 0 < m <= n:
+        return False
+    if m == n:
+        return not proof and old_root == new_root
+    remaining = list(proof)
+
+    def sub(m: int, n: int, whole: bool) -> tuple[bytes, bytes]:
+        if m == n:
+            if whole:
+                return old_root, old_root
+            node = remaining.pop()
+            return node, node
+        k = largest_power_below(n)
+        right = remaining.pop()
+        if m <= k:
+            old, new = sub(m, k, whole)
+            return old, sha256(b"\x01" + new + right)
+        old, new = sub(m - k, n - k, False)
+        return sha256(b"\x01" + right + old), sha256(b"\x01" + right + new)
+
+    try:
+        old, new = sub(m, n, True)
+    except IndexError:
+        return False
+    return not remaining and old == old_root and new == new_root
+
+
+def note_key_id(name: str, kind: int, public: bytes) -> bytes:
+    """C2SP signed-note: SHA-256(key name || 0x0A || signature type || public key)[:4]."""
+    return sha256(name.encode() + b"\n" + bytes([kind]) + public)[:4]
+
+
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """The text (with its final newline) and the (name, decoded signature) lines after the last
+    blank line."""
+    cut = note.rindex("\n\n")
+    lines = note[cut + 2 :].splitlines()
+    signatures = []
+    for line in lines:
+        dash, name, encoded = line.split(" ")
+        assert dash == "\u2014"
+        signatures.append((name, base64.b64decode(encoded)))
+    return note[: cut + 1], signatures
+
+
+def ed25519_ok(public: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def open_checkpoint(note: str, origin: str, public: bytes) -> tuple[int, bytes]:
+    """C2SP tlog-checkpoint in a signed note: check the log's Ed25519 signature (type 0x01, key
+    name = origin), return (tree size, root hash). Raises on anything else."""
+    body, signatures = split_note(note)
+    wanted = note_key_id(origin, 0x01, public)
+    mine = [s for name, s in signatures if name == origin and s[:4] == wanted]
+    if not mine or not all(ed25519_ok(public, s[4:], body.encode()) for s in mine):
+        raise ValueError("not signed by the log's key")
+    origin_line, size, root, *extensions = body.split("\n")
+    assert origin_line == origin
+    assert extensions == [""]
+    return int(size), base64.b64decode(root)
+
+
+def cosigned(note: str, witness: str, public: bytes) -> int | None:
+    """C2SP tlog-cosignature v1: the time a witness's cosignature states, if it verifies."""
+    body, signatures = split_note(note)
+    wanted = note_key_id(witness, 0x04, public)
+    for name, signature in signatures:
+        if name == witness and signature[:4] == wanted:
+            timestamp = int.from_bytes(signature[4:12], "big")
+            message = f"cosignature/v1\ntime {timestamp}\n".encode() + body.encode()
+            if ed25519_ok(public, signature[12:], message):
+                return timestamp
+    return None
+
+
+# -- the log -----------------------------------------------------------------------------------
+
+ORIGIN = TEST_SIGNER.origin
+PUBLIC = base64.b64decode(TEST_SIGNER.verifier.public_base64)
+
+
+async def leaves_of(engine: AsyncEngine) -> list[bytes]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT position, event_hash FROM audit_seals ORDER BY position")
+        )
+        return [bytes(r.event_hash) for r in rows]
+
+
+@pytest.fixture
+async def grown(db: AsyncEngine) -> AsyncEngine:
+    """A log of 600 events in checkpoints of 300, 1, 255 and 44 (tiles fill and spill over)."""
+    for count in (300, 1, 255, 44):
+        await write_events(db, count, request=f"r{count}")
+        await seal_until_current(db, TEST_SIGNER)
+    return db
+
+
+@pytest.fixture
+async def public(grown: AsyncEngine, gateway_url: str) -> AsyncIterator[Api]:
+    async with serving(make_settings(gateway_url), gateway_url) as client:
+        yield client
+
+
+async def note_of(api: Api, size: int | None = None) -> str:
+    response = await api.http.get("/audit/checkpoint", params={"size": size} if size else None)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    return response.text
+
+
+async def inclusion(api: Api, size: int, *positions: int) -> list[list[bytes]]:
+    response = await api.http.get(
+        "/audit/proof/inclusion", params=[("size", size), *(("position", p) for p in positions)]
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["treeSize"] == size
+    assert [p["position"] for p in body["proofs"]] == list(positions)
+    return [[base64.b64decode(h) for h in p["hashes"]] for p in body["proofs"]]
+
+
+async def consistency(api: Api, old: int, new: int) -> list[bytes]:
+    response = await api.http.get("/audit/proof/consistency", params={"from": old, "to": new})
+    assert response.status_code == 200, response.text
+    return [base64.b64decode(h) for h in response.json()["hashes"]]
+
+
+async def test_the_checkpoint_is_a_signed_note_over_the_rfc_6962_root_of_every_seal(
+    public: Api, grown: AsyncEngine
+) -> None:
+    leaves = await leaves_of(grown)
+
+    size, root = open_checkpoint(await note_of(public), ORIGIN, PUBLIC)
+
+    assert size == len(leaves) == 600
+    assert root == mth(leaves)
+
+
+async def test_every_checkpoint_size_is_served_and_signed(public: Api, grown: AsyncEngine) -> None:
+    leaves = await leaves_of(grown)
+    for size in (300, 301, 556, 600):
+        assert open_checkpoint(await note_of(public, size), ORIGIN, PUBLIC) == (
+            size,
+            mth(leaves[:size]),
+        )
+
+
+async def test_inclusion_proofs_verify_for_every_kind_of_position(
+    public: Api, grown: AsyncEngine
+) -> None:
+    leaves = await leaves_of(grown)
+    for size in (300, 301, 556, 600):
+        root = open_checkpoint(await note_of(public, size), ORIGIN, PUBLIC)[1]
+        positions = sorted({1, 2, 255, 256, 257, 299, 300, size // 2, size - 1, size})
+        proofs = await inclusion(public, size, *positions)
+        for position, proof in zip(positions, proofs, strict=True):
+            assert included(position - 1, size, leaves[position - 1], proof, root)
+
+
+async def test_mutated_inclusion_proofs_and_wrong_sizes_fail(
+    public: Api, grown: AsyncEngine
+) -> None:
+    leaves = await leaves_of(grown)
+    size, root = open_checkpoint(await note_of(public), ORIGIN, PUBLIC)
+    [proof] = await inclusion(public, size, 123)
+    leaf = leaves[122]
+    assert included(122, size, leaf, proof, root)
+
+    flipped = [proof[0][:-1] + bytes([proof[0][-1] ^ 1]), *proof[1:]]
+    for bad in (flipped, proof[:-1], [*proof, proof[-1]], list(reversed(proof))):
+        assert not included(122, size, leaf, bad, root)
+    assert not included(123, size, leaf, proof, root)  # another position
+    assert not included(122, size, leaves[123], proof, root)  # another leaf
+    # The same proof against a checkpoint of another size does not lead to its root.
+    other_size, other_root = open_checkpoint(await note_of(public, 556), ORIGIN, PUBLIC)
+    assert not included(122, other_size, leaf, proof, other_root)
+    assert not included(122, 122, leaf, proof, root)  # a tree without the leaf
+    assert not included(122, 200, leaf, proof, root)  # a tree of another shape
+
+
+async def test_consistency_proofs_verify_between_every_pair_of_checkpoints(
+    public: Api, grown: AsyncEngine
+) -> None:
+    sizes = (300, 301, 556, 600)
+    roots = {s: open_checkpoint(await note_of(public, s), ORIGIN, PUBLIC)[1] for s in sizes}
+    for old in sizes:
+        for new in sizes:
+            if old <= new:
+                proof = await consistency(public, old, new)
+                assert consistent(old, new, roots[old], roots[new], proof), (old, new)
+    # Sizes with no checkpoint prove consistency too, as in RFC 6962.
+    leaves = await leaves_of(grown)
+    for old in (1, 2, 3, 7, 64, 255, 256, 257, 512, 599):
+        proof = await consistency(public, old, 600)
+        assert consistent(old, 600, mth(leaves[:old]), roots[600], proof), old
+
+
+async def test_mutated_consistency_proofs_wrong_sizes_and_a_fork_fail(
+    public: Api, grown: AsyncEngine
+) -> None:
+    leaves = await leaves_of(grown)
+    old_root, new_root = mth(leaves[:301]), mth(leaves)
+    proof = await consistency(public, 301, 600)
+    assert consistent(301, 600, old_root, new_root, proof)
+
+    assert not consistent(301, 600, old_root, new_root, proof[:-1])
+    assert not consistent(301, 600, old_root, new_root, [*proof, proof[0]])
+    assert not consistent(301, 600, old_root, new_root, [proof[0][::-1], *proof[1:]])
+    assert not consistent(300, 600, old_root, new_root, proof)
+    # Against another checkpoint's signed root, or a tree of another shape.
+    assert not consistent(301, 556, old_root, mth(leaves[:556]), proof)
+    assert not consistent(301, 1200, old_root, new_root, proof)
+    # A fork: a history in which event 42 read differently, signed with the log's own key,
+    # cannot be shown consistent with what the log published before.
+    forked = list(leaves)
+    forked[41] = sha256(b"\x00" + b'{"forged":true}')
+    assert not consistent(301, 600, old_root, mth(forked), proof)
+    assert not consistent(301, 600, mth(forked[:301]), new_root, proof)
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "words"),
+    [
+        ({"size": "600"}, 400, "`position` is required"),
+        ({"size": "601", "position": "1"}, 404, "No checkpoint covers tree size 601"),
+        ({"size": "700", "position": "1"}, 404, "No checkpoint covers tree size 700"),
+        ({"size": "0", "position": "1"}, 400, "positive whole number"),
+        ({"size": "-5", "position": "1"}, 400, "positive whole number"),
+        ({"size": "600", "position": "601"}, 400, "not in a tree of 600"),
+        ({"size": "600", "position": "x"}, 400, "positive whole number"),
+        ({"size": "9" * 40, "position": "1"}, 400, "below 2^63"),
+    ],
+)
+async def test_bad_inclusion_requests_are_refused_clearly(
+    public: Api, query: dict[str, str], status: int, words: str
+) -> None:
+    response = await public.http.get("/audit/proof/inclusion", params=query)
+    assert response.status_code == status
+    assert words in response.json()["errors"][0]["message"]
+
+
+async def test_bad_consistency_requests_are_refused_clearly(public: Api) -> None:
+    for query, status, words in (
+        ({"from": "10", "to": "5"}, 400, "the log only grows"),
+        ({"from": "1", "to": "700"}, 404, "No checkpoint covers tree size 700"),
+        ({"to": "600"}, 400, "`from` is required"),
+    ):
+        response = await public.http.get("/audit/proof/consistency", params=query)
+        assert response.status_code == status
+        assert words in response.json()["errors"][0]["message"]
+
+
+async def test_too_many_positions_are_refused_before_any_work(public: Api) -> None:
+    params: list[tuple[str, Any]] = [("size", 600), *(("position", 1) for _ in range(257))]
+    response = await public.http.get("/audit/proof/inclusion", params=params)
+    assert response.status_code == 400
+    assert "At most 256 positions" in response.json()["errors"][0]["message"]
+
+
+async def test_no_checkpoint_yet_is_a_clear_404(db: AsyncEngine, gateway_url: str) -> None:
+    async with serving(make_settings(gateway_url), gateway_url) as api:
+        response = await api.http.get("/audit/checkpoint")
+    assert response.status_code == 404
+    assert "nothing is sealed yet" in response.json()["errors"][0]["message"]
+
+
+# -- keys, and a rotation -----------------------------------------------------------------------
+
+
+async def test_a_rotated_key_keeps_the_old_one_listed_and_both_histories_verify(
+    grown: AsyncEngine, gateway_url: str
+) -> None:
+    rotated, rotated_seed = Signer.generate()
+    new_public = base64.b64decode(rotated.verifier.public_base64)
+    await write_events(grown, 10, request="after-rotation")
+    await seal_until_current(grown, rotated)
+    settings = make_settings(
+        gateway_url,
+        audit_signing_key=rotated_seed,
+        audit_verify_key=f"{rotated.verifier.public_base64},{TEST_SIGNER.verifier.public_base64}",
+    )
+    async with serving(settings, gateway_url) as api:
+        listed = (await api.http.get("/audit/keys")).json()
+        old_note, new_note = await note_of(api, 600), await note_of(api)
+        proof = await consistency(api, 600, 610)
+
+    assert listed["origin"] == ORIGIN
+    old, new = listed["keys"]
+    assert (old["current"], new["current"]) == (False, True)
+    assert base64.b64decode(old["publicKey"]) == PUBLIC
+    assert base64.b64decode(new["publicKey"]) == new_public
+    assert old["validUntil"] == new["validFrom"] is not None
+    assert new["validUntil"] is None
+    assert old["lastCheckpoint"] < new["firstCheckpoint"]
+    # The vkey is C2SP's: name+keyid+base64(0x01 || key).
+    name, key_id, encoded = new["vkey"].split("+", 2)
+    assert name == ORIGIN
+    assert bytes.fromhex(key_id) == note_key_id(ORIGIN, 0x01, new_public)
+    assert base64.b64decode(encoded) == b"\x01" + new_public
+
+    old_size, old_root = open_checkpoint(old_note, ORIGIN, PUBLIC)
+    new_size, new_root = open_checkpoint(new_note, ORIGIN, new_public)
+    with pytest.raises(ValueError, match="not signed"):
+        open_checkpoint(new_note, ORIGIN, PUBLIC)
+    with pytest.raises(ValueError, match="not signed"):
+        open_checkpoint(old_note, ORIGIN, new_public)
+    assert consistent(old_size, new_size, old_root, new_root, proof)
+    # `tillit audit verify` trusts both keys when told to, and names the unknown one when not.
+    assert (await verify(grown, TEST_SIGNER)).ok is False
+    from gateway.audit.verify import verify_log
+
+    async with grown.connect() as connection:
+        report = await verify_log(connection, [rotated.verifier, TEST_SIGNER.verifier])
+    assert report.ok, report.problems
+
+
+async def test_keys_lists_the_configured_key_before_it_signed_anything(
+    db: AsyncEngine, gateway_url: str
+) -> None:
+    async with serving(make_settings(gateway_url), gateway_url) as api:
+        listed = (await api.http.get("/audit/keys")).json()
+    [key] = listed["keys"]
+    assert key["current"] is True
+    assert key["validFrom"] is None
+    assert base64.b64decode(key["publicKey"]) == PUBLIC
+    assert TEST_AUDIT_KEY not in str(listed)
+
+
+# -- the tree survives tampering with its tiles -------------------------------------------------
+
+
+async def test_verify_names_a_tile_that_differs_from_the_seals(grown: AsyncEngine) -> None:
+    async with grown.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE audit_tiles SET hashes = overlay(hashes PLACING '\\x00'::bytea FROM 1) "
+                "WHERE level = 0 AND index = 1"
+            )
+        )
+
+    report = await verify(grown)
+
+    assert not report.ok
+    assert "tile 0/1 of the tree differs from the seals" in report.problems[0]
+
+
+async def test_the_sealer_rebuilds_a_tree_lost_or_never_built(grown: AsyncEngine) -> None:
+    """After the upgrade that added the tree (migration 0007) there are seals and no tiles: the
+    next seal builds them over every event sealed before."""
+    leaves = await leaves_of(grown)
+    async with grown.begin() as connection:
+        await connection.execute(text("DELETE FROM audit_tiles"))
+    await write_events(grown, 3, request=f"after-{uuid.uuid4()}")
+    await seal_until_current(grown, TEST_SIGNER)
+
+    leaves = await leaves_of(grown)
+    async with grown.connect() as connection:
+        note = await connection.scalar(
+            text("SELECT note FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+        )
+    assert open_checkpoint(note, ORIGIN, PUBLIC) == (603, mth(leaves))
+    assert (await verify(grown)).ok
