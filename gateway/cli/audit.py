@@ -27,6 +27,7 @@ from gateway.audit.retention import RetentionRefused, drop_before, month_start
 from gateway.audit.sealer import seal_through_now
 from gateway.audit.sealing import Checkpoint
 from gateway.audit.verify import VerifyReport, verify_export, verify_log
+from gateway.cli import transparency
 from gateway.cli.support import (
     err,
     fail,
@@ -49,6 +50,7 @@ audit_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
     app.command("report")(report)
+    transparency.register(audit_app)
 
 
 async def _record(engine: AsyncEngine, operation: str, details: dict[str, object]) -> None:
@@ -134,10 +136,24 @@ def verify(
             min=0,
         ),
     ] = 60.0,
+    remote: Annotated[
+        str | None,
+        typer.Option(
+            help="Verify the export against this gateway's published keys, checkpoints and "
+            "proofs (its base URL), with no database access.",
+        ),
+    ] = None,
+    log_key: transparency.LogKeys = None,
 ) -> None:
     """Recompute the trail (or an export) and report OK or the first thing that does not match.
 
     Exit codes: 0 verified, 1 a problem (named), 2 verified but the newest checkpoint is stale."""
+    if remote is not None:
+        if export is None:
+            raise fail("--remote verifies an export: give --export FILE", code=2)
+        manifest = manifest_file or export.with_name(export.name + ".manifest.json")
+        transparency.verify_remote(remote, export, manifest, log_key)
+        return
     settings = settings_or_exit()
     if export is not None:
         report = verify_export(
