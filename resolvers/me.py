@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.audit.log import LogPage
 from gateway.audit.trail import AccessRecord
+from gateway.audit.transparency import with_seals
 from gateway.domain import AccessOutcome, Anonymous, ClientPrincipal, LegalBasis, MemberPrincipal
 from gateway.errors import Forbidden, NotFound, Unauthenticated
 from gateway.records.consents import ConsentEventRecord, fetch_consent_states
@@ -115,10 +116,17 @@ async def access_history(
     first: int,
     after: str | None,
     by_the_member: bool | None = None,
+    proofs_at: int | None = None,
 ) -> LogPage:
-    return await fetch_access_history(
+    """The member's access history; with `proofs_at`, each sealed entry with its inclusion
+    proof in the signed tree of that size (the /me page checks them in the browser)."""
+    page = await fetch_access_history(
         context.sql, member_id, first=first, after=after, by_the_member=by_the_member
     )
+    if proofs_at is None:
+        return page
+    entries = await with_seals(context.db, page.entries, proofs_at, reader=member_id)
+    return LogPage(entries, has_next_page=page.has_next_page)
 
 
 async def export_my_data(context: Context) -> dict[str, Any]:

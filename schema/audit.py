@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections import Counter
-from typing import Any
+from typing import Any, NewType
 
 import strawberry
 from strawberry.scalars import JSON
 
 from gateway.audit.log import LogEntry, LogFilter
+from gateway.audit.transparency import EventSeal
 from gateway.domain import AccessOutcome
 from gateway.errors import BadUserInput
 from schema.renders import renders
@@ -54,6 +56,50 @@ class AccessEvent:
 def _json_scalar(document: dict[str, Any]) -> Any:
     """A jsonb column's value as GraphQL's JSON scalar carries it: plain JSON values already."""
     return document
+
+
+# A whole number of up to 64 bits (a log position, a tree size): GraphQL's Int stops at 2^31.
+# Its scalar definition is in schema/root.py (StrawberryConfig.scalar_map).
+Long = NewType("Long", int)
+LONG_SCALAR = strawberry.scalar(
+    name="Long",
+    serialize=int,
+    parse_value=lambda value: _long(value),
+    description="A whole number of up to 64 bits (a log position or a tree size), as a JSON "
+    "number: GraphQL's Int stops at 2^31.",
+)
+
+
+def _long(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ValueError("a whole number from 0 to 2^63 - 1")
+    return value
+
+
+@renders(EventSeal)
+@strawberry.type(
+    description="Where an access event sits in the log's Merkle tree, with the proof that it "
+    "is in the signed tree of `treeSize` events (RFC 9162). Check it against GET "
+    "/audit/checkpoint?size=treeSize, signed with a key of GET /audit/keys."
+)
+class AccessSeal:
+    position: Long = strawberry.field(description="1 for the log's first event.")
+    tree_size: Long
+
+    @strawberry.field(description="Base64 of SHA-256(0x00 || leaf).")
+    def leaf_hash(self, root: strawberry.Parent[EventSeal]) -> str:
+        return base64.b64encode(root.leaf_hash).decode()
+
+    @strawberry.field(
+        description="The bytes the leaf hash covers (the event's sorted JSON, UTF-8), or null "
+        "when they name someone you may not see (an attempt with another member's token)."
+    )
+    def leaf(self, root: strawberry.Parent[EventSeal]) -> str | None:
+        return root.leaf
+
+    @strawberry.field(description="The inclusion proof: base64 hashes, from the leaf up.")
+    def proof(self, root: strawberry.Parent[EventSeal]) -> list[str]:
+        return [base64.b64encode(h).decode() for h in root.proof]
 
 
 @strawberry.type

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 
 from gateway.audit.log import LogEntry
+from gateway.audit.transparency import EventSeal
 from gateway.domain import ConsentEventKind
 from gateway.records.consents import ConsentEventRecord
 from gateway.records.lifecycle import ProfileChangeRecord
@@ -19,7 +20,7 @@ from resolvers import me as resolve
 from resolvers.consents import ReceiptView
 from resolvers.context import Context
 from resolvers.members import AddressView, ConsentStatusView
-from schema.audit import PageInfo, WithheldField
+from schema.audit import AccessSeal, Long, PageInfo, WithheldField
 from schema.enums import MembershipStatus, Tier
 from schema.lifecycle import MyProfileChange
 from schema.receipts import ConsentReceipt
@@ -157,6 +158,15 @@ class MyAccess:
     def fields_withheld(self, root: strawberry.Parent[LogEntry]) -> list[WithheldField]:
         return [WithheldField(field=k, code=v) for k, v in sorted(root.fields_withheld.items())]
 
+    @strawberry.field(
+        description="With `accessLog(proofsAt:)`: where this access sits in the signed log and "
+        "the proof that it is there; null when it was sealed after that size (or not yet).",
+        graphql_type=AccessSeal | None,
+    )
+    def seal(self, root: strawberry.Parent[LogEntry]) -> EventSeal | None:
+        seal: EventSeal | None = root.seal
+        return seal
+
 
 @strawberry.type
 class MyAccessEdge:
@@ -264,6 +274,13 @@ class Me:
         first: int = 20,
         after: str | None = None,
         by: AccessParty = AccessParty.ANYONE,
+        proofs_at: Annotated[
+            Long | None,
+            strawberry.argument(
+                description="A published checkpoint's tree size: each entry's `seal` then "
+                "proves it is in that signed tree."
+            ),
+        ] = None,
     ) -> MyAccessConnection:
         page = await resolve.access_history(
             info.context,
@@ -271,6 +288,7 @@ class Me:
             first=first,
             after=after,
             by_the_member={AccessParty.ME: True, AccessParty.OTHERS: False}.get(by),
+            proofs_at=proofs_at,
         )
         edges = [MyAccessEdge(cursor=e.cursor, node=e) for e in page.entries]
         return MyAccessConnection(

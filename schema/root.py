@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import strawberry
+from strawberry.schema.config import StrawberryConfig
 
+from schema.audit import LONG_SCALAR, Long
 from schema.mutation import Mutation
 from schema.query import Query
 
@@ -19,7 +21,8 @@ SDL_PATH = Path(__file__).resolve().parent / "schema.graphql"
 
 
 def build_schema(**kwargs: Any) -> strawberry.Schema:
-    return strawberry.Schema(query=Query, mutation=Mutation, **kwargs)
+    config = StrawberryConfig(scalar_map={Long: LONG_SCALAR})
+    return strawberry.Schema(query=Query, mutation=Mutation, config=config, **kwargs)
 
 
 schema = build_schema()

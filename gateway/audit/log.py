@@ -60,6 +60,9 @@ class LogEntry:
     # What the operation recorded beside the fields (a refusal's reason, purged fields, an
     # export's range): names and codes, never a member's values.
     details: dict[str, Any]
+    # Where it sits in the log's signed tree, with its inclusion proof, when asked for
+    # (gateway/audit/transparency.py: EventSeal).
+    seal: Any = None
 
     @property
     def cursor(self) -> str:

@@ -8,10 +8,16 @@ auditor key or the member's own token.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.audit.log import LogEntry
+from gateway.audit.sealing import EVENT_COLUMNS, canonical_event
+from gateway.audit.tiles import MAX_PROOFS, inclusion_proofs
+from gateway.errors import BadUserInput
 from gateway.notes import NoteError, NoteKey, TreeHead, cosignature_time, open_checkpoint
 from gateway.signing import Signer
 from gateway.store.db import Raw
@@ -198,3 +204,68 @@ def _key(
         "lastCheckpoint": checkpoints[1] if checkpoints else None,
         "current": current,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class EventSeal:
+    """Where an event sits in the log's tree, and the proof that it is in the signed tree of
+    `tree_size` events. `leaf` is the bytes its leaf hash covers (None when they would name
+    someone the reader may not see)."""
+
+    position: int
+    tree_size: int
+    leaf_hash: bytes
+    leaf: str | None
+    proof: list[bytes]
+
+
+async def with_seals(
+    raw: Raw, entries: Sequence[LogEntry], tree_size: int, *, reader: Any
+) -> list[LogEntry]:
+    """The entries with their seals in the signed tree of `tree_size` events (entries sealed
+    later, or not yet, have none): one query for the seals, one for the tiles.
+
+    `reader` is the member reading: an event by another member's token (refused, but recorded)
+    keeps its leaf to itself, since the leaf names that member."""
+    latest = await latest_size(raw)
+    if latest is None or not 1 <= tree_size <= latest:
+        raise BadUserInput(
+            f"`proofsAt` is the size of a published checkpoint (at most {latest or 0}; "
+            "GET /audit/checkpoint).",
+            argument="proofsAt",
+        )
+    if len(entries) > MAX_PROOFS:
+        raise BadUserInput(f"At most {MAX_PROOFS} entries with proofs.", argument="first")
+    ids = [e.id for e in entries]
+    seals = {
+        int(r["event_id"]): (int(r["position"]), bytes(r["event_hash"]))
+        for r in await raw.fetch(
+            "SELECT event_id, position, event_hash FROM audit_seals "
+            "WHERE event_id = ANY($1::bigint[]) AND position <= $2",
+            ids,
+            tree_size,
+        )
+    }
+    if not seals:
+        return list(entries)
+    ordered = sorted(seals.items())
+    proofs = dict(
+        zip(
+            (event_id for event_id, _ in ordered),
+            await inclusion_proofs(raw, [pos - 1 for _, (pos, _) in ordered], tree_size),
+            strict=True,
+        )
+    )
+    sealed = []
+    for entry in entries:
+        found = seals.get(entry.id)
+        if found is None:
+            sealed.append(entry)
+            continue
+        position, leaf_hash = found
+        names_another = entry.actor_member_id not in (None, reader)
+        row = {name: getattr(entry, name) for name in EVENT_COLUMNS}
+        leaf = None if names_another else canonical_event(row).decode()
+        seal = EventSeal(position, tree_size, leaf_hash, leaf, proofs[entry.id])
+        sealed.append(dataclasses.replace(entry, seal=seal))
+    return sealed

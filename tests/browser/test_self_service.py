@@ -19,7 +19,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.auth import mint_member_token
 from gateway.app import create_app
-from tests.conftest import TEST_SECRET, Api, add_client, add_member, make_settings
+from gateway.audit.sealer import seal_until_current
+from tests.conftest import (
+    TEST_SECRET,
+    TEST_SIGNER,
+    Api,
+    add_client,
+    add_member,
+    lift_audit_guards,
+    make_settings,
+    restore_audit_guards,
+)
 from tests.helpers import enrich, grant, read
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -299,3 +309,43 @@ async def test_who_used_my_data_pages_past_fifty_and_keeps_my_own_visits_apart(
     assert "Gull" in shown
     assert "Som del av medlemsvilkårene" in shown
     assert "Husstandsstørrelse" in shown
+
+
+async def test_the_page_checks_every_access_against_the_signed_log(
+    page: Page, server: str, api: Api, db: AsyncEngine
+) -> None:
+    """The browser verifies the checkpoint's Ed25519 signature, each entry's leaf and its
+    inclusion proof (WebCrypto); an event changed in the database afterwards shows as such."""
+    member_id = await add_member(db, first_name="Ola")
+    app_key = (await add_client(db, name="Kundeservice", purposes=("membership_service",))).key
+    for _ in range(3):
+        await read(api, app_key, member_id, "membership_service")
+    await seal_until_current(db, TEST_SIGNER)
+    await read(api, app_key, member_id, "membership_service")  # newer than the checkpoint
+
+    await sign_in(page, server, member_id)
+    await page.select_option("#language", "en")
+
+    summary = page.locator("#proof-summary")
+    await expect(summary).to_contain_text("Every one of the 3 accesses listed is in the signed log")
+    await expect(summary).to_contain_text("1 newer accesses are not sealed yet")
+    await expect(page.locator("#access .proof-verified")).to_have_count(3)
+    await expect(page.locator("#access .proof-pending")).to_have_count(1)
+
+    # Someone with the database changes what one sealed access says.
+    async with db.begin() as connection:
+        partitions = await lift_audit_guards(connection)
+        await connection.execute(
+            text(
+                "UPDATE access_events SET fields_released = '{}' WHERE id = (SELECT min(id) "
+                "FROM access_events WHERE member_id = :member AND operation = 'member')"
+            ),
+            {"member": member_id},
+        )
+        await restore_audit_guards(connection, partitions)
+    await page.reload()
+    await page.select_option("#language", "en")
+
+    await expect(summary).to_contain_text("1 of the accesses listed are NOT in the signed log")
+    await expect(page.locator("#access .proof-failed")).to_have_count(1)
+    await expect(page.locator("#access .proof-failed")).to_have_text("✗ DOES NOT MATCH")
