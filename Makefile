@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := gateway schema resolvers migrations tests bench
 
-.PHONY: run test hatest lint schema bench loadtest clean
+.PHONY: run test hatest lint schema bench bench-seal loadtest clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tillit needs Python 3.11 or newer")'
@@ -50,6 +50,10 @@ lint: $(INSTALLED)
 bench: $(INSTALLED)
 	@command -v wrk >/dev/null || (echo "make bench needs wrk: apt-get install wrk" && exit 1)
 	$(BIN)/python -m bench.run
+
+# The sealer alone: events sealed per second and CPU per event (bench/sealing.py).
+bench-seal: $(INSTALLED)
+	$(BIN)/python -m bench.sealing
 
 loadtest: $(INSTALLED)
 	$(BIN)/python -m bench.loadtest

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit import remote, transparency
@@ -54,17 +53,19 @@ def keys(
     if as_json:
         out.print_json(json.dumps(listed))
         return
-    table = Table(title=f"Keys of the log {listed['origin']}")
-    for column in ("key id", "in force", "checkpoints", "public key (base64)", "vkey"):
-        table.add_column(column, overflow="fold")
+    out.print(f"Keys of the log {listed['origin']}, oldest first:", highlight=False)
     for key in listed["keys"]:  # type: ignore[attr-defined]
-        since = key["validFrom"] or "next checkpoint"
+        since = key["validFrom"] or "its first checkpoint"
         until = key["validUntil"] or ("now" if key["current"] else "?")
         span = (
-            f"{key['firstCheckpoint']}-{key['lastCheckpoint']}" if key["firstCheckpoint"] else "-"
+            f"checkpoints {key['firstCheckpoint']} to {key['lastCheckpoint']}"
+            if key["firstCheckpoint"]
+            else "no checkpoint yet"
         )
-        table.add_row(key["keyId"], f"{since} to {until}", span, key["publicKey"], key["vkey"])
-    out.print(table)
+        current = ", in force now" if key["current"] else ""
+        out.print(f"  {key['keyId']}: from {since} to {until} ({span}){current}", highlight=False)
+        out.print(f"    public key {key['publicKey']}", highlight=False)
+        out.print(f"    vkey {key['vkey']}", highlight=False)
     witnesses = listed["witnesses"]
     out.print(
         "witnesses: "

@@ -132,3 +132,45 @@ def test_audit_key_never_prints(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert AUDIT_KEY not in repr(settings)
     assert settings.audit_verifier.key_id == settings.audit_signer.key_id
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TILLIT_AUDIT_ORIGIN", "has space/x", "TILLIT_AUDIT_ORIGIN names the log"),
+        ("TILLIT_AUDIT_ORIGIN", "a+b", "TILLIT_AUDIT_ORIGIN names the log"),
+        ("TILLIT_AUDIT_WITNESSES", "not-a-vkey", "TILLIT_AUDIT_WITNESSES: not a verifier key"),
+        ("TILLIT_AUDIT_VERIFY_KEY", "c2hvcnQ=", "32 bytes"),
+    ],
+)
+def test_bad_transparency_settings_are_refused_with_their_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(SettingsError, match=message):
+        load_settings()
+
+
+def test_a_log_key_is_not_a_witness_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.notes import NoteKey
+
+    log_key = NoteKey.of_log("tillit.local/audit", Signer.generate()[0].verifier).vkey
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.setenv("TILLIT_AUDIT_WITNESSES", log_key)
+
+    with pytest.raises(SettingsError, match="not a cosignature key"):
+        load_settings()
+
+
+def test_several_verify_keys_are_trusted_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    new, old = Signer.generate()[0], Signer.generate()[0]
+    monkeypatch.setenv("TILLIT_MEMBER_TOKEN_SECRET", GOOD_SECRET)
+    monkeypatch.setenv(
+        "TILLIT_AUDIT_VERIFY_KEY", f"{new.verifier.public_base64}, {old.verifier.public_base64}"
+    )
+
+    settings = load_settings()
+
+    assert [v.key_id for v in settings.audit_verifiers] == [new.key_id, old.key_id]

@@ -308,3 +308,34 @@ async def test_the_sealer_rebuilds_a_tree_lost_or_never_built(grown: AsyncEngine
         )
     assert open_checkpoint(note, ORIGIN, PUBLIC) == (603, mth(leaves))
     assert (await verify(grown)).ok
+
+
+async def test_verify_names_a_checkpoint_whose_note_was_rewritten(grown: AsyncEngine) -> None:
+    """A superuser who re-signs nothing but swaps a checkpoint's tree root is caught."""
+    from tests.conftest import lift_audit_guards, restore_audit_guards
+
+    async with grown.begin() as connection:
+        partitions = await lift_audit_guards(connection)
+        await connection.execute(
+            text("UPDATE audit_checkpoints SET tree_root = :root WHERE last_position = 301"),
+            {"root": bytes(32)},
+        )
+        await restore_audit_guards(connection, partitions)
+
+    report = await verify(grown)
+
+    assert not report.ok
+    assert "tree root differs from the tree of the seals" in report.problems[0]
+
+
+async def test_audit_keys_prints_the_keys(grown: AsyncEngine, cli_env: object) -> None:
+    from tests.conftest import tillit
+
+    table = await tillit("audit", "keys")
+    listed = await tillit("audit", "keys", "--json")
+
+    assert table.exit_code == 0, table.output
+    assert TEST_SIGNER.key_id in table.output
+    assert "witnesses: none configured" in table.output
+    assert '"current": true' in listed.output
+    assert TEST_SIGNER.verifier.public_base64 in listed.output
