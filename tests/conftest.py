@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import secrets
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ import asyncpg
 import httpx
 import pytest
 import structlog
+import uvicorn
 from asgi_lifespan import LifespanManager
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -318,6 +320,31 @@ async def serving(settings: Settings, url: str) -> AsyncIterator[Api]:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tillit.test") as client:
             yield Api(client)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def listening(settings: Settings, url: str) -> AsyncIterator[str]:
+    """The app with these settings on a real port, in this event loop (for a browser or a
+    command that speaks HTTP); yields its base URL."""
+    app = create_app(settings, database_url=url)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +19,7 @@ from gateway.cli.support import err, fail, out, run_with_database, settings_or_e
 from gateway.notes import NoteError, NoteKey, WitnessKey
 from gateway.store.db import raw_of
 
+T = TypeVar("T")
 LogKeys = Annotated[
     list[str] | None,
     typer.Option(
@@ -121,6 +123,19 @@ def _log_keys(values: list[str] | None) -> list[NoteKey] | None:
         raise fail(f"--log-key: {exc}", code=2) from None
 
 
+def _against(url: str, work: Callable[[remote.LogClient], Awaitable[T]]) -> T:
+    """Run `work` with a client of the gateway at `url`, closed afterwards."""
+
+    async def run() -> T:
+        log = remote.LogClient.at(url)
+        try:
+            return await work(log)
+        finally:
+            await log.aclose()
+
+    return asyncio.run(run())
+
+
 def witness(
     url: Annotated[str, typer.Option(help="The gateway's base URL, e.g. https://tillit.example.")],
     key: Annotated[
@@ -140,15 +155,10 @@ def witness(
     witness_key = _witness_key(key)
     trusted = _log_keys(log_key)
 
-    async def run() -> remote.Witnessed:
-        log = remote.LogClient.at(url)
-        try:
-            return await remote.witness_once(log, witness_key, state, log_keys=trusted)
-        finally:
-            await log.aclose()
-
     try:
-        done = asyncio.run(run())
+        done = _against(
+            url, lambda log: remote.witness_once(log, witness_key, state, log_keys=trusted)
+        )
     except remote.Refused as exc:
         raise fail(f"REFUSED to cosign: {exc}", code=1) from None
     except remote.Unreachable as exc:
@@ -171,15 +181,10 @@ def verify_remote(url: str, export: Path, manifest: Path, log_key: list[str] | N
     """`tillit audit verify --remote URL --export FILE`."""
     trusted = _log_keys(log_key)
 
-    async def run() -> remote.RemoteReport:
-        log = remote.LogClient.at(url)
-        try:
-            return await remote.verify_remote(log, export, manifest, log_keys=trusted)
-        finally:
-            await log.aclose()
-
     try:
-        result = asyncio.run(run())
+        result = _against(
+            url, lambda log: remote.verify_remote(log, export, manifest, log_keys=trusted)
+        )
     except (remote.Unreachable, NoteError) as exc:
         raise fail(str(exc), code=1) from None
     report = result.report

@@ -4,21 +4,17 @@ app read withheld."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.auth import mint_member_token
-from gateway.app import create_app
 from gateway.audit.sealer import seal_until_current
 from tests.conftest import (
     TEST_SECRET,
@@ -27,6 +23,7 @@ from tests.conftest import (
     add_client,
     add_member,
     lift_audit_guards,
+    listening,
     make_settings,
     restore_audit_guards,
 )
@@ -42,26 +39,11 @@ if not CHROMIUM.exists():
 from playwright.async_api import Page, async_playwright, expect  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def server(db: AsyncEngine, gateway_url: str) -> AsyncIterator[str]:
     """The gateway on a real port, in this event loop."""
-    app = create_app(make_settings(gateway_url), database_url=gateway_url)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with listening(make_settings(gateway_url), gateway_url) as url:
+        yield url
 
 
 @pytest.fixture

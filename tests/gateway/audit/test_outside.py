@@ -6,24 +6,20 @@ against the published keys, checkpoint and proofs, with no database."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.app import create_app
 from gateway.audit import remote
 from gateway.audit.sealer import seal_until_current
 from gateway.notes import NoteKey, WitnessKey
 from gateway.store import migrate
 from gateway.store.db import create_engine
-from tests.conftest import TEST_SIGNER, Api, make_settings, serving, tillit
+from tests.conftest import TEST_SIGNER, Api, listening, make_settings, serving, tillit
 from tests.helpers import write_events
 from tests.tlog import cosigned, open_checkpoint
 
@@ -162,32 +158,15 @@ async def test_a_rollback_makes_the_witness_refuse(
     assert json.loads(state.read_text())["size"] == 60
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-async def listening(log: Api, gateway_url: str) -> AsyncIterator[str]:
+async def gateway(log: Api, gateway_url: str) -> AsyncIterator[str]:
     """The gateway on a real port, for the command line."""
-    app = create_app(
-        make_settings(gateway_url, audit_witnesses=WITNESSES), database_url=gateway_url
-    )
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, not an event
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    settings = make_settings(gateway_url, audit_witnesses=WITNESSES)
+    async with listening(settings, gateway_url) as url:
+        yield url
 
 
-async def test_the_witness_command(listening: str, tmp_path: Path) -> None:
+async def test_the_witness_command(gateway: str, tmp_path: Path) -> None:
     key_file = tmp_path / "alice.key"
     made = await tillit("audit", "witness-keygen", "dpo.example.org/cli", "--out", str(key_file))
     assert made.exit_code == 0, made.output
@@ -196,7 +175,7 @@ async def test_the_witness_command(listening: str, tmp_path: Path) -> None:
 
     # Not configured at the gateway: cosigned locally, refused by the gateway (exit 2).
     result = await tillit(
-        "audit", "witness", "--url", listening, "--key", str(key_file), "--state", str(state)
+        "audit", "witness", "--url", gateway, "--key", str(key_file), "--state", str(state)
     )
     assert result.exit_code == 2, result.output
     assert "No cosignature by a witness this log knows" in result.output
@@ -204,7 +183,7 @@ async def test_the_witness_command(listening: str, tmp_path: Path) -> None:
     alice_key = tmp_path / "real.key"
     alice_key.write_text(ALICE.skey + "\n")
     result = await tillit(
-        "audit", "witness", "--url", listening, "--key", str(alice_key), "--state", str(state)
+        "audit", "witness", "--url", gateway, "--key", str(alice_key), "--state", str(state)
     )
     assert result.exit_code == 0, result.output
     assert "accepted: dpo.example.org/alice" in result.output
@@ -213,7 +192,7 @@ async def test_the_witness_command(listening: str, tmp_path: Path) -> None:
         "audit",
         "witness",
         "--url",
-        listening,
+        gateway,
         "--key",
         str(tmp_path / "missing.key"),
         "--state",
@@ -238,11 +217,11 @@ async def _export(tmp_path: Path, fmt: str) -> Path:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 async def test_verify_remote_checks_an_export_against_the_published_tree(
-    listening: str, cli_env: object, tmp_path: Path, fmt: str
+    gateway: str, cli_env: object, tmp_path: Path, fmt: str
 ) -> None:
     exported = await _export(tmp_path, fmt)
 
-    result = await tillit("audit", "verify", "--remote", listening, "--export", str(exported))
+    result = await tillit("audit", "verify", "--remote", gateway, "--export", str(exported))
 
     assert result.exit_code == 0, result.output
     assert "every row" in result.output
@@ -252,7 +231,7 @@ async def test_verify_remote_checks_an_export_against_the_published_tree(
 
 
 async def test_verify_remote_needs_no_database_and_no_settings(
-    listening: str, cli_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway: str, cli_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exported = await _export(tmp_path, "jsonl")
     for name in ("DATABASE_URL", "TILLIT_AUDIT_SIGNING_KEY", "TILLIT_MEMBER_TOKEN_SECRET"):
@@ -260,14 +239,14 @@ async def test_verify_remote_needs_no_database_and_no_settings(
     pinned = NoteKey.of_log(ORIGIN, TEST_SIGNER.verifier).vkey
 
     result = await tillit(
-        "audit", "verify", "--remote", listening, "--export", str(exported), "--log-key", pinned
+        "audit", "verify", "--remote", gateway, "--export", str(exported), "--log-key", pinned
     )
 
     assert result.exit_code == 0, result.output
 
 
 async def test_verify_remote_names_a_row_whose_fields_were_changed(
-    listening: str, cli_env: object, tmp_path: Path
+    gateway: str, cli_env: object, tmp_path: Path
 ) -> None:
     exported = await _export(tmp_path, "jsonl")
     lines = exported.read_text().splitlines()
@@ -276,14 +255,14 @@ async def test_verify_remote_names_a_row_whose_fields_were_changed(
     lines[4] = json.dumps(row, sort_keys=True, ensure_ascii=False)
     exported.write_text("\n".join(lines) + "\n")
 
-    result = await tillit("audit", "verify", "--remote", listening, "--export", str(exported))
+    result = await tillit("audit", "verify", "--remote", gateway, "--export", str(exported))
 
     assert result.exit_code == 1
     assert "SHA-256 differs from the manifest" in result.output
 
 
 async def test_verify_remote_refuses_an_export_the_log_never_sealed(
-    listening: str, cli_env: object, db: AsyncEngine, tmp_path: Path
+    gateway: str, cli_env: object, db: AsyncEngine, tmp_path: Path
 ) -> None:
     """A database changed behind the log's back (an event and its seal rewritten together, so the
     export is consistent and freshly signed) is caught by the published tree."""
@@ -313,7 +292,7 @@ async def test_verify_remote_refuses_an_export_the_log_never_sealed(
         await restore_audit_guards(connection, partitions)
     exported = await _export(tmp_path, "jsonl")
 
-    result = await tillit("audit", "verify", "--remote", listening, "--export", str(exported))
+    result = await tillit("audit", "verify", "--remote", gateway, "--export", str(exported))
 
     assert result.exit_code == 1
     assert "is not in the log's signed tree of" in result.output
