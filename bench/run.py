@@ -7,7 +7,8 @@ generator is wrk with a Lua script, concurrency 16. Prints medians and ratios; w
 bench/results/<time>.json.
 
 Environment: DATABASE_URL (default: the embedded PostgreSQL in bench/.pgdata), BENCH_ROUNDS (3),
-BENCH_SECONDS (6), BENCH_SCENARIOS (S1,S2,S3,S4), BENCH_EVENTS (1000000).
+BENCH_SECONDS (6), BENCH_SCENARIOS (S1,S2,S3,S4,H2), BENCH_EVENTS (1000000), BENCH_HOLD_SECONDS
+(120: how long H2 holds S2 with the sealer running as in production).
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
+from sqlalchemy import text
 
+from bench import peer
 from bench.hostile import refusal_cost
 from bench.seed import prepare_database, seed_events, seed_members
 from bench.serving import free_port, uvicorn_command
+from gateway.audit.sealer import seal_until_current
 from gateway.settings import Settings
 from gateway.signing import Signer
 from gateway.store import db as gateway_db
@@ -49,14 +53,21 @@ SERVERS = {
 
 
 class Server:
-    """One server process: uvicorn, one worker, production settings, logs to a file."""
+    """One server process: uvicorn with one worker and production settings (or the peer's Node
+    process), logs to a file."""
 
     def __init__(self, name: str, env: dict[str, str]) -> None:
         self.name = name
         self.port = free_port()
         log = (RESULTS / f"{name}.log").open("ab")
-        self.process = subprocess.Popen(  # our own interpreter and arguments
-            uvicorn_command(SERVERS[name], self.port),
+        if name in peer.SCRIPTS:
+            arguments = peer.command()
+            # Production mode: graphql-js and PostGraphile skip their development checks.
+            env = {**env, "PEER_PORT": str(self.port), "NODE_ENV": "production"}
+        else:
+            arguments = uvicorn_command(SERVERS[name], self.port)
+        self.process = subprocess.Popen(  # our own interpreter, or node, and our arguments
+            arguments,
             env=env,
             stdout=log,
             stderr=log,
@@ -74,6 +85,30 @@ class Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=20)
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the server process and its children (uvicorn's worker)."""
+        process = psutil.Process(self.process.pid)
+        total = float(sum(process.cpu_times()[:2]))
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += sum(child.cpu_times()[:2])
+        return total
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process on this machine, by pid (empty when the server
+    runs elsewhere): the difference over a run is the database's share of its work."""
+    seen: dict[int, float] = {}
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        name, times = process.info["name"], process.info["cpu_times"]
+        if name and name.startswith("postgres") and times is not None:
+            seen[process.pid] = times.user + times.system
+    return seen
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def wrk(url: str, script: str, seconds: int, env: dict[str, str]) -> dict[str, Any]:
@@ -106,9 +141,17 @@ async def prepare(url: str, events: int) -> dict[str, str]:
         app, auditor = await prepare_database(engine, name="bench")
         await seed_members(engine, count=100_000)
         await seed_events(engine, count=events, signer=SIGNER)
+        async with engine.connect() as connection:
+            app_id = str(
+                await connection.scalar(text("SELECT id FROM clients WHERE name = 'bench-app'"))
+            )
     finally:
         await engine.dispose()
-    return {"app": app, "auditor": auditor}
+    await peer.prepare(url)
+    jwt = peer.token(PEER_SECRET, app_id)
+    # The plain view answers anyone (no token, so PostGraphile opens no transaction for it);
+    # the audited function needs to know the client.
+    return {"app": app, "auditor": auditor, "peer-view": "", "peer-audited": jwt}
 
 
 def _bench_key() -> tuple[Signer, str]:
@@ -124,6 +167,7 @@ def _bench_key() -> tuple[Signer, str]:
 
 
 SIGNER, SIGNING_KEY = _bench_key()
+PEER_SECRET = secrets.token_urlsafe(48)
 
 
 def server_env(url: str) -> dict[str, str]:
@@ -139,6 +183,8 @@ def server_env(url: str) -> dict[str, str]:
         # Rate limiting stays on, so its cost is measured, with a limit the one client never hits.
         "TILLIT_RATE_LIMIT_PER_SECOND": "100000",
         "TILLIT_RATE_LIMIT_BURST": "100000",
+        "PEER_DATABASE_URL": peer.node_url(url),
+        "PEER_JWT_SECRET": PEER_SECRET,
     }
 
 
@@ -167,26 +213,62 @@ def load_scenario(
     rounds: int,
     seconds: int,
 ) -> dict[str, list[dict[str, Any]]]:
+    """Each server in turn, round after round; per run req/s, latency, and CPU per request of
+    the server and of PostgreSQL."""
     runs: dict[str, list[dict[str, Any]]] = {server: [] for server in servers}
     for round_ in range(rounds):
         for server_name in servers:
             server = Server(server_name, server_env(url))
+            load = peer.SCRIPTS.get(server_name, script)
+            env = {"BENCH_IDS": str(ids), "BENCH_KEY": keys.get(server_name, keys["app"])}
             try:
                 # A short warm-up, so caches and pools are filled as in steady state.
-                wrk(server.url, script, 1, {"BENCH_IDS": str(ids), "BENCH_KEY": keys["app"]})
-                result = wrk(
-                    server.url, script, seconds, {"BENCH_IDS": str(ids), "BENCH_KEY": keys["app"]}
-                )
+                wrk(server.url, load, 1, env)
+                check_answers(server, load, env)
+                cpu, pg = server.cpu_seconds(), postgres_cpu()
+                result = wrk(server.url, load, seconds, env)
+                result["cpu_server_ms"] = (server.cpu_seconds() - cpu) / result["requests"] * 1e3
+                result["cpu_pg_ms"] = cpu_delta(pg, postgres_cpu()) / result["requests"] * 1e3
             finally:
                 server.stop()
+            if server_name == "peer-audited":
+                seal(url)  # its access events, outside the timed runs
             runs[server_name].append(result)
             print(
                 f"  {name} round {round_ + 1} {server_name}: {result['rps']:.0f} req/s "
                 f"p50 {result['p50_us'] / 1000:.1f} ms p99 {result['p99_us'] / 1000:.1f} ms "
+                f"CPU/req {result['cpu_server_ms']:.2f} + {result['cpu_pg_ms']:.2f} ms "
                 f"errors {result['socket_errors'] + result['status_errors']}",
                 flush=True,
             )
     return runs
+
+
+def check_answers(server: Server, script: str, env: dict[str, str]) -> None:
+    """One request as the script sends it must come back with data and no errors (a peer that
+    answered every request with an error would look fast)."""
+    body = subprocess.run(  # lua is not needed: ask wrk's script for one body through a dry run
+        ["wrk", "-t1", "-c1", "-d1s", "-s", str(HERE / "wrk" / script), server.url],
+        env={**os.environ, **env, "BENCH_DIR": str(HERE / "wrk"), "BENCH_ECHO": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    answers = [line for line in body.splitlines() if line.startswith(('{"data"', '{"errors"'))]
+    answer = json.loads(answers[0]) if answers else {}
+    if answer.get("errors") or not answer.get("data"):
+        raise RuntimeError(f"{server.name} answers {script} with {body[:300]}")
+
+
+def seal(url: str) -> None:
+    async def run() -> None:
+        engine = gateway_db.create_engine(url, Settings(dev=True), pool_size=1)
+        try:
+            await seal_until_current(engine, SIGNER)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
 
 
 class RssSampler(threading.Thread):
@@ -207,6 +289,78 @@ class RssSampler(threading.Thread):
     def stop(self) -> None:
         self._stop_sampling.set()
         self.join()
+
+
+HOLD_SAMPLE_SECONDS = 5.0
+SEAL_INTERVAL_SECONDS = Settings.model_fields["seal_interval_seconds"].default
+
+
+def hold_scenario(url: str, keys: dict[str, str], ids: Path, seconds: int) -> dict[str, Any]:
+    """S2 held for `seconds` with the sealer as production runs it (in the gateway, every
+    TILLIT_SEAL_INTERVAL_SECONDS): the unsealed backlog every few seconds. The target: it stays
+    under two sealing intervals' worth of the events written."""
+    seal(url)
+    samples: list[dict[str, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        async def run() -> None:
+            connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
+            began = time.monotonic()
+            try:
+                while not stop.is_set():
+                    row = await connection.fetchrow(_BACKLOG)
+                    samples.append(
+                        {
+                            "t": time.monotonic() - began,
+                            "unsealed": int(row["unsealed"]),
+                            "sealed": int(row["sealed"]),
+                        }
+                    )
+                    await asyncio.sleep(HOLD_SAMPLE_SECONDS)
+            finally:
+                await connection.close()
+
+        asyncio.run(run())
+
+    server = Server("tillit", server_env(url))
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        sampler.start()
+        result = wrk(
+            server.url, "members.lua", seconds, {"BENCH_IDS": str(ids), "BENCH_KEY": keys["app"]}
+        )
+    finally:
+        stop.set()
+        sampler.join()
+        server.stop()
+    written_per_s = result["requests"] * 100 / (result["duration_us"] / 1e6)
+    limit = 2 * SEAL_INTERVAL_SECONDS * written_per_s
+    peak = max(s["unsealed"] for s in samples)
+    for item in samples:
+        print(f"  hold t={item['t']:.0f} s unsealed {item['unsealed']}", flush=True)
+    sealed = [s["sealed"] for s in samples]
+    seal_rate = (sealed[-1] - sealed[0]) / (samples[-1]["t"] - samples[0]["t"] or 1)
+    seal(url)
+    return {
+        "seconds": seconds,
+        "rps": result["rps"],
+        "events_written_per_s": written_per_s,
+        "events_sealed_per_s": seal_rate,
+        "seal_interval_s": SEAL_INTERVAL_SECONDS,
+        "backlog_limit": limit,
+        "backlog_peak": peak,
+        "backlog_end": samples[-1]["unsealed"],
+        "within_target": peak < limit,
+        "samples": samples,
+    }
+
+
+_BACKLOG = """
+SELECT (SELECT count(*) FROM access_events
+        WHERE txid >= (SELECT horizon FROM audit_checkpoints ORDER BY id DESC LIMIT 1)) AS unsealed,
+       (SELECT last_position FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS sealed
+"""
 
 
 def export_scenario(url: str, keys: dict[str, str], rounds: int) -> dict[str, list[dict[str, Any]]]:
@@ -273,7 +427,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     seconds = int(os.environ.get("BENCH_SECONDS", "6"))
-    scenarios = os.environ.get("BENCH_SCENARIOS", "S1,S2,S3,S4").split(",")
+    scenarios = os.environ.get("BENCH_SCENARIOS", "S1,S2,S3,S4,H2").split(",")
     events = int(os.environ.get("BENCH_EVENTS", "1000000"))
     url = os.environ.get("DATABASE_URL")
     if url is None:
@@ -302,13 +456,19 @@ def main() -> None:
         "seconds": seconds,
     }
     if "S1" in scenarios:
-        results["S1"] = load_scenario("S1", "member.lua", ["tillit", "raw", "bare"], **common)
+        peer.install()
+        results["S1"] = load_scenario(
+            "S1", "member.lua", ["tillit", "raw", "bare", "peer-view", "peer-audited"], **common
+        )
     if "S2" in scenarios:
         results["S2"] = load_scenario("S2", "members.lua", ["tillit", "raw", "bare"], **common)
     if "S3" in scenarios:
         results["S3"] = load_scenario("S3", "consent.lua", ["tillit"], **common)
     if "S4" in scenarios:
         results["S4"] = export_scenario(url, keys, rounds)
+    if "H2" in scenarios:
+        hold = int(os.environ.get("BENCH_HOLD_SECONDS", "120"))
+        results["H2"] = hold_scenario(url, keys, ids, hold)
     results["R1"] = [refusal_cost(fragments=n) for n in (20, 40)]
     summary = summarise(results)
     results["summary"] = summary
@@ -327,6 +487,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                     "rps": median(runs, "rps"),
                     "p50_ms": median(runs, "p50_us") / 1000,
                     "p99_ms": median(runs, "p99_us") / 1000,
+                    "cpu_server_ms": median(runs, "cpu_server_ms"),
+                    "cpu_pg_ms": median(runs, "cpu_pg_ms"),
                 }
                 for server, runs in results[scenario].items()
             }
@@ -334,6 +496,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     if s1:
         summary["S1"]["tillit/bare"] = s1["tillit"]["rps"] / s1["bare"]["rps"]
         summary["S1"]["tillit/raw"] = s1["tillit"]["rps"] / s1["raw"]["rps"]
+        for name in peer.SCRIPTS:
+            if name in s1:
+                summary["S1"][f"tillit/{name}"] = s1["tillit"]["rps"] / s1[name]["rps"]
     if "S2" in summary:
         for server in ("tillit", "raw", "bare"):
             summary["S2"][server]["members_per_s"] = summary["S2"][server]["rps"] * 100
@@ -355,15 +520,26 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             summary["S4"]["tillit_rows_per_s"] / summary["S4"]["psql_rows_per_s"]
         )
     summary["R1"] = results.get("R1", [])
+    if "H2" in results:
+        summary["H2"] = {k: v for k, v in results["H2"].items() if k != "samples"}
     return summary
 
 
 def table(summary: dict[str, Any]) -> str:
     lines = [
         f"\nmedians, {summary['cores']} cores, concurrency {CONCURRENCY}\n",
-        "| scenario | tillit | raw | bare | ratios |",
+        "| scenario | server | req/s | p50 / p99 ms | CPU per request: server + PostgreSQL |",
         "|---|---|---|---|---|",
     ]
+    for scenario in ("S1", "S2", "S3"):
+        for server, row in summary.get(scenario, {}).items():
+            if "/" in server or not isinstance(row, dict):
+                continue
+            lines.append(
+                f"| {scenario} | {server} | {row['rps']:.0f} | {row['p50_ms']:.1f} / "
+                f"{row['p99_ms']:.1f} | {row['cpu_server_ms']:.2f} + {row['cpu_pg_ms']:.2f} ms |"
+            )
+    lines += ["", "| scenario | tillit | raw | bare | ratios |", "|---|---|---|---|---|"]
     for scenario, label in (("S1", "req/s"), ("S2", "req/s"), ("S3", "req/s")):
         if scenario not in summary:
             continue
@@ -383,6 +559,15 @@ def table(summary: dict[str, Any]) -> str:
             f"| S4 export {s4['rows']} rows | {s4['tillit_rows_per_s']:.0f} rows/s, peak RSS "
             f"{s4['peak_rss_mb']:.0f} MB | psql {s4['psql_rows_per_s']:.0f} rows/s | | "
             f"tillit/psql {s4['tillit/psql']:.2f} |"
+        )
+    if "H2" in summary:
+        h2 = summary["H2"]
+        lines.append(
+            f"| H2 S2 held {h2['seconds']} s, sealer every {h2['seal_interval_s']:g} s | "
+            f"{h2['rps']:.0f} req/s, {h2['events_written_per_s']:.0f} events/s written, "
+            f"{h2['events_sealed_per_s']:.0f} sealed | unsealed peak {h2['backlog_peak']}, end "
+            f"{h2['backlog_end']} | limit {h2['backlog_limit']:.0f} (two intervals) | "
+            f"{'within' if h2['within_target'] else 'OVER'} |"
         )
     for refusal in summary.get("R1", ()):
         lines.append(

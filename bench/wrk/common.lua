@@ -16,3 +16,11 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
     latency:percentile(50), latency:percentile(99)))
 end
+
+-- BENCH_ECHO=1: print the first answer (the benchmark checks that it holds data, not errors).
+if os.getenv("BENCH_ECHO") then
+  local printed = false
+  response = function(status, headers, body)
+    if not printed then printed = true; io.write(body:gsub("\n", " ") .. "\n") end
+  end
+end
