@@ -126,12 +126,20 @@ async def prepare(url: str, *, members: int = 2_000) -> World:
 
 
 class Gateway:
-    """`uvicorn` with N workers, as `tillit serve --workers N` runs it."""
+    """`uvicorn` with N workers and a sealer process, as `tillit serve --workers N` runs it."""
 
     def __init__(self, env: dict[str, str], *, workers: int, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("ab")
+        env = {**env, "TILLIT_SEALER": "standby"}
+        self.sealer = subprocess.Popen(  # our own interpreter and module
+            [sys.executable, "-m", "gateway", "sealer"],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
         self.process = subprocess.Popen(  # our own interpreter and arguments
             uvicorn_command(
                 "gateway.app:create_app_from_environment",
@@ -162,13 +170,14 @@ class Gateway:
         raise RuntimeError(f"the gateway did not become ready; see {self.log.name}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        for process in (self.process, self.sealer):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         self.log.close()
 
 

@@ -21,6 +21,7 @@ import os
 import secrets
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -66,6 +67,13 @@ class Server:
             env = {**env, "PEER_PORT": str(self.port), "NODE_ENV": "production"}
         else:
             arguments = uvicorn_command(SERVERS[name], self.port)
+        self.sealer: subprocess.Popen[bytes] | None = None
+        if name == "tillit":
+            # As `tillit serve` runs it: a sealer process of its own, the worker on standby.
+            env = {**env, "TILLIT_SEALER": "standby"}
+            self.sealer = subprocess.Popen(  # our own interpreter and module
+                [sys.executable, "-m", "gateway", "sealer"], env=env, stdout=log, stderr=log
+            )
         self.process = subprocess.Popen(  # our own interpreter, or node, and our arguments
             arguments,
             env=env,
@@ -83,16 +91,23 @@ class Server:
         raise RuntimeError(f"{name} did not start; see {RESULTS / (name + '.log')}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
+        for process in (self.process, self.sealer):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=20)
 
     def cpu_seconds(self) -> float:
-        """CPU used so far by the server process and its children (uvicorn's worker)."""
-        process = psutil.Process(self.process.pid)
-        total = float(sum(process.cpu_times()[:2]))
-        for child in process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += sum(child.cpu_times()[:2])
+        """CPU used so far by the server process and its children (uvicorn's worker), and by
+        Tillit's sealer process."""
+        total = 0.0
+        for pid in (self.process.pid, self.sealer.pid if self.sealer else None):
+            if pid is None:
+                continue
+            process = psutil.Process(pid)
+            total += sum(process.cpu_times()[:2])
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += sum(child.cpu_times()[:2])
         return total
 
 

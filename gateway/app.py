@@ -112,6 +112,7 @@ def create_app(
                     settings.audit_signer,
                     interval=settings.seal_interval_seconds,
                     stop=stop,
+                    standby=settings.sealer == "standby",
                 )
             )
             if settings.seal_interval_seconds > 0

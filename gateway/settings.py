@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         le=3600,
         description="How often the sealer writes a checkpoint (0: no sealer in this process).",
     )
+    sealer: Literal["always", "standby"] = Field(
+        default="always",
+        description="`always`: this process seals whenever it holds the database's sealer lock; "
+        "`standby`: only when no checkpoint was written for three intervals (the dedicated "
+        "sealer process `tillit serve` starts is gone), handing the lock back once caught up.",
+    )
     controller_name: str = Field(
         default="Kundeklubben",
         min_length=1,

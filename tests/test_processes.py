@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 
 from bench import loadtest
@@ -319,8 +320,15 @@ async def test_the_embedded_default_serves_as_a_restricted_login_and_stops_on_si
                     "JOIN pg_roles r ON r.rolname = a.usename "
                     "WHERE a.datname = 'tillit' AND a.pid <> pg_backend_pid()"
                 )
+                # The sealer runs in a process of its own and writes a checkpoint every second.
+                for _ in range(40):
+                    if await owner.fetchval("SELECT count(*) FROM audit_checkpoints") >= 2:
+                        break
+                    await asyncio.sleep(0.25)
+                checkpoints = await owner.fetchval("SELECT count(*) FROM audit_checkpoints")
             finally:
                 await owner.close()
+            children = [" ".join(c.cmdline()) for c in psutil.Process(process.pid).children()]
 
             process.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(process.wait, 30)
@@ -330,6 +338,8 @@ async def test_the_embedded_default_serves_as_a_restricted_login_and_stops_on_si
                 process.wait()
 
     assert [(row["usename"], row["rolsuper"]) for row in logins] == [("tillit_serve", False)]
+    assert checkpoints >= 2
+    assert any(command.endswith("-m gateway sealer") for command in children), children
     assert code == 0
     lines = log.read_text().splitlines()
     assert any('"gateway.stopped"' in line for line in lines)

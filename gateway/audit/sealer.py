@@ -205,8 +205,17 @@ BATCH_DEADLINE_SECONDS = 30.0
 RETRY_SECONDS = 1.0
 
 
+# A standby sealer takes over when the newest checkpoint is older than this many intervals.
+STANDBY_INTERVALS = 3
+
+
 async def run_sealer(
-    engine: AsyncEngine, signer: Signer, *, interval: float, stop: asyncio.Event
+    engine: AsyncEngine,
+    signer: Signer,
+    *,
+    interval: float,
+    stop: asyncio.Event,
+    standby: bool = False,
 ) -> None:
     """Seal every `interval` seconds while this process holds the database's sealer lock.
 
@@ -214,12 +223,22 @@ async def run_sealer(
     seal, and another takes over within an interval when that one stops. After a failover the
     lock is free on the new primary (locks are not replicated): whichever sealer reconnects first
     takes it, within RETRY_SECONDS of its connection failing.
+
+    `standby`: the process serves requests beside a dedicated sealer process (`tillit serve`
+    starts one, so that sealing gets a CPU of its own rather than turns of the request loop); it
+    seals only when the newest checkpoint is STANDBY_INTERVALS intervals old, and gives the lock
+    back as soon as it has caught up.
     """
     while not stop.is_set():
         try:
             async with engine.connect() as connection:
                 try:
-                    await _seal_while_holding(connection, signer, interval=interval, stop=stop)
+                    if standby and not await _stale(connection, interval * STANDBY_INTERVALS):
+                        await connection.rollback()
+                    else:
+                        await _seal_while_holding(
+                            connection, signer, interval=interval, stop=stop, once=standby
+                        )
                 except BaseException:
                     # Closed without a round trip: the session ends, and with it the lock, so
                     # no pooled connection is left holding it, whatever went wrong.
@@ -232,8 +251,26 @@ async def run_sealer(
         await _wait(stop, interval)
 
 
+async def _stale(connection: AsyncConnection, seconds: float) -> bool:
+    """Whether the newest checkpoint is older than `seconds` (or there is none)."""
+    async with asyncio.timeout(BATCH_DEADLINE_SECONDS):
+        stale = await connection.scalar(
+            text(
+                "SELECT coalesce((SELECT created_at FROM audit_checkpoints ORDER BY id DESC "
+                "LIMIT 1) < now() - make_interval(secs => :seconds), true)"
+            ),
+            {"seconds": seconds},
+        )
+    return bool(stale)
+
+
 async def _seal_while_holding(
-    connection: AsyncConnection, signer: Signer, *, interval: float, stop: asyncio.Event
+    connection: AsyncConnection,
+    signer: Signer,
+    *,
+    interval: float,
+    stop: asyncio.Event,
+    once: bool = False,
 ) -> None:
     async with asyncio.timeout(BATCH_DEADLINE_SECONDS):
         held = await connection.scalar(
@@ -252,6 +289,8 @@ async def _seal_while_holding(
             # Behind: seal the next batch now, after one turn of the loop.
             await asyncio.sleep(0)
             continue
+        if once:
+            break
         await _wait(stop, interval)
     async with asyncio.timeout(BATCH_DEADLINE_SECONDS):
         await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SEAL_LOCK})

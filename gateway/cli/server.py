@@ -3,20 +3,26 @@ demo."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.access.auth import mint_member_token
 from gateway.access.clients import ensure_client
 from gateway.access.purposes import DEFAULT_POLICY_FILE, load_purposes, read_policy_file
+from gateway.audit.sealer import run_sealer
 from gateway.cli.clients import print_client
 from gateway.cli.demo import load_demo
 from gateway.cli.support import (
@@ -29,6 +35,7 @@ from gateway.cli.support import (
 )
 from gateway.domain import Capability, Role
 from gateway.errors import PolicyFileError
+from gateway.logs import flush_logs
 from gateway.records.members import member_exists
 from gateway.settings import load_settings
 from gateway.store import migrate as migrations
@@ -231,14 +238,84 @@ def serve(
     # log lines still buffered are written and the embedded PostgreSQL is stopped (its handle is
     # released at exit); the default handler would kill the process before either.
     signal.signal(signal.SIGTERM, _exit_normally)
-    uvicorn.run(
-        "gateway.app:create_app_from_environment",
-        factory=True,
-        host=bind_host,
-        port=bind_port,
-        workers=worker_count,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    sealer = SealerProcess() if settings.seal_interval_seconds > 0 else None
+    if sealer is not None:
+        # The workers stand by: they seal only if the sealer process is gone for a while.
+        os.environ["TILLIT_SEALER"] = "standby"
+        sealer.start()
+    try:
+        uvicorn.run(
+            "gateway.app:create_app_from_environment",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=worker_count,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+        )
+    finally:
+        if sealer is not None:
+            sealer.stop()
+
+
+log = structlog.get_logger("tillit.serve")
+
+
+class SealerProcess:
+    """`tillit sealer` beside the workers, restarted a second after it ends, until stopped.
+
+    Sealing in a process of its own gets it a CPU of its own: inside a worker it ran between the
+    requests' turns of the event loop, and under sustained load fell behind (make bench, H2)."""
+
+    RESTART_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self.process = self._spawn()
+        self.watcher.start()
+
+    @staticmethod
+    def _spawn() -> subprocess.Popen[bytes]:
+        # Our own interpreter and module: the environment carries the settings and the URL.
+        return subprocess.Popen([sys.executable, "-m", "gateway", "sealer"])
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(self.RESTART_SECONDS):
+            if self.process is not None and self.process.poll() is not None:
+                log.warning("sealer.restarted", exit_code=self.process.returncode)
+                self.process = self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@app.command()
+def sealer() -> None:
+    """Seal the access log every TILLIT_SEAL_INTERVAL_SECONDS in a process of its own, until
+    SIGTERM (`tillit serve` starts one beside its workers). Only one process seals a database at
+    a time; a second waits for the lock."""
+    settings = settings_or_exit()
+    interval = settings.seal_interval_seconds or 10.0
+
+    async def work(engine: AsyncEngine) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_sealer(engine, settings.audit_signer, interval=interval, stop=stop)
+
+    run_with_database(work, settings=settings)
+    flush_logs()
