@@ -3,6 +3,7 @@ the bare Strawberry schema answer the benchmark's requests with the same data.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.seed import seed_events
@@ -106,3 +107,122 @@ async def test_the_benchmark_seeds_events_from_before_this_month_began(db: Async
         oldest = await connection.scalar(text("SELECT min(occurred_at) FROM access_events"))
     assert sealed == 200
     assert oldest < dt.datetime.now(dt.UTC) - dt.timedelta(days=39)
+
+
+# -- the peer (PostGraphile) ----------------------------------------------------------------------
+
+PEER_VIEW = (
+    "query($id: UUID!) { memberViewById(id: $id) "
+    "{ id tier points memberSince incomeBand householdSize lifestyleSegment } }"
+)
+PEER_AUDITED = (
+    'query($id: UUID!) { memberForPurpose(memberId: $id, purpose: "personalized_offers") '
+    "{ id tier points memberSince incomeBand householdSize lifestyleSegment } }"
+)
+
+
+@pytest.fixture
+async def postgraphile(db: AsyncEngine, database_url: str, gateway_url: str) -> AsyncIterator[str]:
+    """The benchmark's peer, from its lock file, on the test database as the restricted login."""
+    import os
+    import shutil
+    import subprocess
+
+    from bench import peer
+    from bench.serving import free_port
+
+    if shutil.which("npm") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must install npm (see .ci/run)")
+        pytest.skip("needs Node.js and npm: apt-get install nodejs npm")
+    peer.install()
+    await peer.prepare(database_url)
+    port = free_port()
+    url = make_url(gateway_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    process = subprocess.Popen(  # noqa: S603, ASYNC220  # node and the peer's script; returns at once
+        peer.command(),
+        env={
+            **os.environ,
+            "PEER_PORT": str(port),
+            "PEER_DATABASE_URL": url,
+            "PEER_JWT_SECRET": PEER_SECRET,
+            "NODE_ENV": "production",
+        },
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):
+                try:
+                    await http.post(
+                        f"http://127.0.0.1:{port}/graphql", json={"query": "{ __typename }"}
+                    )
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/graphql"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        async with db.begin() as connection:
+            await connection.execute(text("DROP SCHEMA bench_peer CASCADE"))
+
+
+PEER_SECRET = "peer-test-secret-" + "x" * 32
+
+
+async def test_the_peer_answers_as_tillit_does_and_audits_its_reads(
+    api: Api, db: AsyncEngine, postgraphile: str
+) -> None:
+    from bench import peer
+
+    consenting, other = await add_member(db), await add_member(db)
+    await enrich(db, consenting, await grant(db, consenting, "personalized_offers"))
+    client = await add_client(db, name="bench-app", purposes=("personalized_offers",))
+    token = peer.token(PEER_SECRET, str(client.id))
+
+    async with httpx.AsyncClient() as http:
+        for member_id in (consenting, other):
+            tillit = (
+                await api.graphql(
+                    MEMBER,
+                    {"id": str(member_id), "purpose": "personalized_offers"},
+                    token=client.key,
+                )
+            ).json()["data"]["member"]
+            audited = (
+                await http.post(
+                    postgraphile,
+                    json={"query": PEER_AUDITED, "variables": {"id": str(member_id)}},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            ).json()
+            view = (
+                await http.post(
+                    postgraphile, json={"query": PEER_VIEW, "variables": {"id": str(member_id)}}
+                )
+            ).json()
+
+            assert audited["data"]["memberForPurpose"] == tillit, audited
+            if member_id == consenting:  # the plain view checks nothing: all six, always
+                assert view["data"]["memberViewById"] == tillit
+        # Without a token the audited function refuses: the client is not allowed the purpose.
+        refused = (
+            await http.post(
+                postgraphile, json={"query": PEER_AUDITED, "variables": {"id": str(consenting)}}
+            )
+        ).json()
+    assert refused["data"]["memberForPurpose"] is None
+    assert "purpose not permitted" in refused["errors"][0]["message"]
+
+    async with db.connect() as connection:
+        outcomes = sorted(
+            row.outcome
+            for row in await connection.execute(
+                text(
+                    "SELECT outcome FROM access_events WHERE client_id = :client "
+                    "AND request_id !~ '^[0-9a-f]{32}$'"
+                ),
+                {"client": client.id},
+            )
+        )
+    assert outcomes == ["DENIED", "RELEASED"]

@@ -19,8 +19,9 @@ COMMENT ON VIEW bench_peer.member_view IS E'@primaryKey id';
 GRANT SELECT ON bench_peer.member_view TO tillit_gateway;
 
 -- 2. The same job as Tillit's `member(id, purpose)`: the client (a verified JWT claim) must be
--- allowed the purpose, the enriched fields are released only under a valid consent for it, and
--- an access event is inserted in the request's transaction, which commits before the answer.
+-- allowed the purpose, whose fields (personalized_offers rests on consent: all six) are released
+-- only under a valid consent for it, and an access event is inserted in the request's
+-- transaction, which commits before the answer.
 CREATE TYPE bench_peer.released_member AS (
     id uuid, tier text, points integer, member_since date,
     income_band text, household_size integer, lifestyle_segment text
@@ -43,7 +44,7 @@ COMMENT ON FUNCTION bench_peer.record_access(uuid, uuid, text, text, text[], jso
 CREATE FUNCTION bench_peer.member_for_purpose(member_id uuid, purpose text)
 RETURNS bench_peer.released_member LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    client uuid := current_setting('jwt.claims.client_id', true)::uuid;
+    client uuid := nullif(current_setting('jwt.claims.client_id', true), '')::uuid;
     consent uuid;
     found bench_peer.released_member;
 BEGIN
@@ -54,7 +55,10 @@ BEGIN
     SELECT c.id INTO consent FROM public.consent_states c
     WHERE c.member_id = member_for_purpose.member_id AND c.purpose_key = purpose
       AND c.kind = 'GRANTED' AND (c.expires_at IS NULL OR c.expires_at > now());
-    SELECT v.id, v.tier, v.points, v.member_since,
+    SELECT v.id,
+           CASE WHEN consent IS NOT NULL THEN v.tier END,
+           CASE WHEN consent IS NOT NULL THEN v.points END,
+           CASE WHEN consent IS NOT NULL THEN v.member_since END,
            CASE WHEN consent IS NOT NULL THEN v.income_band END,
            CASE WHEN consent IS NOT NULL THEN v.household_size END,
            CASE WHEN consent IS NOT NULL THEN v.lifestyle_segment END
@@ -64,10 +68,11 @@ BEGIN
         RETURN NULL;
     END IF;
     IF consent IS NULL THEN
-        PERFORM bench_peer.record_access(client, member_id, purpose, 'PARTIAL',
-            ARRAY['tier', 'points', 'member_since'],
-            '{"income_band": "CONSENT_REQUIRED", "household_size": "CONSENT_REQUIRED",
-              "lifestyle_segment": "CONSENT_REQUIRED"}', NULL);
+        PERFORM bench_peer.record_access(client, member_id, purpose, 'DENIED', '{}',
+            '{"tier": "CONSENT_REQUIRED", "points": "CONSENT_REQUIRED",
+              "member_since": "CONSENT_REQUIRED", "income_band": "CONSENT_REQUIRED",
+              "household_size": "CONSENT_REQUIRED", "lifestyle_segment": "CONSENT_REQUIRED"}',
+            NULL);
     ELSE
         PERFORM bench_peer.record_access(client, member_id, purpose, 'RELEASED',
             ARRAY['tier', 'points', 'member_since', 'income_band', 'household_size',
