@@ -34,6 +34,8 @@ from gateway.store import db
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
 FETCH_ROWS = 2000
+# How long one export may stream: the server's statement timeout and the client's deadline.
+EXPORT_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +206,9 @@ async def _copy_csv(
                     output=sink,
                     format="csv",
                     header=True,
+                    # The connection's client-side deadline is the request's statement timeout
+                    # (seconds); an export may stream for minutes, as its SET LOCAL says.
+                    timeout=EXPORT_TIMEOUT_SECONDS,
                 )
         finally:
             await queue.put(None)
@@ -225,7 +230,9 @@ async def export_chunks(
 ) -> AsyncIterator[bytes]:
     """The export's bytes in order: CSV from COPY, JSON Lines from a server-side cursor."""
     # An export may run for minutes: lift the request statement timeout for this transaction only.
-    await connection.execute(text("SET LOCAL statement_timeout = '30min'"))
+    await connection.execute(
+        text(f"SET LOCAL statement_timeout = '{int(EXPORT_TIMEOUT_SECONDS)}s'")
+    )
     if export.format == "csv":
         async for chunk in _copy_csv(connection, export, checkpoint):
             yield chunk

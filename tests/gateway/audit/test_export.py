@@ -757,3 +757,30 @@ async def test_audit_verify_warns_when_the_newest_checkpoint_is_stale(
     assert "WARNING: the newest checkpoint is" in stale.output
     assert "no sealer has written one since" in stale.output
     assert unchecked.exit_code == 0
+
+
+async def test_an_export_streams_past_the_request_statement_timeout(
+    db: AsyncEngine, database_url: str
+) -> None:
+    """An export may stream for minutes: the connection's client-side deadline (a request's
+    statement timeout, here 0.2 s, so 1.2 s) must not cut a COPY that a slow reader holds up."""
+    from bench.seed import seed_events
+    from gateway.audit.export import ExportRange, covering_checkpoint, export_chunks
+    from gateway.store.db import create_engine
+
+    await seed_events(db, count=20_000, signer=TEST_SIGNER, spacing_seconds=0.01)
+    engine = create_engine(database_url, make_settings(database_url, db_statement_timeout_ms=200))
+    export = ExportRange(
+        dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC), "csv"
+    )
+    lines = 0
+    try:
+        async with engine.begin() as connection:
+            checkpoint = await covering_checkpoint(connection)
+            async for chunk in export_chunks(connection, export, checkpoint):
+                lines += chunk.count(b"\n")
+                await asyncio.sleep(0.1)  # a slow reader: the COPY waits on its queue
+    finally:
+        await engine.dispose()
+
+    assert lines == 20_001
