@@ -519,6 +519,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     if "S2" in summary:
         for server in ("tillit", "raw", "bare"):
             summary["S2"][server]["members_per_s"] = summary["S2"][server]["rps"] * 100
+        summary["S2"]["tillit/raw"] = summary["S2"]["tillit"]["rps"] / summary["S2"]["raw"]["rps"]
+        summary["S2"]["tillit/bare"] = summary["S2"]["tillit"]["rps"] / summary["S2"]["bare"]["rps"]
         if s1:
             summary["S2"]["members_per_s/S1_rps"] = (
                 summary["S2"]["tillit"]["members_per_s"] / s1["tillit"]["rps"]
