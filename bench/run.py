@@ -35,7 +35,7 @@ from sqlalchemy import text
 from bench import peer
 from bench.hostile import refusal_cost
 from bench.seed import prepare_database, seed_events, seed_members
-from bench.serving import free_port, uvicorn_command
+from bench.serving import cpu_delta, free_port, postgres_cpu, uvicorn_command
 from gateway.audit.sealer import seal_until_current
 from gateway.settings import Settings
 from gateway.signing import Signer
@@ -109,21 +109,6 @@ class Server:
                 with contextlib.suppress(psutil.Error):
                     total += sum(child.cpu_times()[:2])
         return total
-
-
-def postgres_cpu() -> dict[int, float]:
-    """CPU seconds of every PostgreSQL process on this machine, by pid (empty when the server
-    runs elsewhere): the difference over a run is the database's share of its work."""
-    seen: dict[int, float] = {}
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        name, times = process.info["name"], process.info["cpu_times"]
-        if name and name.startswith("postgres") and times is not None:
-            seen[process.pid] = times.user + times.system
-    return seen
-
-
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def wrk(url: str, script: str, seconds: int, env: dict[str, str]) -> dict[str, Any]:

@@ -18,10 +18,10 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.serving import cpu_delta, postgres_cpu
 from gateway.audit.sealer import seal_until_current
 from gateway.settings import Settings
 from gateway.signing import Signer
@@ -32,17 +32,6 @@ from gateway.store.embedded import start_embedded, with_database
 EVENTS = int(os.environ.get("SEAL_BENCH_EVENTS", "200000"))
 ROUNDS = int(os.environ.get("SEAL_BENCH_ROUNDS", "3"))
 DATA_DIR = Path(__file__).resolve().parent / ".pgdata"
-
-
-def _postgres_cpu() -> float:
-    """CPU seconds of every PostgreSQL process on this machine (0 when it runs elsewhere)."""
-    total = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        if process.info["name"] and "postgres" in process.info["name"]:
-            times = process.info["cpu_times"]
-            if times is not None:
-                total += times.user + times.system
-    return total
 
 
 async def _round(engine: AsyncEngine, signer: Signer, count: int) -> tuple[float, float, float]:
@@ -57,12 +46,12 @@ async def _round(engine: AsyncEngine, signer: Signer, count: int) -> tuple[float
             ),
             {"n": count},
         )
-    cpu, pg, began = time.process_time(), _postgres_cpu(), time.perf_counter()
+    cpu, pg, began = time.process_time(), postgres_cpu(), time.perf_counter()
     written = await seal_until_current(engine, signer)
     wall = time.perf_counter() - began
     sealed = sum(c.event_count for c in written)
     assert sealed == count, (sealed, count)
-    return wall, time.process_time() - cpu, _postgres_cpu() - pg
+    return wall, time.process_time() - cpu, cpu_delta(pg, postgres_cpu())
 
 
 async def main() -> None:

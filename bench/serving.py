@@ -1,9 +1,12 @@
-"""How the benchmark and the load test start servers: uvicorn on a free local port."""
+"""How the benchmark and the load test start servers (uvicorn on a free local port), and how
+they count PostgreSQL's CPU."""
 
 from __future__ import annotations
 
 import socket
 import sys
+
+import psutil
 
 
 def free_port() -> int:
@@ -35,3 +38,18 @@ def uvicorn_command(
         "--log-level",
         "warning",
     ]
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process on this machine, by pid (empty when the server
+    runs elsewhere): the difference over a run is the database's share of its work."""
+    seen: dict[int, float] = {}
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        name, times = process.info["name"], process.info["cpu_times"]
+        if name and name.startswith("postgres") and times is not None:
+            seen[process.pid] = times.user + times.system
+    return seen
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import secrets
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typer.testing import CliRunner, Result
 
+from bench.serving import free_port
 from gateway.access.auth import mint_member_token
 from gateway.access.clients import IssuedClient, create_client
 from gateway.access.purposes import load_purposes, read_policy_file
@@ -322,19 +322,12 @@ async def serving(settings: Settings, url: str) -> AsyncIterator[Api]:
             yield Api(client)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def listening(settings: Settings, url: str) -> AsyncIterator[str]:
     """The app with these settings on a real port, in this event loop (for a browser or a
     command that speaks HTTP); yields its base URL."""
     app = create_app(settings, database_url=url)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
