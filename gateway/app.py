@@ -22,6 +22,7 @@ from strawberry import Schema
 
 from gateway.access.auth import TokenKeys
 from gateway.access.caches import POLICY_TTL_SECONDS, TtlCache
+from gateway.audit.group_commit import GroupCommit
 from gateway.audit.sealer import run_sealer
 from gateway.domain import ClientPrincipal, ErrorCode, Purpose
 from gateway.errors import SettingsError
@@ -44,6 +45,7 @@ class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
     raw_pool: asyncpg.Pool
+    group_commit: GroupCommit
     head_revision: str
     token_keys: TokenKeys
     client_cache: TtlCache[str, ClientPrincipal]
@@ -104,6 +106,7 @@ def create_app(
         engine = db.create_engine(url, settings)
         raw_pool = await db.create_raw_pool(url, settings)
         metrics.watch_pools(engine, raw_pool)
+        group_commit = GroupCommit(raw_pool)
         stop = asyncio.Event()
         sealer = (
             asyncio.create_task(
@@ -128,6 +131,8 @@ def create_app(
                 "engine": engine,
                 # For the hot operations: reads and consent changes (see gateway.web.graphql).
                 "raw_pool": raw_pool,
+                # The access events of concurrent reads, written together.
+                "group_commit": group_commit,
                 "head_revision": migrate.head_revision(),
                 # Every route that reads or changes member data runs through it.
                 "boundary": boundary,
@@ -137,6 +142,7 @@ def create_app(
             }
         finally:
             stop.set()
+            await group_commit.close()
             if sealer is not None:
                 await sealer
             if syncing is not None:

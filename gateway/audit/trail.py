@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,27 +126,58 @@ class AuditTrail:
         )
 
     async def flush(self, connection: Raw) -> int:
-        """Write the held events in one statement; returns how many.
+        """Write the held events in one statement on `connection` (in its transaction, if it is
+        in one); returns how many."""
+        return await write_events(connection, [self])
 
-        The events of one operation mostly differ only in their member and consent: a
-        hundred-member read is a hundred events in a handful of classes (same operation,
-        purpose, outcome, fields). So each class travels once, and each event as its member, its
-        class and its consents' place in one flat array: typed arrays PostgreSQL reads without
-        parsing a JSON document per event (measured: the insert was a hundred-member read's
-        largest database cost).
-        """
-        count = len(self.records)
-        if not count:
-            return 0
+
+async def write_events(connection: Raw, trails: Sequence[AuditTrail]) -> int:
+    """Write the held events of one or more operations in one statement; returns how many.
+
+    The events of one operation mostly differ only in their member and consent: a hundred-member
+    read is a hundred events in a handful of classes (same operation, purpose, outcome, fields).
+    So each class travels once, and each event as its member, its class and its consents' place
+    in one flat array: typed arrays PostgreSQL reads without parsing a JSON document per event
+    (measured: the insert was a hundred-member read's largest database cost). A class belongs to
+    one operation (its time, request id and actor), so the events of concurrent reads go in
+    together (gateway.audit.group_commit).
+    """
+    batch = _Batch()
+    for trail in trails:
+        batch.add(trail)
+    if not batch.count:
+        return 0
+    await connection.execute(_INSERT, *batch.arguments())
+    for trail in trails:
+        trail.records.clear()
+    return batch.count
+
+
+class _Batch:
+    """The statement's arguments, built one operation at a time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.member_ids: list[uuid.UUID | None] = []
+        self.class_of: list[int] = []
+        self.firsts: list[int] = []
+        self.lasts: list[int] = []
+        self.consents: list[uuid.UUID] = []
+        self.columns: list[list[Any]] = [[] for _ in range(13)]
+        # The same lists recur across the events (and often the operations) of a batch.
+        self.arrays: dict[tuple[Any, ...], str] = {}
+
+    def add(self, trail: AuditTrail) -> None:
+        actor = _actor(trail.principal)
+        operation = (
+            trail.now,
+            trail.request_id,
+            actor["actor_kind"],
+            actor.get("client_id"),
+            actor.get("actor_member_id"),
+        )
         classes: dict[tuple[Any, ...], int] = {}
-        columns: list[list[Any]] = [[] for _ in range(8)]
-        member_ids: list[uuid.UUID | None] = []
-        class_of: list[int] = []
-        firsts: list[int] = []
-        lasts: list[int] = []
-        consents: list[uuid.UUID] = []
-        arrays: dict[tuple[Any, ...], str] = {}
-        for record in self.records:
+        for record in trail.records:
             # Mappings by identity (one decision's are shared by its members' events), and every
             # empty one alike.
             withheld, details = record.fields_withheld, record.details
@@ -162,46 +193,42 @@ class AuditTrail:
             )
             number = classes.get(key)
             if number is None:
-                number = classes[key] = len(classes) + 1
-                for column, value in zip(columns, self._class(record, arrays), strict=True):
+                number = classes[key] = len(self.columns[0]) + 1
+                values = (*operation, *_class(record, self.arrays))
+                for column, value in zip(self.columns, values, strict=True):
                     column.append(value)
-            member_ids.append(record.member_id)
-            class_of.append(number)
-            firsts.append(len(consents) + 1)
-            consents.extend(record.consent_ids)
-            lasts.append(len(consents))
-        actor = _actor(self.principal)
-        await connection.execute(
-            _INSERT,
-            self.now,
-            self.request_id,
-            actor["actor_kind"],
-            actor.get("client_id"),
-            actor.get("actor_member_id"),
-            member_ids,
-            class_of,
-            firsts,
-            lasts,
-            consents,
-            *columns,
-        )
-        self.records.clear()
-        return count
+            self.member_ids.append(record.member_id)
+            self.class_of.append(number)
+            self.firsts.append(len(self.consents) + 1)
+            self.consents.extend(record.consent_ids)
+            self.lasts.append(len(self.consents))
+        self.count += len(trail.records)
 
-    @staticmethod
-    def _class(record: AccessRecord, arrays: dict[tuple[Any, ...], str]) -> tuple[Any, ...]:
-        """What the events of one class share, as text PostgreSQL casts once per event."""
+    def arguments(self) -> tuple[Any, ...]:
         return (
-            record.operation,
-            # The declared purpose is recorded as sent, cut to the column's size.
-            record.purpose[:64] if record.purpose is not None else None,
-            record.legal_basis.value if record.legal_basis else None,
-            record.outcome.value,
-            _array(record.fields_requested, arrays),
-            _array(record.fields_released, arrays),
-            _json(record.fields_withheld),
-            _json(record.details),
+            self.member_ids,
+            self.class_of,
+            self.firsts,
+            self.lasts,
+            self.consents,
+            *self.columns,
         )
+
+
+def _class(record: AccessRecord, arrays: dict[tuple[Any, ...], str]) -> tuple[Any, ...]:
+    """What the events of one class share besides their operation, as text PostgreSQL casts once
+    per event."""
+    return (
+        record.operation,
+        # The declared purpose is recorded as sent, cut to the column's size.
+        record.purpose[:64] if record.purpose is not None else None,
+        record.legal_basis.value if record.legal_basis else None,
+        record.outcome.value,
+        _array(record.fields_requested, arrays),
+        _array(record.fields_released, arrays),
+        _json(record.fields_withheld),
+        _json(record.details),
+    )
 
 
 def _array(items: tuple[Any, ...], known: dict[tuple[Any, ...], str]) -> str:
@@ -224,22 +251,24 @@ def _as_text(value: object) -> str:
     return str(value)
 
 
-# Raw SQL because this runs on every request, prepared once per connection. $6-$10 are per
-# event (member, class, the slice of $10 holding its consents); $11-$18 per class.
+# Raw SQL because this runs on every request, prepared once per connection. $1-$4 are per event
+# (its member, its class, the slice of $5 holding its consents); $6-$18 per class.
 _INSERT = """
     INSERT INTO access_events (occurred_at, request_id, operation, actor_kind, client_id,
         actor_member_id, member_id, purpose, legal_basis, outcome, fields_requested,
         fields_released, fields_withheld, consent_ids, details)
-    SELECT $1::timestamptz, $2::text, c.operation, $3::text, $4::uuid, $5::uuid, e.member_id,
-        c.purpose, c.legal_basis, c.outcome, CAST(c.requested AS text[]),
-        CAST(c.released AS text[]), CAST(c.withheld AS jsonb), ($10::uuid[])[e.first:e.last],
-        CAST(c.details AS jsonb)
-    FROM unnest($6::uuid[], $7::int[], $8::int[], $9::int[])
+    SELECT c.occurred_at, c.request_id, c.operation, c.actor_kind, c.client_id,
+        c.actor_member_id, e.member_id, c.purpose, c.legal_basis, c.outcome,
+        CAST(c.requested AS text[]), CAST(c.released AS text[]), CAST(c.withheld AS jsonb),
+        ($5::uuid[])[e.first:e.last], CAST(c.details AS jsonb)
+    FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[])
             WITH ORDINALITY AS e(member_id, class, first, last, n)
-        JOIN unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                    $17::text[], $18::text[])
-            WITH ORDINALITY AS c(operation, purpose, legal_basis, outcome, requested, released,
-                                 withheld, details, k)
+        JOIN unnest($6::timestamptz[], $7::text[], $8::text[], $9::uuid[], $10::uuid[],
+                    $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                    $16::text[], $17::text[], $18::text[])
+            WITH ORDINALITY AS c(occurred_at, request_id, actor_kind, client_id,
+                                 actor_member_id, operation, purpose, legal_basis, outcome,
+                                 requested, released, withheld, details, k)
         ON c.k = e.class
     ORDER BY e.n
 """

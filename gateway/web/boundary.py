@@ -8,7 +8,9 @@ which in this order
 2. authenticates the caller (API keys through the worker's client cache),
 3. counts the request against the caller's rate limit,
 4. hands the work a `Context`,
-5. writes the operation's access events in its transaction and commits, before any answer, and
+5. writes the operation's access events in its transaction and commits, before any answer (a
+   read, whose only writes are its events, gives its connection back and has them written with
+   the events of the other reads finishing now: gateway.audit.group_commit), and
 6. says every way it can end without an answer as one `Refused` (the HTTP status, code, message
    and headers the route sends): 401 for no or bad credentials, 429 over the rate limit, 403, 404
    or 400 for a refusal the work raised (audited, like every refusal), 503 when the database or
@@ -36,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.access.auth import authenticate
+from gateway.audit.group_commit import GroupCommit
 from gateway.domain import ErrorCode
 from gateway.errors import (
     AuditUnavailable,
@@ -60,8 +63,8 @@ log = structlog.get_logger("tillit.boundary")
 class Via(enum.Enum):
     """Which connection an operation runs on."""
 
-    # The raw pool in autocommit: an operation that writes nothing but its access events, whose
-    # one INSERT commits on its own before the data is sent.
+    # The raw pool in autocommit: an operation that writes nothing but its access events, which
+    # commit with other reads' events (gateway.audit.group_commit) before the data is sent.
     RAW_READ = "raw read"
     # The raw pool in one transaction: the consent changes, all raw SQL.
     RAW_WRITE = "raw write"
@@ -155,7 +158,12 @@ class Boundary:
                             if not context.audit.records:
                                 context.refused(operation, exc)
                         executed = True
-                        await self._flush(context)
+                        if via is not Via.RAW_READ:
+                            await self._flush(context)
+                    if via is Via.RAW_READ:
+                        # With the connection given back: the read's events go in with those
+                        # of the reads finishing now (gateway.audit.group_commit).
+                        await self._flush_together(request.state.group_commit, context)
         except TillitError as exc:
             if isinstance(exc, AuditUnavailable):
                 log.error("operation.unavailable", operation=operation, **_cause(exc))
@@ -193,6 +201,14 @@ class Boundary:
             settings=self.settings,
             policy=state.policy_cache,
         )
+
+    @staticmethod
+    async def _flush_together(group_commit: GroupCommit, context: Context) -> None:
+        """A read's events, durable before any of the data they describe is sent."""
+        metrics.observe_decisions(context.audit.records, context.known_purposes)
+        began = time.perf_counter()
+        written = await group_commit.write(context.audit)
+        metrics.observe_audit_write(began, written)
 
     @staticmethod
     async def _flush(context: Context) -> None:

@@ -8,10 +8,11 @@ operation's writes (the access events among them) before a byte of the response 
 commit fails, no member data leaves (fail closed).
 
 Operations that only read profiles (`member`, `members`, `purposes`) write nothing but their
-access events, so they run on the raw pool without an explicit transaction: the one INSERT of the
-events commits on its own, and the data is sent only after it has. The consent changes run on the
-raw pool in one transaction, every other operation in one SQLAlchemy transaction. Reads go through
-the direct executor (gateway.web.fastpath) where it has a plan, else through graphql-core.
+access events, so they run on the raw pool without an explicit transaction; their events are then
+written with those of the other reads finishing at the same time, in one INSERT that commits on its
+own (gateway.audit.group_commit), and the data is sent only after it has. The consent changes run
+on the raw pool in one transaction, every other operation in one SQLAlchemy transaction. Reads go
+through the direct executor (gateway.web.fastpath) where it has a plan, else through graphql-core.
 """
 
 from __future__ import annotations

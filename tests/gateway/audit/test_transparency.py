@@ -317,7 +317,10 @@ async def test_verify_names_a_checkpoint_whose_note_was_rewritten(grown: AsyncEn
     async with grown.begin() as connection:
         partitions = await lift_audit_guards(connection)
         await connection.execute(
-            text("UPDATE audit_checkpoints SET tree_root = :root WHERE last_position = 301"),
+            text(
+                "UPDATE audit_checkpoints SET tree_root = :root WHERE id = "
+                "(SELECT min(id) FROM audit_checkpoints WHERE event_count > 0)"
+            ),
             {"root": bytes(32)},
         )
         await restore_audit_guards(connection, partitions)

@@ -1,0 +1,205 @@
+"""Group commit: concurrent reads' access events go in one INSERT, each read waits for its own."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.audit.group_commit import GroupCommit
+from gateway.audit.trail import AccessRecord, AuditTrail
+from gateway.domain import (
+    AccessOutcome,
+    Anonymous,
+    ClientPrincipal,
+    LegalBasis,
+    MemberPrincipal,
+    Principal,
+    Role,
+)
+from gateway.settings import Settings
+from gateway.store.db import create_raw_pool
+from tests.conftest import Api, add_client, add_member, serving
+from tests.helpers import audit_writes_fail
+
+
+def read(request_id: str, principal: Principal, members: int = 1) -> AuditTrail:
+    """The events of one profile read of `members` members."""
+    trail = AuditTrail(
+        request_id=request_id, principal=principal, now=dt.datetime.now(dt.UTC).replace(minute=0)
+    )
+    for _ in range(members):
+        trail.record(
+            AccessRecord(
+                operation="members",
+                member_id=uuid.uuid4(),
+                purpose="membership_service",
+                legal_basis=LegalBasis.CONTRACT,
+                outcome=AccessOutcome.PARTIAL,
+                fields_requested=("email", "incomeBand"),
+                fields_released=("email",),
+                fields_withheld={"incomeBand": "CONSENT_REQUIRED"},
+                consent_ids=(uuid.uuid4(),),
+            )
+        )
+    return trail
+
+
+@pytest.fixture
+async def pool(
+    db: AsyncEngine, gateway_url: str, settings: Settings
+) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_raw_pool(gateway_url, settings)
+    yield pool
+    await pool.close()
+
+
+async def stored(engine: AsyncEngine) -> list[dict[str, object]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT request_id, actor_kind, client_id, actor_member_id, occurred_at, "
+                "member_id, fields_withheld, consent_ids, txid::text AS txid "
+                "FROM access_events ORDER BY id"
+            )
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+async def test_concurrent_reads_go_in_one_statement_each_with_its_own_actor_and_time(
+    db: AsyncEngine, pool: asyncpg.Pool
+) -> None:
+    client = await add_client(db, "shop", Role.APP)
+    principals: list[Principal] = [
+        ClientPrincipal(client.id, "shop", Role.APP, frozenset(), frozenset()),
+        MemberPrincipal(uuid.uuid4()),
+        Anonymous(),
+    ]
+    trails = [read(f"req-{n}", principals[n % 3], members=n % 4 + 1) for n in range(30)]
+    expected = {
+        t.request_id: (len(t.records), t.now, t.records[0].member_id, t.records[0].consent_ids)
+        for t in trails
+    }
+    writer = GroupCommit(pool)
+
+    written = await asyncio.gather(*(writer.write(trail) for trail in trails))
+
+    assert written == [n % 4 + 1 for n in range(30)]
+    assert (writer.statements, writer.events) == (1, sum(written))
+    rows = await stored(db)
+    assert len(rows) == sum(written)
+    assert len({row["txid"] for row in rows}) == 1  # one statement, one commit
+    for n, trail in enumerate(trails):
+        mine = [row for row in rows if row["request_id"] == trail.request_id]
+        count, now, first_member, first_consents = expected[trail.request_id]
+        assert len(mine) == count
+        assert {row["occurred_at"] for row in mine} == {now}
+        assert mine[0]["member_id"] == first_member
+        assert mine[0]["consent_ids"] == list(first_consents)
+        assert mine[0]["fields_withheld"] == {"incomeBand": "CONSENT_REQUIRED"}
+        kind = ("CLIENT", "MEMBER", "ANONYMOUS")[n % 3]
+        assert {row["actor_kind"] for row in mine} == {kind}
+        assert (mine[0]["client_id"] is not None) == (kind == "CLIENT")
+        assert (mine[0]["actor_member_id"] is not None) == (kind == "MEMBER")
+
+
+async def test_a_read_returns_only_once_its_events_are_durable(
+    db: AsyncEngine, pool: asyncpg.Pool
+) -> None:
+    writer = GroupCommit(pool)
+    for n in range(3):
+        assert await writer.write(read(f"alone-{n}", Anonymous(), members=2)) == 2
+        # Seen from another connection the moment the write returns: committed.
+        assert len(await stored(db)) == 2 * (n + 1)
+    assert writer.statements == 3  # a lone read waits for nobody
+
+
+async def test_batches_stay_under_their_size(db: AsyncEngine, pool: asyncpg.Pool) -> None:
+    writer = GroupCommit(pool, max_events=250)
+    trails = [read(f"big-{n}", Anonymous(), members=100) for n in range(5)]
+    await asyncio.gather(*(writer.write(trail) for trail in trails))
+    assert (writer.statements, writer.events) == (3, 500)
+    rows = await stored(db)
+    # No read is split between statements.
+    for trail in trails:
+        assert len({row["txid"] for row in rows if row["request_id"] == trail.request_id}) == 1
+
+
+async def test_a_read_whose_events_are_refused_fails_alone(
+    db: AsyncEngine, pool: asyncpg.Pool
+) -> None:
+    client = await add_client(db, "shop", Role.APP)
+    good = ClientPrincipal(client.id, "shop", Role.APP, frozenset(), frozenset())
+    # A client that no longer exists: its events break a foreign key.
+    gone = ClientPrincipal(uuid.uuid4(), "gone", Role.APP, frozenset(), frozenset())
+    trails = [read("good-1", good), read("gone", gone), read("good-2", good, members=3)]
+    writer = GroupCommit(pool)
+
+    results = await asyncio.gather(*(writer.write(t) for t in trails), return_exceptions=True)
+
+    assert results[0] == 1
+    assert isinstance(results[1], asyncpg.ForeignKeyViolationError)
+    assert results[2] == 3
+    assert sorted({row["request_id"] for row in await stored(db)}) == ["good-1", "good-2"]
+    assert writer.statements == 4  # the batch, then each read on its own
+
+
+async def test_when_the_write_fails_every_read_in_it_fails_and_nothing_is_written(
+    db: AsyncEngine, pool: asyncpg.Pool
+) -> None:
+    writer = GroupCommit(pool)
+    async with audit_writes_fail(db, "commit"):
+        results = await asyncio.gather(
+            *(writer.write(read(f"r{n}", Anonymous())) for n in range(5)), return_exceptions=True
+        )
+    assert all(isinstance(result, asyncpg.PostgresError) for result in results)
+    assert writer.statements == 1  # not retried read by read: it is not one read's values
+    assert await stored(db) == []
+
+
+async def test_a_read_that_stopped_waiting_before_its_write_began_is_left_out(
+    db: AsyncEngine, pool: asyncpg.Pool
+) -> None:
+    writer = GroupCommit(pool, writers=1)
+    first = asyncio.create_task(writer.write(read("first", Anonymous())))
+    await asyncio.sleep(0)  # the writer has taken `first` and is writing it
+    gave_up = asyncio.create_task(writer.write(read("gave-up", Anonymous())))
+    waits = asyncio.create_task(writer.write(read("waits", Anonymous())))
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    assert await first == 1
+    assert await waits == 1
+    await writer.close()
+    assert sorted({row["request_id"] for row in await stored(db)}) == ["first", "waits"]
+    assert writer.statements == 2
+
+
+async def test_concurrent_requests_share_commits_and_each_answer_has_its_event(
+    db: AsyncEngine, gateway_url: str, settings: Settings
+) -> None:
+    client = await add_client(db, "shop", Role.APP)
+    members = [await add_member(db) for _ in range(3)]
+    query = 'query($id: ID!) { member(id: $id, purpose: "membership_service") { id email } }'
+    async with serving(settings, gateway_url) as api:
+
+        async def ask(n: int, api: Api = api) -> str:
+            response = await api.http.post(
+                "/graphql",
+                json={"query": query, "variables": {"id": str(members[n % 3])}},
+                headers={"Authorization": f"Bearer {client.key}", "X-Request-ID": f"http-{n}"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["data"]["member"]["email"]
+            return response.headers["x-request-id"]
+
+        answered = await asyncio.gather(*(ask(n) for n in range(40)))
+    rows = await stored(db)
+    assert sorted(row["request_id"] for row in rows) == sorted(answered)
+    # Fewer commits than requests (each commit is one transaction id).
+    assert len({row["txid"] for row in rows}) < len(answered)
