@@ -39,6 +39,11 @@ __all__ = ["GroupCommit"]
 # failover, a deadline) would fail each read's own statement as well.
 _REFUSED_VALUES = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
+# Ids are taken from the sequence this many at a time (those unused when the worker stops are
+# never used: ids have gaps, as a rolled-back insert leaves too).
+ID_BLOCK = 1024
+_NEXT_IDS = "SELECT array_agg(nextval('access_events_id_seq')) FROM generate_series(1, $1::int)"
+
 
 @dataclass(slots=True)
 class _Waiting:
@@ -57,6 +62,7 @@ class GroupCommit:
         self._max_events = max_events
         self._queue: deque[_Waiting] = deque()
         self._running: set[asyncio.Task[None]] = set()
+        self._spare: list[int] = []
         # The work done: statements run and events written (tests count work with these).
         self.statements = 0
         self.events = 0
@@ -80,6 +86,16 @@ class GroupCommit:
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
+    async def _ids(self, raw: db.Raw, count: int) -> list[int]:
+        """`count` ids from the events' sequence, taken ID_BLOCK at a time (an id is then known
+        before its event is written, and so is its leaf hash: see gateway.audit.trail)."""
+        while len(self._spare) < count:
+            more = await raw.fetchrow(_NEXT_IDS, max(ID_BLOCK, count - len(self._spare)))
+            self._spare.extend(more[0])
+        taken = self._spare[:count]
+        del self._spare[:count]
+        return taken
+
     async def _drain(self) -> None:
         while self._queue:
             batch = self._take()
@@ -101,8 +117,9 @@ class GroupCommit:
     async def _write(self, batch: list[_Waiting]) -> None:
         try:
             async with db.raw_operation(self._pool, transaction=False) as raw:
+                ids = await self._ids(raw, sum(waiting.count for waiting in batch))
                 self.statements += 1
-                written = await write_events(raw, [waiting.trail for waiting in batch])
+                written = await write_events(raw, [waiting.trail for waiting in batch], ids=ids)
             self.events += written
         except Exception as exc:
             if len(batch) > 1 and isinstance(exc, _REFUSED_VALUES):

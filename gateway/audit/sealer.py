@@ -45,9 +45,7 @@ async def _final_events(
     large transaction: all its events are final together). Returns the events and where this
     batch stops.
     """
-    # The two JSON columns as text, decoded by event_document with orjson (the connection's own
-    # jsonb decoder was most of the sealer's time); the records go to it as they are.
-    columns = ", ".join(f"{c}::text AS {c}" if c in _JSON_COLUMNS else c for c in EVENT_COLUMNS)
+    columns = _COLUMNS
     since_txid, since_id = after
     # `txid >= $1` on its own as well: it is what bounds the index scan (the OR alone did not,
     # and each batch then walked the index from the log's first event: measured 1.7 s a batch
@@ -73,6 +71,21 @@ async def _final_events(
 
 
 _JSON_COLUMNS = ("fields_withheld", "details")
+
+
+def _column(name: str) -> str:
+    """How the sealer reads a column: the id and time always (the seal records them); the others
+    only for an event written without its leaf hash, which the sealer then computes from them
+    (reading every event back was most of the sealer's work). The two JSON columns as text,
+    decoded by event_document with orjson (the connection's own jsonb decoder was most of the
+    sealer's time); the records go to it as they are."""
+    if name in ("id", "occurred_at"):
+        return name
+    value = f"{name}::text" if name in _JSON_COLUMNS else name
+    return f"CASE WHEN leaf_hash IS NULL THEN {value} END AS {name}"
+
+
+_COLUMNS = ", ".join([*(_column(name) for name in EVENT_COLUMNS), "leaf_hash"])
 # Events hashed between two turns of the event loop: a full batch is some 100 ms of hashing,
 # which would otherwise hold every request of this process for that long.
 _HASH_SLICE = 500
@@ -84,7 +97,9 @@ async def _hashes(events: list[asyncpg.Record], tree: Edge) -> list[bytes]:
     for start in range(0, len(events), _HASH_SLICE):
         if start:
             await asyncio.sleep(0)
-        part = [event_hash(event) for event in events[start : start + _HASH_SLICE]]
+        part = [
+            event["leaf_hash"] or event_hash(event) for event in events[start : start + _HASH_SLICE]
+        ]
         tree.extend(part)
         leaves.extend(part)
     return leaves

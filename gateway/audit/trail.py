@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from gateway.audit.sealing import event_hash
 from gateway.domain import (
     AccessOutcome,
     ActorKind,
@@ -131,8 +132,15 @@ class AuditTrail:
         return await write_events(connection, [self])
 
 
-async def write_events(connection: Raw, trails: Sequence[AuditTrail]) -> int:
+async def write_events(
+    connection: Raw, trails: Sequence[AuditTrail], *, ids: Sequence[int] | None = None
+) -> int:
     """Write the held events of one or more operations in one statement; returns how many.
+
+    With `ids` (one per event, taken from the events' sequence by the caller) each event is
+    written with that id and its leaf hash, computed here from the values it is written with, so
+    the sealer need not read the event back (gateway.audit.sealer). An event whose JSON holds a
+    value PostgreSQL may write back differently (a float) is left for the sealer to hash.
 
     The events of one operation mostly differ only in their member and consent: a hundred-member
     read is a hundred events in a handful of classes (same operation, purpose, outcome, fields).
@@ -142,12 +150,17 @@ async def write_events(connection: Raw, trails: Sequence[AuditTrail]) -> int:
     one operation (its time, request id and actor), so the events of concurrent reads go in
     together (gateway.audit.group_commit).
     """
-    batch = _Batch()
+    batch = _Batch(iter(ids) if ids is not None else None)
     for trail in trails:
         batch.add(trail)
     if not batch.count:
         return 0
-    await connection.execute(_INSERT, *batch.arguments())
+    if ids is None:
+        await connection.execute(_INSERT, *batch.arguments())
+    else:
+        await connection.execute(
+            _INSERT_HASHED, *batch.arguments(), batch.ids, b"".join(batch.hashes), NO_HASH
+        )
     for trail in trails:
         trail.records.clear()
     return batch.count
@@ -156,7 +169,11 @@ async def write_events(connection: Raw, trails: Sequence[AuditTrail]) -> int:
 class _Batch:
     """The statement's arguments, built one operation at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, ids: Iterator[int] | None = None) -> None:
+        self._next_id = ids
+        # With ids: each event's id and leaf hash (NO_HASH for one left to the sealer).
+        self.ids: list[int] = []
+        self.hashes: list[bytes] = []
         self.count = 0
         self.member_ids: list[uuid.UUID | None] = []
         self.class_of: list[int] = []
@@ -202,7 +219,38 @@ class _Batch:
             self.firsts.append(len(self.consents) + 1)
             self.consents.extend(record.consent_ids)
             self.lasts.append(len(self.consents))
+            if self._next_id is not None:
+                self._hash(next(self._next_id), number - 1, record)
         self.count += len(trail.records)
+
+    def _hash(self, event_id: int, number: int, record: AccessRecord) -> None:
+        """The event's leaf hash from the values it is written with, as the sealer would compute
+        it from the row (gateway.audit.sealing.event_hash over the same columns)."""
+        c = self.columns
+        self.ids.append(event_id)
+        withheld, details = c[11][number], c[12][number]
+        if not (_plain(withheld) and _plain(details)):
+            self.hashes.append(NO_HASH)
+            return
+        row = {
+            "id": event_id,
+            "occurred_at": c[0][number],
+            "request_id": c[1][number],
+            "actor_kind": c[2][number],
+            "client_id": c[3][number],
+            "actor_member_id": c[4][number],
+            "operation": c[5][number],
+            "purpose": c[6][number],
+            "legal_basis": c[7][number],
+            "outcome": c[8][number],
+            "member_id": record.member_id,
+            "fields_requested": [str(item) for item in record.fields_requested],
+            "fields_released": [str(item) for item in record.fields_released],
+            "fields_withheld": withheld,
+            "consent_ids": record.consent_ids,
+            "details": details,
+        }
+        self.hashes.append(event_hash(row))
 
     def arguments(self) -> tuple[Any, ...]:
         return (
@@ -229,6 +277,28 @@ def _class(record: AccessRecord, arrays: dict[tuple[Any, ...], str]) -> tuple[An
         _json(record.fields_withheld),
         _json(record.details),
     )
+
+
+# In place of a hash the sealer is to compute (no leaf hash is 32 zero bytes).
+NO_HASH = bytes(32)
+
+
+def _plain(document: str) -> bool:
+    """Whether a JSON text holds only values that come back from jsonb as they went in: no
+    numbers but integers (jsonb keeps a number's digits, not its float spelling)."""
+    return not any(digit in document for digit in "0123456789") or _no_floats(
+        orjson.loads(document)
+    )
+
+
+def _no_floats(value: Any) -> bool:
+    if isinstance(value, float):
+        return False
+    if isinstance(value, dict):
+        return all(_no_floats(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_no_floats(item) for item in value)
+    return True
 
 
 def _array(items: tuple[Any, ...], known: dict[tuple[Any, ...], str]) -> str:
@@ -272,3 +342,13 @@ _INSERT = """
         ON c.k = e.class
     ORDER BY e.n
 """
+
+# The same, each event with its id ($19) and leaf hash ($20: 32 bytes an event, in order).
+_INSERT_HASHED = _INSERT.replace(
+    "fields_withheld, consent_ids, details)",
+    "fields_withheld, consent_ids, details, id, leaf_hash)",
+).replace(
+    "CAST(c.details AS jsonb)\n",
+    "CAST(c.details AS jsonb), ($19::bigint[])[e.n],\n"
+    "        NULLIF(substring($20::bytea FROM (e.n::int - 1) * 32 + 1 FOR 32), $21::bytea)\n",
+)

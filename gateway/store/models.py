@@ -532,6 +532,9 @@ class AccessEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     # The inserting transaction: the sealer seals only events whose transaction has ended.
     txid: Mapped[int] = mapped_column(Xid8, server_default=text("pg_current_xact_id()"))
+    # The event's RFC 6962 leaf hash when the gateway computed it as it wrote the event
+    # (gateway.audit.group_commit); the sealer hashes the columns of an event without one.
+    leaf_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         CheckConstraint(one_of("actor_kind", ActorKind), name="actor_kind"),
@@ -544,6 +547,7 @@ class AccessEvent(Base):
             "(actor_kind = 'MEMBER') = (actor_member_id IS NOT NULL)", name="member_actor"
         ),
         CheckConstraint("jsonb_typeof(fields_withheld) = 'object'", name="withheld_is_object"),
+        CheckConstraint("leaf_hash IS NULL OR length(leaf_hash) = 32", name="leaf_hash"),
         Index("ix_access_events_member_occurred", "member_id", "occurred_at"),
         Index("ix_access_events_occurred", "occurred_at"),
         Index("ix_access_events_client_occurred", "client_id", "occurred_at"),
@@ -551,9 +555,12 @@ class AccessEvent(Base):
     )
 
 
-# The columns an access event records, in table order: everything but the sealer's `txid`.
+# The columns an access event records, in table order: everything but the sealer's `txid` and
+# `leaf_hash` (a hash of the others).
 ACCESS_EVENT_COLUMNS: tuple[str, ...] = tuple(
-    column.name for column in AccessEvent.__table__.columns if column.name != "txid"
+    column.name
+    for column in AccessEvent.__table__.columns
+    if column.name not in ("txid", "leaf_hash")
 )
 
 

@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.group_commit import GroupCommit
+from gateway.audit.sealer import seal_until_current
+from gateway.audit.sealing import EVENT_COLUMNS, event_hash
 from gateway.audit.trail import AccessRecord, AuditTrail
 from gateway.domain import (
     AccessOutcome,
@@ -23,10 +27,10 @@ from gateway.domain import (
     Principal,
     Role,
 )
-from gateway.settings import Settings
+from gateway.settings import Settings as GatewaySettings
 from gateway.store.db import create_raw_pool
-from tests.conftest import Api, add_client, add_member, serving
-from tests.helpers import audit_writes_fail
+from tests.conftest import TEST_SIGNER, Api, add_client, add_member, serving
+from tests.helpers import audit_writes_fail, verify
 
 
 def read(request_id: str, principal: Principal, members: int = 1) -> AuditTrail:
@@ -53,7 +57,7 @@ def read(request_id: str, principal: Principal, members: int = 1) -> AuditTrail:
 
 @pytest.fixture
 async def pool(
-    db: AsyncEngine, gateway_url: str, settings: Settings
+    db: AsyncEngine, gateway_url: str, settings: GatewaySettings
 ) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_raw_pool(gateway_url, settings)
     yield pool
@@ -181,7 +185,7 @@ async def test_a_read_that_stopped_waiting_before_its_write_began_is_left_out(
 
 
 async def test_concurrent_requests_share_commits_and_each_answer_has_its_event(
-    db: AsyncEngine, gateway_url: str, settings: Settings
+    db: AsyncEngine, gateway_url: str, settings: GatewaySettings
 ) -> None:
     client = await add_client(db, "shop", Role.APP)
     members = [await add_member(db) for _ in range(3)]
@@ -203,3 +207,117 @@ async def test_concurrent_requests_share_commits_and_each_answer_has_its_event(
     assert sorted(row["request_id"] for row in rows) == sorted(answered)
     # Fewer commits than requests (each commit is one transaction id).
     assert len({row["txid"] for row in rows}) < len(answered)
+
+
+# -- the leaf hash written with the event --------------------------------------------------------
+
+_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=80
+)
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> AccessRecord:
+    fields = tuple(draw(st.lists(_text, max_size=4)))
+    return AccessRecord(
+        operation=draw(st.sampled_from(["member", "members", "purposes"])),
+        member_id=draw(st.none() | st.uuids()),
+        purpose=draw(st.none() | _text),
+        legal_basis=draw(st.none() | st.sampled_from(LegalBasis)),
+        outcome=draw(st.sampled_from([AccessOutcome.RELEASED, AccessOutcome.DENIED])),
+        fields_requested=fields,
+        fields_released=fields[:1],
+        fields_withheld=draw(st.dictionaries(_text, _text, max_size=3)),
+        consent_ids=tuple(draw(st.lists(st.uuids(), max_size=3))),
+        details=draw(st.dictionaries(_text, _json_values, max_size=3)),
+    )
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(drawn=st.lists(records(), min_size=1, max_size=6))
+async def test_the_leaf_hash_written_is_the_hash_of_the_row_as_stored(
+    db: AsyncEngine, pool: asyncpg.Pool, drawn: list[AccessRecord]
+) -> None:
+    trail = AuditTrail(
+        request_id="hashed-" + uuid.uuid4().hex, principal=Anonymous(), now=dt.datetime.now(dt.UTC)
+    )
+    for record in drawn:
+        trail.record(record)
+    await GroupCommit(pool).write(trail)
+    async with db.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    f"SELECT {', '.join(EVENT_COLUMNS)}, leaf_hash FROM access_events "
+                    "WHERE request_id = :r ORDER BY id"
+                ),
+                {"r": trail.request_id},
+            )
+        ).all()
+    assert len(rows) == len(drawn)
+    for row, record in zip(rows, drawn, strict=True):
+        values = row._mapping
+        # Left to the sealer only when a float was in its JSON (jsonb may write it back
+        # otherwise: 1e16 as 10000000000000000).
+        assert (values["leaf_hash"] is None) == has_float(record.details)
+        if values["leaf_hash"] is not None:
+            assert values["leaf_hash"] == event_hash(values)
+
+
+def has_float(value: object) -> bool:
+    if isinstance(value, dict):
+        return any(has_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(has_float(item) for item in value)
+    return isinstance(value, float)
+
+
+async def test_the_sealer_seals_the_written_hash_and_verify_recomputes_it(
+    db: AsyncEngine, pool: asyncpg.Pool
+) -> None:
+    writer = GroupCommit(pool)
+    await asyncio.gather(*(writer.write(read(f"v{n}", Anonymous(), members=3)) for n in range(4)))
+    floaty = read("float", Anonymous())
+    floaty.records[0].details = {"share": 0.5, "big": 1e15}
+    await writer.write(floaty)
+    async with db.connect() as connection:
+        hashed = await connection.scalar(
+            text("SELECT count(*) FROM access_events WHERE leaf_hash IS NOT NULL")
+        )
+    assert hashed == 12  # the float one is left to the sealer
+    await seal_until_current(db, TEST_SIGNER)
+    assert (await verify(db)).ok
+
+    # An event written with a hash that is not its own: sealed as written, and named by verify.
+    async with db.connect() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO access_events (request_id, operation, actor_kind, outcome, leaf_hash)"
+                " VALUES ('liar', 'member', 'SYSTEM', 'RELEASED', :h)"
+            ),
+            {"h": b"\x01" * 32},
+        )
+        await connection.commit()
+    await seal_until_current(db, TEST_SIGNER)
+    async with db.connect() as connection:
+        sealed = await connection.scalar(
+            text(
+                "SELECT s.event_hash FROM audit_seals s JOIN access_events e "
+                "ON e.id = s.event_id WHERE e.request_id = 'liar'"
+            )
+        )
+    assert sealed == b"\x01" * 32
+    report = await verify(db)
+    assert not report.ok
+    assert any("altered" in problem or "hash" in problem for problem in report.problems)
