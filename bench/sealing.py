@@ -1,15 +1,18 @@
 """How fast the sealer seals: events per second and CPU per event, on a database of its own.
 
-Writes ROUNDS x EVENTS access events (as the benchmark's seed writes them, in one INSERT), then
-seals them in full batches (`seal_until_current`, as a running sealer does when behind) and
-times it: wall time, and this process's CPU (hashing, the tree, signing) beside the server's
-(PostgreSQL's backends, from /proc when it runs on this machine). Prints one line per round and
-the medians. `make bench-seal`; DATABASE_URL picks the server (default: the embedded one).
+Writes ROUNDS x EVENTS access events twice, alternating: as reads' events are written (with their
+leaf hashes, by the group commit's statement) and as every other path writes them (no hash: the
+sealer hashes their columns). Each time it seals them in full batches (`seal_until_current`, as a
+running sealer does when behind) and times it: wall time, and this process's CPU (hashing, the
+tree, signing) beside the server's (PostgreSQL's backends, from /proc when it runs on this
+machine). Prints one line per round and the medians. `make bench-seal`; DATABASE_URL picks the
+server (default: the embedded one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import statistics
 import sys
@@ -22,11 +25,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.serving import cpu_delta, postgres_cpu
+from gateway.audit.group_commit import NEXT_IDS
 from gateway.audit.sealer import seal_until_current
+from gateway.audit.sealing import MAX_BATCH
+from gateway.audit.trail import AccessRecord, AuditTrail, write_events
+from gateway.domain import AccessOutcome, LegalBasis, SystemPrincipal
 from gateway.settings import Settings
 from gateway.signing import Signer
 from gateway.store import migrate
-from gateway.store.db import asyncpg_dsn, create_engine, normalize_url
+from gateway.store.db import asyncpg_dsn, create_engine, normalize_url, raw_of
 from gateway.store.embedded import start_embedded, with_database
 
 EVENTS = int(os.environ.get("SEAL_BENCH_EVENTS", "200000"))
@@ -34,7 +41,50 @@ ROUNDS = int(os.environ.get("SEAL_BENCH_ROUNDS", "3"))
 DATA_DIR = Path(__file__).resolve().parent / ".pgdata"
 
 
-async def _round(engine: AsyncEngine, signer: Signer, count: int) -> tuple[float, float, float]:
+async def _write_hashed(engine: AsyncEngine, count: int) -> None:
+    """`count` events as the gateway's group commit writes reads' events: with ids and hashes."""
+    now = dt.datetime.now(dt.UTC)
+    async with engine.begin() as connection:
+        raw = await raw_of(connection)
+        for start in range(0, count, MAX_BATCH):
+            size = min(MAX_BATCH, count - start)
+            trail = AuditTrail(
+                request_id=f"seal-bench-{start}", principal=SystemPrincipal("bench"), now=now
+            )
+            for _ in range(size):
+                trail.record(
+                    AccessRecord(
+                        operation="member",
+                        member_id=uuid.uuid4(),
+                        purpose="personalized_offers",
+                        legal_basis=LegalBasis.CONSENT,
+                        outcome=AccessOutcome.RELEASED,
+                        fields_requested=("points", "tier"),
+                        fields_released=("points", "tier"),
+                    )
+                )
+            ids = (await raw.fetchrow(NEXT_IDS, size))[0]
+            await write_events(raw, [trail], ids=ids)
+
+
+async def _round(
+    engine: AsyncEngine, signer: Signer, count: int, *, hashed: bool
+) -> tuple[float, float, float]:
+    if hashed:
+        await _write_hashed(engine, count)
+    else:
+        await _write_columns(engine, count)
+    cpu, pg, began = time.process_time(), postgres_cpu(), time.perf_counter()
+    written = await seal_until_current(engine, signer)
+    wall = time.perf_counter() - began
+    sealed = sum(c.event_count for c in written)
+    assert sealed == count, (sealed, count)
+    return wall, time.process_time() - cpu, cpu_delta(pg, postgres_cpu())
+
+
+async def _write_columns(engine: AsyncEngine, count: int) -> None:
+    """`count` events without hashes, as the benchmark's seed (and any path but the group
+    commit) writes them: the sealer hashes their columns."""
     async with engine.begin() as connection:
         await connection.execute(
             text(
@@ -46,12 +96,6 @@ async def _round(engine: AsyncEngine, signer: Signer, count: int) -> tuple[float
             ),
             {"n": count},
         )
-    cpu, pg, began = time.process_time(), postgres_cpu(), time.perf_counter()
-    written = await seal_until_current(engine, signer)
-    wall = time.perf_counter() - began
-    sealed = sum(c.event_count for c in written)
-    assert sealed == count, (sealed, count)
-    return wall, time.process_time() - cpu, cpu_delta(pg, postgres_cpu())
 
 
 async def main() -> None:
@@ -65,21 +109,30 @@ async def main() -> None:
     engine = create_engine(url, Settings(dev=True, database_url=url))
     try:
         await migrate.upgrade(engine)
-        rates, cpus, pgs = [], [], []
+        # Alternated: events hashed as written (reads through the group commit), and events the
+        # sealer hashes from their columns (every other path).
+        results: dict[str, tuple[list[float], list[float], list[float]]] = {}
         for number in range(1, ROUNDS + 1):
-            wall, cpu, pg = await _round(engine, signer, EVENTS)
-            rates.append(EVENTS / wall)
-            cpus.append(cpu / EVENTS * 1e6)
-            pgs.append(pg / EVENTS * 1e6)
+            for kind in ("hashed as written", "hashed by the sealer"):
+                rates, cpus, pgs = results.setdefault(kind, ([], [], []))
+                wall, cpu, pg = await _round(
+                    engine, signer, EVENTS, hashed=kind == "hashed as written"
+                )
+                rates.append(EVENTS / wall)
+                cpus.append(cpu / EVENTS * 1e6)
+                pgs.append(pg / EVENTS * 1e6)
+                print(
+                    f"round {number}, {kind}: {EVENTS} events sealed in {wall:.2f} s = "
+                    f"{EVENTS / wall:,.0f} events/s; CPU per event: sealer {cpus[-1]:.1f} us + "
+                    f"PostgreSQL {pgs[-1]:.1f} us",
+                    flush=True,
+                )
+        for kind, (rates, cpus, pgs) in results.items():
             print(
-                f"round {number}: {EVENTS} events sealed in {wall:.2f} s = {EVENTS / wall:,.0f} "
-                f"events/s; CPU per event: sealer {cpus[-1]:.1f} us + PostgreSQL {pgs[-1]:.1f} us",
-                flush=True,
+                f"{kind}, median of {ROUNDS}: {statistics.median(rates):,.0f} events/s; CPU per "
+                f"event: sealer {statistics.median(cpus):.1f} us + PostgreSQL "
+                f"{statistics.median(pgs):.1f} us"
             )
-        print(
-            f"median of {ROUNDS}: {statistics.median(rates):,.0f} events/s; CPU per event: "
-            f"sealer {statistics.median(cpus):.1f} us + PostgreSQL {statistics.median(pgs):.1f} us"
-        )
     finally:
         await engine.dispose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -42,7 +42,7 @@ _REFUSED_VALUES = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 # Ids are taken from the sequence this many at a time (those unused when the worker stops are
 # never used: ids have gaps, as a rolled-back insert leaves too).
 ID_BLOCK = 1024
-_NEXT_IDS = "SELECT array_agg(nextval('access_events_id_seq')) FROM generate_series(1, $1::int)"
+NEXT_IDS = "SELECT array_agg(nextval('access_events_id_seq')) FROM generate_series(1, $1::int)"
 
 
 @dataclass(slots=True)
@@ -90,7 +90,7 @@ class GroupCommit:
         """`count` ids from the events' sequence, taken ID_BLOCK at a time (an id is then known
         before its event is written, and so is its leaf hash: see gateway.audit.trail)."""
         while len(self._spare) < count:
-            more = await raw.fetchrow(_NEXT_IDS, max(ID_BLOCK, count - len(self._spare)))
+            more = await raw.fetchrow(NEXT_IDS, max(ID_BLOCK, count - len(self._spare)))
             self._spare.extend(more[0])
         taken = self._spare[:count]
         del self._spare[:count]
