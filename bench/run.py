@@ -37,6 +37,7 @@ from bench.hostile import refusal_cost
 from bench.seed import prepare_database, seed_events, seed_members
 from bench.serving import cpu_delta, free_port, postgres_cpu, uvicorn_command
 from gateway.audit.sealer import seal_until_current
+from gateway.audit.sealing import EVENT_COLUMNS
 from gateway.settings import Settings
 from gateway.signing import Signer
 from gateway.store import db as gateway_db
@@ -375,9 +376,12 @@ def export_scenario(url: str, keys: dict[str, str], rounds: int) -> dict[str, li
     runs: dict[str, list[dict[str, Any]]] = {"tillit": [], "psql": []}
     start, end = "2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z"
     plain = gateway_db.asyncpg_dsn(url)
+    # The same rows and columns as the export (position, the event, its hash), in PostgreSQL's
+    # own text forms: what an auditor with database access would copy out instead.
+    columns = ", ".join(f"e.{column}" for column in EVENT_COLUMNS)
     copy = (
-        "\\copy (SELECT s.position, e.* FROM audit_seals s JOIN access_events e "
-        "ON e.id = s.event_id ORDER BY s.position) TO STDOUT WITH CSV HEADER"
+        f"\\copy (SELECT s.position, {columns}, s.event_hash FROM audit_seals s "  # noqa: S608  # constant columns
+        "JOIN access_events e ON e.id = s.event_id ORDER BY s.position) TO STDOUT WITH CSV HEADER"
     )
     for round_ in range(rounds):
         server = Server("tillit", server_env(url))

@@ -143,12 +143,40 @@ class Digest:
         return chunk
 
 
+# The first characters a spreadsheet reads as a formula: =, +, -, @, tab, CR (as code points).
+_FORMULA_STARTS = "61, 43, 45, 64, 9, 13"
+
+
 def csv_cell_sql(expression: str) -> str:
     """SQL for one CSV cell, defused against spreadsheet formulas (CSV injection): a leading =, +,
-    -, @, tab or CR gets a quote before it. (PostgreSQL text cannot hold NUL.)"""
+    -, @, tab or CR gets a quote before it. (PostgreSQL text cannot hold NUL.) `ascii` reads the
+    first character without making a string of it."""
     return (
-        f"CASE WHEN left({expression}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
+        f"CASE WHEN ascii({expression}) IN ({_FORMULA_STARTS}) "
         f"THEN chr(39) || {expression} ELSE {expression} END"
+    )
+
+
+def csv_list_cell_sql(array: str) -> str:
+    """A text array as one defused cell, its elements joined by `;`. The joined text starts with
+    the first element's first character when that element is not NULL, so the text is made once
+    unless the first element is NULL (or the array empty) or starts like a formula; then the
+    general rule decides on the joined text. The same bytes as `csv_cell_sql` of the join."""
+    joined = f"array_to_string({array}, ';')"
+    return (
+        f"CASE WHEN ({array})[1] IS NOT NULL AND ascii(({array})[1]) NOT IN ({_FORMULA_STARTS}) "
+        f"THEN {joined} ELSE {csv_cell_sql(joined)} END"
+    )
+
+
+def csv_json_cell_sql(document: str) -> str:
+    """A jsonb value as one defused cell. JSON text starts with {, [, ", a digit, -, t, f or n:
+    only a number can start like a formula (a minus sign), so only numbers pay for the test.
+    The same bytes as `csv_cell_sql` of the text."""
+    as_text = f"{document}::text"
+    return (
+        f"CASE WHEN jsonb_typeof({document}) = 'number' THEN {csv_cell_sql(as_text)} "
+        f"ELSE {as_text} END"
     )
 
 
@@ -166,11 +194,11 @@ _CSV_CELLS = {
     "purpose": csv_cell_sql("e.purpose"),
     "legal_basis": "e.legal_basis",
     "outcome": "e.outcome",
-    "fields_requested": csv_cell_sql("array_to_string(e.fields_requested, ';')"),
-    "fields_released": csv_cell_sql("array_to_string(e.fields_released, ';')"),
-    "fields_withheld": csv_cell_sql("e.fields_withheld::text"),
+    "fields_requested": csv_list_cell_sql("e.fields_requested"),
+    "fields_released": csv_list_cell_sql("e.fields_released"),
+    "fields_withheld": csv_json_cell_sql("e.fields_withheld"),
     "consent_ids": "array_to_string(e.consent_ids::text[], ';')",
-    "details": csv_cell_sql("e.details::text"),
+    "details": csv_json_cell_sql("e.details"),
     "event_hash": "encode(s.event_hash, 'hex')",
 }
 # CSV straight from PostgreSQL (COPY ... TO STDOUT): the database writes the rows and the gateway
@@ -183,6 +211,9 @@ _COPY_CSV = (
     "AND e.occurred_at >= $1 AND e.occurred_at < $2 AND s.position <= $3 ORDER BY s.position"
 )
 _QUEUE_CHUNKS = 16
+# COPY arrives in pieces of about 10 kB (one network read each); they go out in pieces of this
+# size, so the response path (queue, middleware, socket write) runs some 25 times less often.
+_CHUNK_BYTES = 256 * 1024
 
 
 async def _copy_csv(
@@ -192,8 +223,13 @@ async def _copy_csv(
     # A bounded queue between COPY and the response: memory stays flat whatever the range.
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_QUEUE_CHUNKS)
 
+    pending = bytearray()
+
     async def sink(chunk: bytes) -> None:
-        await queue.put(bytes(chunk))
+        pending.extend(chunk)
+        if len(pending) >= _CHUNK_BYTES:
+            await queue.put(bytes(pending))
+            pending.clear()
 
     async def copy() -> None:
         try:
@@ -210,6 +246,8 @@ async def _copy_csv(
                     # (seconds); an export may stream for minutes, as its SET LOCAL says.
                     timeout=EXPORT_TIMEOUT_SECONDS,
                 )
+            if pending:
+                await queue.put(bytes(pending))
         finally:
             await queue.put(None)
 
@@ -233,6 +271,10 @@ async def export_chunks(
     await connection.execute(
         text(f"SET LOCAL statement_timeout = '{int(EXPORT_TIMEOUT_SECONDS)}s'")
     )
+    # The whole log's cell expressions cross PostgreSQL's JIT thresholds; compiling them (with
+    # inlining and optimisation) cost more than it saved: measured 4.36 s without, 4.85 s with,
+    # for a million rows.
+    await connection.execute(text("SET LOCAL jit = off"))
     if export.format == "csv":
         async for chunk in _copy_csv(connection, export, checkpoint):
             yield chunk

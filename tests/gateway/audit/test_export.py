@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.access.auth import mint_member_token
 from gateway.app import create_app
-from gateway.audit.export import csv_cell_sql
+from gateway.audit.export import csv_cell_sql, csv_json_cell_sql, csv_list_cell_sql
 from gateway.audit.sealer import run_sealer, seal_until_current
 from gateway.audit.sealing import SEAL_LOCK
 from gateway.audit.verify import verify_export
@@ -459,6 +459,49 @@ async def test_csv_cells_are_defused_against_formula_injection(
 
     assert await conn.scalar(cell, {"v": value}) == "'" + value
     assert await conn.scalar(cell, {"v": "safe"}) == "safe"
+
+
+@pytest.mark.parametrize(
+    ("array", "defused"),
+    [
+        ([], False),
+        (["tier"], False),
+        (["=x", "tier"], True),
+        (["tier", "=x"], False),
+        ([None, "=x"], True),
+        ([None, "tier"], False),
+        (["", "-1"], False),
+        (["-1"], True),
+        ([None], False),
+        (["\tx"], True),
+    ],
+)
+async def test_a_list_cell_is_defused_as_its_joined_text_would_be(
+    conn: AsyncConnection, array: list[str | None], defused: bool
+) -> None:
+    # The list cell decides on the first element when it can; the bytes must be those of the
+    # general rule applied to the joined text.
+    values = {"a": array}
+    listed = await conn.scalar(text(f"SELECT {csv_list_cell_sql('CAST(:a AS text[])')}"), values)
+    joined = "array_to_string(CAST(:a AS text[]), ';')"
+    general = await conn.scalar(text(f"SELECT {csv_cell_sql(joined)}"), values)
+
+    assert listed == general
+    assert listed.startswith("'") is defused
+
+
+@pytest.mark.parametrize(
+    "document", ['{"a": "=x"}', '"=x"', "-1", "1", "-0.5", "[-1]", "null", "true", "{}"]
+)
+async def test_a_json_cell_is_defused_as_its_text_would_be(
+    conn: AsyncConnection, document: str
+) -> None:
+    values = {"d": document}
+    cell = await conn.scalar(text(f"SELECT {csv_json_cell_sql('CAST(:d AS jsonb)')}"), values)
+    general = await conn.scalar(text(f"SELECT {csv_cell_sql('CAST(:d AS jsonb)::text')}"), values)
+
+    assert cell == general
+    assert cell.startswith("'") == document.startswith("-")
 
 
 async def test_a_nul_cannot_reach_an_export(conn: AsyncConnection) -> None:
