@@ -75,3 +75,29 @@ async def test_database_refuses_a_row_the_gateway_would_refuse(fresh: AsyncEngin
                     "VALUES ('x', 'superuser', 'k', repeat('0', 64))"
                 )
             )
+
+
+async def test_a_client_the_access_log_names_cannot_be_deleted(fresh: AsyncEngine) -> None:
+    # The log names clients without a per-row foreign key check (0009); the guard is on delete.
+    await migrate.upgrade(fresh)
+    add = text(
+        "INSERT INTO clients (name, role, key_id, key_hash) "
+        "VALUES (:name, 'app', :name, repeat('0', 64)) RETURNING id"
+    )
+    async with fresh.begin() as connection:
+        named = await connection.scalar(add, {"name": "named"})
+        unnamed = await connection.scalar(add, {"name": "unnamed"})
+        await connection.execute(
+            text(
+                "INSERT INTO access_events (request_id, operation, actor_kind, client_id, outcome) "
+                "VALUES ('r', 'member', 'CLIENT', :client, 'DENIED')"
+            ),
+            {"client": named},
+        )
+    async with fresh.connect() as connection:
+        with pytest.raises(Exception, match="the access log names this client"):
+            await connection.execute(text("DELETE FROM clients WHERE id = :id"), {"id": named})
+    async with fresh.begin() as connection:
+        await connection.execute(text("DELETE FROM clients WHERE id = :id"), {"id": unnamed})
+        left = await connection.scalar(text("SELECT array_agg(name ORDER BY name) FROM clients"))
+    assert left == ["named"]

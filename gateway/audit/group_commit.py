@@ -15,8 +15,8 @@ passes just after a commit: the log may name an access whose answer was never se
 other way round.
 
 If the statement fails for a reason that is not the database's state (a value a constraint
-refuses: a client deleted meanwhile), each read's events are written again on their own, so that
-one bad read does not fail the others.
+refuses, such as one longer than its column), each read's events are written again on their own,
+so that one bad read does not fail the others.
 
 Writes that change data keep their events in their own transaction (gateway.web.boundary): their
 events must commit or roll back with them.

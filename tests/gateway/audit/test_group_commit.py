@@ -140,15 +140,24 @@ async def test_a_read_whose_events_are_refused_fails_alone(
 ) -> None:
     client = await add_client(db, "shop", Role.APP)
     good = ClientPrincipal(client.id, "shop", Role.APP, frozenset(), frozenset())
-    # A client that no longer exists: its events break a foreign key.
-    gone = ClientPrincipal(uuid.uuid4(), "gone", Role.APP, frozenset(), frozenset())
-    trails = [read("good-1", good), read("gone", gone), read("good-2", good, members=3)]
+    # A value the table refuses: an operation name longer than its column.
+    refused = read("refused", good)
+    refused.record(
+        AccessRecord(
+            operation="o" * 101,
+            member_id=uuid.uuid4(),
+            purpose="membership_service",
+            legal_basis=None,
+            outcome=AccessOutcome.DENIED,
+        )
+    )
+    trails = [read("good-1", good), refused, read("good-2", good, members=3)]
     writer = GroupCommit(pool)
 
     results = await asyncio.gather(*(writer.write(t) for t in trails), return_exceptions=True)
 
     assert results[0] == 1
-    assert isinstance(results[1], asyncpg.ForeignKeyViolationError)
+    assert isinstance(results[1], asyncpg.StringDataRightTruncationError)
     assert results[2] == 3
     assert sorted({row["request_id"] for row in await stored(db)}) == ["good-1", "good-2"]
     assert writer.statements == 4  # the batch, then each read on its own
