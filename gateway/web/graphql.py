@@ -47,6 +47,7 @@ from gateway.logs import exception_summary
 from gateway.settings import Settings
 from gateway.store import db
 from gateway.web import metrics
+from gateway.web.bodies import read_limited
 from gateway.web.boundary import Boundary, Refused, Via, error_body
 from gateway.web.fastpath import FastPath
 from gateway.web.media import GRAPHQL_RESPONSE_JSON, JSON, negotiate, status_of
@@ -225,14 +226,9 @@ class GraphQLEndpoint:
         too_large = _error_answer(
             413, ErrorCode.BAD_REQUEST, f"The request body is larger than {limit} bytes."
         )
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        body = await read_limited(request, limit)
+        if body is None:
             return too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return too_large
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -29,6 +29,7 @@ from gateway.logs import exception_summary
 from gateway.settings import Settings
 from gateway.store import db
 from gateway.store.db import Raw
+from gateway.web.bodies import read_limited
 from gateway.web.boundary import error_body
 
 log = structlog.get_logger("tillit.transparency")
@@ -207,26 +208,14 @@ async def cosignature(request: Request) -> Response:
 
 async def _limited_body(request: Request) -> str | Response:
     limit = 16_384
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    body = await read_limited(request, limit)
+    if body is None:
         return JSONResponse(
             error_body(ErrorCode.BAD_REQUEST, f"A cosigned checkpoint is at most {limit} bytes."),
             status_code=413,
         )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return JSONResponse(
-                error_body(
-                    ErrorCode.BAD_REQUEST, f"A cosigned checkpoint is at most {limit} bytes."
-                ),
-                status_code=413,
-            )
-        chunks.append(chunk)
     try:
-        return b"".join(chunks).decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         return JSONResponse(
             error_body(ErrorCode.BAD_REQUEST, "A cosigned checkpoint is UTF-8 text."),
