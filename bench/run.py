@@ -8,7 +8,8 @@ bench/results/<time>.json.
 
 Environment: DATABASE_URL (default: the embedded PostgreSQL in bench/.pgdata), BENCH_ROUNDS (3),
 BENCH_SECONDS (6), BENCH_SCENARIOS (S1,S2,S3,S4,H2), BENCH_EVENTS (1000000), BENCH_HOLD_SECONDS
-(120: how long H2 holds S2 with the sealer running as in production).
+(120: how long H2 holds S2 with the sealer running as in production), BENCH_SHARED_BUFFERS (2GB:
+the embedded database's buffers; a DATABASE_URL server keeps its own).
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ SERVERS = {
     "raw": "bench.servers:raw_factory",
     "bare": "bench.servers:bare_factory",
 }
+
+
+# The embedded database's buffers: PostgreSQL's default (128MB) is sized to start anywhere, not to
+# serve; its documentation suggests a quarter of the memory of a dedicated server. This machine
+# also runs the servers and the load, and its kernel keeps the page cache at about 450 MB of 24 GB
+# (it reclaims cold pages: kdamond), so with 128MB the scenarios read the 1.3 GB benchmark
+# database from the disk (vmstat: 100-2,000 blocks read a second during S3 after S2), which
+# measures the disk and its neighbours rather than the servers. 2GB holds what the timed
+# scenarios use.
+EMBEDDED_PARAMETERS = {"shared_buffers": os.environ.get("BENCH_SHARED_BUFFERS", "2GB")}
 
 
 class Server:
@@ -160,6 +171,14 @@ async def prepare(url: str, events: int) -> dict[str, str]:
     return {"app": app, "auditor": auditor, "peer-view": "", "peer-audited": jwt}
 
 
+async def _shared_buffers(url: str) -> str:
+    connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
+    try:
+        return str(await connection.fetchval("SHOW shared_buffers"))
+    finally:
+        await connection.close()
+
+
 def _bench_key() -> tuple[Signer, str]:
     """One signing key for the benchmark database, kept beside the results (not in git)."""
     path = RESULTS / ".audit-signing-key"
@@ -222,21 +241,18 @@ def load_scenario(
     """Each server in turn, round after round; per run req/s, latency, and CPU per request of
     the server and of PostgreSQL."""
     runs: dict[str, list[dict[str, Any]]] = {server: [] for server in servers}
+    # A scenario starts from a settled database (see settle). Then Tillit runs it once untimed,
+    # so that every timed round inherits one round of its own scenario's events to seal, as
+    # rounds 2 and 3 always did (round 1 inherited another scenario's: after S2, a hundred events
+    # a request, some 110,000): a server under steady load seals what it wrote a moment ago
+    # while it writes more.
+    settle(url, name)
+    if "tillit" in servers:
+        result = _load_round("tillit", script, url=url, keys=keys, ids=ids, seconds=seconds)
+        print(f"  {name} untimed tillit round: {result['rps']:.0f} req/s", flush=True)
     for round_ in range(rounds):
         for server_name in servers:
-            server = Server(server_name, server_env(url))
-            load = peer.SCRIPTS.get(server_name, script)
-            env = {"BENCH_IDS": str(ids), "BENCH_KEY": keys.get(server_name, keys["app"])}
-            try:
-                # A short warm-up, so caches and pools are filled as in steady state.
-                wrk(server.url, load, WARMUP_SECONDS, env)
-                check_answers(server, load, env)
-                cpu, pg = server.cpu_seconds(), postgres_cpu()
-                result = wrk(server.url, load, seconds, env)
-                result["cpu_server_ms"] = (server.cpu_seconds() - cpu) / result["requests"] * 1e3
-                result["cpu_pg_ms"] = cpu_delta(pg, postgres_cpu()) / result["requests"] * 1e3
-            finally:
-                server.stop()
+            result = _load_round(server_name, script, url=url, keys=keys, ids=ids, seconds=seconds)
             if server_name == "peer-audited":
                 seal(url)  # its access events, outside the timed runs
             runs[server_name].append(result)
@@ -248,6 +264,35 @@ def load_scenario(
                 flush=True,
             )
     return runs
+
+
+# Runs that are a server under another scenario's load, alternated with a scenario's own: S3's
+# target is a ratio to S1, and this machine's speed drifts by half within minutes (S3 alone
+# measured 790 req/s at 1.24 ms of server CPU a request, and 426-477 at 2.0-2.2 ms twenty minutes
+# later, same code and database), so S3 is compared with S1 rounds run between its own.
+PAIRED = {"tillit-S1": ("tillit", "member.lua")}
+
+
+def _load_round(
+    name: str, script: str, *, url: str, keys: dict[str, str], ids: Path, seconds: int
+) -> dict[str, Any]:
+    """One server started, warmed up and loaded for `seconds`: wrk's figures, with CPU per
+    request of the server (Tillit's sealer process included) and of PostgreSQL."""
+    server_name, script = PAIRED.get(name, (name, script))
+    server = Server(server_name, server_env(url))
+    load = peer.SCRIPTS.get(server_name, script)
+    env = {"BENCH_IDS": str(ids), "BENCH_KEY": keys.get(server_name, keys["app"])}
+    try:
+        # A short warm-up, so caches and pools are filled as in steady state.
+        wrk(server.url, load, WARMUP_SECONDS, env)
+        check_answers(server, load, env)
+        cpu, pg = server.cpu_seconds(), postgres_cpu()
+        result = wrk(server.url, load, seconds, env)
+        result["cpu_server_ms"] = (server.cpu_seconds() - cpu) / result["requests"] * 1e3
+        result["cpu_pg_ms"] = cpu_delta(pg, postgres_cpu()) / result["requests"] * 1e3
+    finally:
+        server.stop()
+    return result
 
 
 def check_answers(server: Server, script: str, env: dict[str, str]) -> None:
@@ -268,15 +313,39 @@ def check_answers(server: Server, script: str, env: dict[str, str]) -> None:
         raise RuntimeError(f"{server.name} answers {script} with {body[:300]}")
 
 
-def seal(url: str) -> None:
-    async def run() -> None:
+def settle(url: str, name: str) -> None:
+    """Before a scenario, outside its timed runs: seal what earlier ones left unsealed, then
+    checkpoint the database, so that the scenario neither seals nor flushes another's writes."""
+    began = time.perf_counter()
+    left = seal(url)
+
+    async def checkpoint() -> None:
+        connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
+        try:
+            await connection.execute("CHECKPOINT")
+        finally:
+            await connection.close()
+
+    asyncio.run(checkpoint())
+    print(
+        f"  {name}: sealed {left} events left unsealed and checkpointed "
+        f"({time.perf_counter() - began:.1f} s)",
+        flush=True,
+    )
+
+
+def seal(url: str) -> int:
+    """Seal every final event (outside any timed run); returns how many were sealed."""
+
+    async def run() -> int:
         engine = gateway_db.create_engine(url, Settings(dev=True), pool_size=1)
         try:
-            await seal_until_current(engine, SIGNER)
+            checkpoints = await seal_until_current(engine, SIGNER)
         finally:
             await engine.dispose()
+        return sum(checkpoint.event_count for checkpoint in checkpoints)
 
-    asyncio.run(run())
+    return asyncio.run(run())
 
 
 class RssSampler(threading.Thread):
@@ -380,6 +449,7 @@ SELECT (SELECT count(*) FROM access_events
 def export_scenario(url: str, keys: dict[str, str], rounds: int) -> dict[str, list[dict[str, Any]]]:
     """S4: the whole log as CSV through /audit/export, against psql \\copy of the same rows."""
     runs: dict[str, list[dict[str, Any]]] = {"tillit": [], "psql": []}
+    seal(url)  # what S3 left unsealed, outside the timed runs (see load_scenario)
     start, end = "2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z"
     plain = gateway_db.asyncpg_dsn(url)
     # The same rows and columns as the export (position, the event, its hash), in PostgreSQL's
@@ -451,11 +521,15 @@ def main() -> None:
     events = int(os.environ.get("BENCH_EVENTS", "1000000"))
     url = os.environ.get("DATABASE_URL")
     if url is None:
-        admin = start_embedded(HERE / ".pgdata")
+        admin = start_embedded(HERE / ".pgdata", parameters=EMBEDDED_PARAMETERS)
         asyncio.run(ensure_database(admin, "tillit_bench"))
         url = with_database(admin, "tillit_bench")
     url = gateway_db.normalize_url(url)
-    print(f"preparing the benchmark database ({os.cpu_count()} cores)", flush=True)
+    print(
+        f"preparing the benchmark database ({os.cpu_count()} cores, shared_buffers "
+        f"{asyncio.run(_shared_buffers(url))})",
+        flush=True,
+    )
     began = time.perf_counter()
     keys = asyncio.run(prepare(url, events if "S4" in scenarios else 0))
     print(f"  ready in {time.perf_counter() - began:.0f} s", flush=True)
@@ -483,7 +557,7 @@ def main() -> None:
     if "S2" in scenarios:
         results["S2"] = load_scenario("S2", "members.lua", ["tillit", "raw", "bare"], **common)
     if "S3" in scenarios:
-        results["S3"] = load_scenario("S3", "consent.lua", ["tillit"], **common)
+        results["S3"] = load_scenario("S3", "consent.lua", ["tillit", "tillit-S1"], **common)
     if "S4" in scenarios:
         results["S4"] = export_scenario(url, keys, rounds)
     if "H2" in scenarios:
@@ -528,8 +602,11 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             summary["S2"]["members_per_s/S1_rps"] = (
                 summary["S2"]["tillit"]["members_per_s"] / s1["tillit"]["rps"]
             )
-    if "S3" in summary and s1:
-        summary["S3"]["tillit/S1"] = summary["S3"]["tillit"]["rps"] / s1["tillit"]["rps"]
+    if "S3" in summary:
+        # S1 as measured between S3's rounds (older results have none: S1's own rounds).
+        paired = summary["S3"].get("tillit-S1") or (s1 or {}).get("tillit")
+        if paired:
+            summary["S3"]["tillit/S1"] = summary["S3"]["tillit"]["rps"] / paired["rps"]
     if "S4" in results:
         tillit, psql = results["S4"]["tillit"], results["S4"]["psql"]
         summary["S4"] = {

