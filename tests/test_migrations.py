@@ -101,3 +101,20 @@ async def test_a_client_the_access_log_names_cannot_be_deleted(fresh: AsyncEngin
         await connection.execute(text("DELETE FROM clients WHERE id = :id"), {"id": unnamed})
         left = await connection.scalar(text("SELECT array_agg(name ORDER BY name) FROM clients"))
     assert left == ["named"]
+
+
+async def test_a_sealed_event_costs_two_index_entries(fresh: AsyncEngine) -> None:
+    # A seal is found by its position or its event, never by its checkpoint (0010): an index on
+    # checkpoint_id was work for the sealer on every event and served no query.
+    await migrate.upgrade(fresh)
+    async with fresh.connect() as connection:
+        indexes = await connection.scalar(
+            text(
+                "SELECT array_agg(indexdef ORDER BY indexname) FROM pg_indexes "
+                "WHERE tablename = 'audit_seals'"
+            )
+        )
+    assert [definition.split(" USING ")[1] for definition in indexes] == [
+        'btree ("position")',
+        "btree (event_id)",
+    ]

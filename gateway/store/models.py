@@ -611,10 +611,8 @@ class AuditSeal(Base):
     event_hash: Mapped[bytes] = mapped_column(LargeBinary)
     checkpoint_id: Mapped[int] = mapped_column(BigInteger)
 
-    __table_args__ = (
-        CheckConstraint("length(event_hash) = 32", name="event_hash"),
-        Index("ix_audit_seals_checkpoint", "checkpoint_id"),
-    )
+    # No index on checkpoint_id: a checkpoint's seals are its positions (migration 0010).
+    __table_args__ = (CheckConstraint("length(event_hash) = 32", name="event_hash"),)
 
 
 class AuditTile(Base):
