@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +101,51 @@ def canonical_event(row: Mapping[str, Any]) -> bytes:
     # Sorted keys, no spaces, UTF-8: the same bytes as json.dumps(sort_keys=True,
     # separators=(",", ":"), ensure_ascii=False), written faster (the sealer hashes every event).
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+
+# What differs between the events of one operation's class (gateway.audit.trail): their id, member
+# and consents. The rest of an event's canonical JSON is made once per class, with these holes.
+_HOLES = {name: orjson.dumps("\x00" + name) for name in ("consent_ids", "id", "member_id")}
+
+
+def event_template(row: Mapping[str, Any]) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """canonical_event(row) cut where its consents, id and member go (in that order, the keys'
+    sorted order), for template_hash; None if the row's own values would be mistaken for a cut
+    (no stored value can hold the NUL the cuts are marked with, so this is a safeguard)."""
+    document = event_document(row)
+    for name, hole in _HOLES.items():
+        document[name] = orjson.loads(hole)
+    text = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    if any(text.count(hole) != 1 for hole in _HOLES.values()):
+        return None
+    consents, rest = text.split(_HOLES["consent_ids"])
+    id_, rest = rest.split(_HOLES["id"])
+    member, end = rest.split(_HOLES["member_id"])
+    return consents, id_, member, end
+
+
+def template_hash(
+    template: tuple[bytes, bytes, bytes, bytes],
+    event_id: int,
+    member_id: Any,
+    consent_ids: Sequence[Any],
+) -> bytes:
+    """event_hash of the event whose other columns made `template` (see event_template)."""
+    before_consents, before_id, before_member, end = template
+    return hashlib.sha256(
+        b"".join(
+            (
+                b"\x00",
+                before_consents,
+                orjson.dumps([str(c) for c in consent_ids]),
+                before_id,
+                b"%d" % event_id,
+                before_member,
+                b"null" if member_id is None else b'"%s"' % str(member_id).encode(),
+                end,
+            )
+        )
+    ).digest()
 
 
 def _text(value: Any) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.audit.sealing import event_hash
+from gateway.audit.sealing import event_template, template_hash
 from gateway.domain import (
     AccessOutcome,
     ActorKind,
@@ -183,6 +183,9 @@ class _Batch:
         self.columns: list[list[Any]] = [[] for _ in range(13)]
         # The same lists recur across the events (and often the operations) of a batch.
         self.arrays: dict[tuple[Any, ...], str] = {}
+        # With ids: each class's canonical JSON around its events' own values (None: the class's
+        # JSON columns hold a float, and its events are left to the sealer).
+        self.templates: list[tuple[bytes, bytes, bytes, bytes] | None] = []
 
     def add(self, trail: AuditTrail) -> None:
         actor = _actor(trail.principal)
@@ -225,32 +228,48 @@ class _Batch:
 
     def _hash(self, event_id: int, number: int, record: AccessRecord) -> None:
         """The event's leaf hash from the values it is written with, as the sealer would compute
-        it from the row (gateway.audit.sealing.event_hash over the same columns)."""
-        c = self.columns
+        it from the row (gateway.audit.sealing.event_hash over the same columns): from its
+        class's template (made with the class's first event), filled with its id, member and
+        consents."""
         self.ids.append(event_id)
+        if number == len(self.templates):
+            self.templates.append(self._template(event_id, number, record))
+        template = self.templates[number]
+        if template is None:
+            self.hashes.append(NO_HASH)
+        else:
+            self.hashes.append(
+                template_hash(template, event_id, record.member_id, record.consent_ids)
+            )
+
+    def _template(
+        self, event_id: int, number: int, record: AccessRecord
+    ) -> tuple[bytes, bytes, bytes, bytes] | None:
+        c = self.columns
         withheld, details = c[11][number], c[12][number]
         if not (_plain(withheld) and _plain(details)):
-            self.hashes.append(NO_HASH)
-            return
-        row = {
-            "id": event_id,
-            "occurred_at": c[0][number],
-            "request_id": c[1][number],
-            "actor_kind": c[2][number],
-            "client_id": c[3][number],
-            "actor_member_id": c[4][number],
-            "operation": c[5][number],
-            "purpose": c[6][number],
-            "legal_basis": c[7][number],
-            "outcome": c[8][number],
-            "member_id": record.member_id,
-            "fields_requested": [str(item) for item in record.fields_requested],
-            "fields_released": [str(item) for item in record.fields_released],
-            "fields_withheld": withheld,
-            "consent_ids": record.consent_ids,
-            "details": details,
-        }
-        self.hashes.append(event_hash(row))
+            return None  # left to the sealer
+        return event_template(
+            {
+                "id": event_id,
+                "occurred_at": c[0][number],
+                "request_id": c[1][number],
+                "actor_kind": c[2][number],
+                "client_id": c[3][number],
+                "actor_member_id": c[4][number],
+                "operation": c[5][number],
+                "purpose": c[6][number],
+                "legal_basis": c[7][number],
+                "outcome": c[8][number],
+                "member_id": record.member_id,
+                # The class's lists as the columns store them (text[]).
+                "fields_requested": [str(item) for item in record.fields_requested],
+                "fields_released": [str(item) for item in record.fields_released],
+                "fields_withheld": withheld,
+                "consent_ids": record.consent_ids,
+                "details": details,
+            }
+        )
 
     def arguments(self) -> tuple[Any, ...]:
         return (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -280,6 +281,51 @@ async def test_the_leaf_hash_written_is_the_hash_of_the_row_as_stored(
         # Left to the sealer only when a float was in its JSON (jsonb may write it back
         # otherwise: 1e16 as 10000000000000000).
         assert (values["leaf_hash"] is None) == has_float(record.details)
+        if values["leaf_hash"] is not None:
+            assert values["leaf_hash"] == event_hash(values)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shared=records(),
+    events=st.lists(
+        st.tuples(st.none() | st.uuids(), st.lists(st.uuids(), max_size=3)), min_size=2, max_size=8
+    ),
+)
+async def test_events_of_one_class_are_hashed_each_with_its_own_member_and_consents(
+    db: AsyncEngine,
+    pool: asyncpg.Pool,
+    shared: AccessRecord,
+    events: list[tuple[uuid.UUID | None, list[uuid.UUID]]],
+) -> None:
+    # A batch read: every event shares its decision's mappings (one class, one template for the
+    # hash), and differs in its id, member and consents.
+    trail = AuditTrail(
+        request_id="class-" + uuid.uuid4().hex,
+        principal=Anonymous(),
+        now=dt.datetime.now(dt.UTC),
+    )
+    for member_id, consent_ids in events:
+        trail.record(
+            dataclasses.replace(shared, member_id=member_id, consent_ids=tuple(consent_ids))
+        )
+    await GroupCommit(pool).write(trail)
+    async with db.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    f"SELECT {', '.join(EVENT_COLUMNS)}, leaf_hash FROM access_events "
+                    "WHERE request_id = :r ORDER BY id"
+                ),
+                {"r": trail.request_id},
+            )
+        ).all()
+    assert [(row.member_id, list(row.consent_ids)) for row in rows] == events
+    for row in rows:
+        values = row._mapping
+        assert (values["leaf_hash"] is None) == has_float(shared.details)
         if values["leaf_hash"] is not None:
             assert values["leaf_hash"] == event_hash(values)
 
