@@ -212,8 +212,9 @@ class Settings(BaseSettings):
     )
     fast_path: bool = Field(
         default=True,
-        description="Run `member`/`members` operations with leaf fields only through the direct "
-        "executor (gateway/web/fastpath.py); false sends every operation through graphql-core.",
+        description="Run `member`/`members` operations and the consent changes with leaf fields "
+        "only through the direct executors (gateway/web/fastpath.py, fastwrite.py); false sends "
+        "every operation through graphql-core.",
     )
     cors_origins: str = Field(
         default="",

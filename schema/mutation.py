@@ -115,6 +115,56 @@ def _values(values: EnrichmentValuesInput) -> dict[EnrichedField, Any]:
     return {field: value for field, value in given.items() if value is not None}
 
 
+# The consent changes' fields, callable without a resolve info: the direct executor
+# (gateway.web.fastwrite) calls them with the same arguments Strawberry would pass.
+async def grant_consent(
+    context: Context,
+    *,
+    purpose: str,
+    method: ConsentMethod,
+    notice_version: str,
+    channel: str,
+    member_id: strawberry.ID | None = None,
+    evidence: str | None = None,
+    evidence_sha256: str | None = None,
+    idempotency_key: str | None = None,
+) -> ReceiptView:
+    request = GrantRequest(
+        method=method,
+        notice_version=notice_version,
+        channel=channel,
+        evidence=evidence,
+        evidence_sha256=evidence_sha256,
+        idempotency_key=idempotency_key,
+    )
+    return await consents.grant(context, member_id=member_id, purpose=purpose, request=request)
+
+
+async def withdraw_consent(
+    context: Context,
+    *,
+    purpose: str | None = None,
+    member_id: strawberry.ID | None = None,
+    channel: str = "api",
+    idempotency_key: str | None = None,
+    receipt_id: strawberry.ID | None = None,
+) -> WithdrawalView:
+    return await consents.withdraw(
+        context,
+        member_id=member_id,
+        purpose=purpose,
+        channel=channel,
+        idempotency_key=idempotency_key,
+        receipt_id=receipt_id,
+    )
+
+
+CONSENT_CHANGES: dict[str, tuple[Any, type]] = {
+    "grantConsent": (grant_consent, ConsentReceipt),
+    "withdrawConsent": (withdraw_consent, WithdrawalResult),
+}
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -134,16 +184,16 @@ class Mutation:
         evidence_sha256: str | None = None,
         idempotency_key: str | None = None,
     ) -> ReceiptView:
-        request = GrantRequest(
+        return await grant_consent(
+            info.context,
+            purpose=purpose,
             method=method,
             notice_version=notice_version,
             channel=channel,
+            member_id=member_id,
             evidence=evidence,
             evidence_sha256=evidence_sha256,
             idempotency_key=idempotency_key,
-        )
-        return await consents.grant(
-            info.context, member_id=member_id, purpose=purpose, request=request
         )
 
     @strawberry.mutation(
@@ -161,10 +211,10 @@ class Mutation:
         idempotency_key: str | None = None,
         receipt_id: strawberry.ID | None = None,
     ) -> WithdrawalView:
-        return await consents.withdraw(
+        return await withdraw_consent(
             info.context,
-            member_id=member_id,
             purpose=purpose,
+            member_id=member_id,
             channel=channel,
             idempotency_key=idempotency_key,
             receipt_id=receipt_id,

@@ -84,14 +84,18 @@ class MemberPlan:
     text_variables: tuple[tuple[str, bool], ...] | None
 
 
-def _leaf(schema: GraphQLSchema, node: FieldNode, python_names: Mapping[str, str]) -> Leaf | None:
-    member = schema.get_type("Member")
-    if not isinstance(member, GraphQLObjectType):
+def leaf(
+    schema: GraphQLSchema, node: FieldNode, python_names: Mapping[str, str], type_name: str
+) -> Leaf | None:
+    """How to answer one selected field of `type_name` from a view's attribute, if it is a leaf
+    without arguments or directives that the view holds (see python_names); else None."""
+    object_type = schema.get_type(type_name)
+    if not isinstance(object_type, GraphQLObjectType) or node.directives:
         return None
     key = node.alias.value if node.alias else node.name.value
     if node.name.value == "__typename":
-        return Leaf(key, None, lambda _: "Member", many=False, non_null=True)
-    definition = member.fields.get(node.name.value)
+        return Leaf(key, None, lambda _: type_name, many=False, non_null=True)
+    definition = object_type.fields.get(node.name.value)
     if definition is None or node.selection_set is not None or node.arguments:
         return None
     type_ = definition.type
@@ -159,7 +163,7 @@ def _serializer(named: GraphQLScalarType | GraphQLEnumType) -> Callable[[Any], A
 _TEXT_TYPES = frozenset({"String", "ID"})
 
 
-def _text_variables(
+def text_variables(
     definitions: tuple[VariableDefinitionNode, ...] | None,
 ) -> tuple[tuple[str, bool], ...] | None:
     """When every variable is declared `String!`/`ID!` or `[String!]!`/`[ID!]!` without a
@@ -186,11 +190,11 @@ def _text_variables(
     return tuple(plain)
 
 
-def _plain_variables(
+def plain_variables(
     declared: tuple[tuple[str, bool], ...] | None, given: dict[str, Any] | None
 ) -> VariableValues | None:
     """The variables as graphql-core would coerce them, when that is to take them as they are:
-    each text variable (see _text_variables) given a str, each list of them a list of str.
+    each text variable (see text_variables) given a str, each list of them a list of str.
     Otherwise None, and graphql-core coerces (and reports what does not coerce)."""
     if declared is None or given is None:
         return None
@@ -236,18 +240,18 @@ class FastPath:
             return None
         leaves = []
         for selection in node.selection_set.selections:
-            if not isinstance(selection, FieldNode) or selection.directives:
+            if not isinstance(selection, FieldNode):
                 return None
-            leaf = _leaf(self.schema, selection, self.python_names)
-            if leaf is None:
+            found = leaf(self.schema, selection, self.python_names, "Member")
+            if found is None:
                 return None
-            leaves.append(leaf)
+            leaves.append(found)
         fields: dict[str, Category] = {}
         keys: dict[str, list[str]] = {}
-        for leaf in leaves:
-            if leaf.attribute in MEMBER_FIELD_CATEGORIES:
-                fields[leaf.attribute] = MEMBER_FIELD_CATEGORIES[leaf.attribute]
-                keys.setdefault(leaf.attribute, []).append(leaf.key)
+        for one in leaves:
+            if one.attribute in MEMBER_FIELD_CATEGORIES:
+                fields[one.attribute] = MEMBER_FIELD_CATEGORIES[one.attribute]
+                keys.setdefault(one.attribute, []).append(one.key)
         query_type = self.schema.query_type
         assert query_type is not None
         return MemberPlan(
@@ -259,7 +263,7 @@ class FastPath:
             leaves=tuple(leaves),
             fields=fields,
             keys=keys,
-            text_variables=_text_variables(operation.variable_definitions),
+            text_variables=text_variables(operation.variable_definitions),
         )
 
     async def run(
@@ -270,7 +274,7 @@ class FastPath:
         *,
         hide_suggestions: bool,
     ) -> ExecutionResult | None:
-        coerced: VariableValues | list[GraphQLError] | None = _plain_variables(
+        coerced: VariableValues | list[GraphQLError] | None = plain_variables(
             plan.text_variables, variables
         )
         if coerced is None:

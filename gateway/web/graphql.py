@@ -11,8 +11,9 @@ Operations that only read profiles (`member`, `members`, `purposes`) write nothi
 access events, so they run on the raw pool without an explicit transaction; their events are then
 written with those of the other reads finishing at the same time, in one INSERT that commits on its
 own (gateway.audit.group_commit), and the data is sent only after it has. The consent changes run
-on the raw pool in one transaction, every other operation in one SQLAlchemy transaction. Reads go
-through the direct executor (gateway.web.fastpath) where it has a plan, else through graphql-core.
+on the raw pool in one transaction, every other operation in one SQLAlchemy transaction. Reads and
+the consent changes go through the direct executors (gateway.web.fastpath, gateway.web.fastwrite)
+where they have a plan, else through graphql-core.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from gateway.web import metrics
 from gateway.web.bodies import read_limited
 from gateway.web.boundary import Boundary, Refused, Via, error_body
 from gateway.web.fastpath import FastPath
+from gateway.web.fastwrite import WritePath
 from gateway.web.media import GRAPHQL_RESPONSE_JSON, JSON, negotiate, status_of
 from gateway.web.operations import Limits, Preparer, Refusal, variables_problem
 from resolvers.context import Context
@@ -174,6 +176,7 @@ class GraphQLEndpoint:
             ),
         )
         self.fast = FastPath(self.schema, graphql_names_of(Member)) if settings.fast_path else None
+        self.fast_writes = WritePath(schema) if settings.fast_path else None
 
     async def post(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -320,6 +323,16 @@ class GraphQLEndpoint:
                     assert self.fast is not None
                     result = await self.fast.run(
                         plan, context, variables, hide_suggestions=not self.settings.dev
+                    )
+                write = (
+                    self.fast_writes.plan(document, operation, operation_name)
+                    if self.fast_writes is not None and via is Via.RAW_WRITE
+                    else None
+                )
+                if write is not None:
+                    assert self.fast_writes is not None
+                    result = await self.fast_writes.run(
+                        write, context, variables, hide_suggestions=not self.settings.dev
                     )
                 if result is None:
                     result = await self._run_document(context, document, variables, operation_name)
