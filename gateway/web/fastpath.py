@@ -212,6 +212,35 @@ def plain_variables(
     return VariableValues({}, plain)  # no sources: those serve defaults and fragment variables
 
 
+def field_arguments(
+    schema: GraphQLSchema,
+    operation: OperationDefinitionNode,
+    field: GraphQLField,
+    node: FieldNode,
+    declared: tuple[tuple[str, bool], ...] | None,
+    variables: dict[str, Any] | None,
+    *,
+    hide_suggestions: bool,
+) -> dict[str, Any] | None:
+    """The root field's arguments as graphql-core coerces them (variables first: see
+    plain_variables), or None when something does not coerce (the general path says what)."""
+    coerced: VariableValues | list[GraphQLError] | None = plain_variables(declared, variables)
+    if coerced is None:
+        coerced = get_variable_values(
+            schema,
+            operation.variable_definitions or (),
+            variables or {},
+            max_errors=50,
+            hide_suggestions=hide_suggestions,
+        )
+    if isinstance(coerced, list):
+        return None
+    try:
+        return get_argument_values(field, node, coerced, hide_suggestions=hide_suggestions)
+    except GraphQLError:
+        return None
+
+
 class FastPath:
     """Plans by prepared document; `run` executes one, or returns None for the general path."""
 
@@ -274,25 +303,17 @@ class FastPath:
         *,
         hide_suggestions: bool,
     ) -> ExecutionResult | None:
-        coerced: VariableValues | list[GraphQLError] | None = plain_variables(
-            plan.text_variables, variables
+        arguments = field_arguments(
+            self.schema,
+            plan.operation,
+            plan.field,
+            plan.node,
+            plan.text_variables,
+            variables,
+            hide_suggestions=hide_suggestions,
         )
-        if coerced is None:
-            coerced = get_variable_values(
-                self.schema,
-                plan.operation.variable_definitions or (),
-                variables or {},
-                max_errors=50,
-                hide_suggestions=hide_suggestions,
-            )
-        if isinstance(coerced, list):
-            return None  # the general path reports these errors
-        try:
-            arguments = get_argument_values(
-                plan.field, plan.node, coerced, hide_suggestions=hide_suggestions
-            )
-        except GraphQLError:
-            return None
+        if arguments is None:
+            return None  # the general path reports what does not coerce
         errors: list[GraphQLError] = []
         try:
             if plan.many:

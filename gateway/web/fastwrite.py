@@ -30,13 +30,12 @@ from graphql import (
     OperationType,
     located_error,
 )
-from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from strawberry import Schema
 from strawberry.types.arguments import StrawberryArgument, convert_arguments
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
-from gateway.web.fastpath import Leaf, leaf, plain_variables, text_variables
+from gateway.web.fastpath import Leaf, field_arguments, leaf, text_variables
 from resolvers.context import Context
 from schema.by_nodes import ByNodes
 from schema.mutation import CONSENT_CHANGES, Mutation
@@ -130,25 +129,17 @@ class WritePath:
         *,
         hide_suggestions: bool,
     ) -> ExecutionResult | None:
-        coerced: VariableValues | list[GraphQLError] | None = plain_variables(
-            plan.text_variables, variables
+        arguments = field_arguments(
+            self.schema,
+            plan.operation,
+            plan.field,
+            plan.node,
+            plan.text_variables,
+            variables,
+            hide_suggestions=hide_suggestions,
         )
-        if coerced is None:
-            coerced = get_variable_values(
-                self.schema,
-                plan.operation.variable_definitions or (),
-                variables or {},
-                max_errors=50,
-                hide_suggestions=hide_suggestions,
-            )
-        if isinstance(coerced, list):
-            return None  # the general path reports these errors
-        try:
-            arguments = get_argument_values(
-                plan.field, plan.node, coerced, hide_suggestions=hide_suggestions
-            )
-        except GraphQLError:
-            return None
+        if arguments is None:
+            return None  # the general path reports what does not coerce
         python = convert_arguments(arguments, plan.arguments, self.scalars, self.config)
         try:
             view = await plan.resolve(context, **python)
