@@ -171,12 +171,17 @@ async def prepare(url: str, events: int) -> dict[str, str]:
     return {"app": app, "auditor": auditor, "peer-view": "", "peer-audited": jwt}
 
 
-async def _shared_buffers(url: str) -> str:
-    connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
-    try:
-        return str(await connection.fetchval("SHOW shared_buffers"))
-    finally:
-        await connection.close()
+def _ask(url: str, statement: str) -> Any:
+    """One statement on a connection of its own (outside the timed runs): its first value."""
+
+    async def run() -> Any:
+        connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
+        try:
+            return await connection.fetchval(statement)
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
 
 
 def _bench_key() -> tuple[Signer, str]:
@@ -318,15 +323,7 @@ def settle(url: str, name: str) -> None:
     checkpoint the database, so that the scenario neither seals nor flushes another's writes."""
     began = time.perf_counter()
     left = seal(url)
-
-    async def checkpoint() -> None:
-        connection = await asyncpg.connect(gateway_db.asyncpg_dsn(url))
-        try:
-            await connection.execute("CHECKPOINT")
-        finally:
-            await connection.close()
-
-    asyncio.run(checkpoint())
+    _ask(url, "CHECKPOINT")
     print(
         f"  {name}: sealed {left} events left unsealed and checkpointed "
         f"({time.perf_counter() - began:.1f} s)",
@@ -527,7 +524,7 @@ def main() -> None:
     url = gateway_db.normalize_url(url)
     print(
         f"preparing the benchmark database ({os.cpu_count()} cores, shared_buffers "
-        f"{asyncio.run(_shared_buffers(url))})",
+        f"{_ask(url, 'SHOW shared_buffers')})",
         flush=True,
     )
     began = time.perf_counter()

@@ -105,22 +105,20 @@ def canonical_event(row: Mapping[str, Any]) -> bytes:
 
 # What differs between the events of one operation's class (gateway.audit.trail): their id, member
 # and consents. The rest of an event's canonical JSON is made once per class, with these holes.
-_HOLES = {name: orjson.dumps("\x00" + name) for name in ("consent_ids", "id", "member_id")}
+_HOLES = {name: "\x00" + name for name in ("consent_ids", "id", "member_id")}
+_CUTS = {name: orjson.dumps(hole) for name, hole in _HOLES.items()}
 
 
 def event_template(row: Mapping[str, Any]) -> tuple[bytes, bytes, bytes, bytes] | None:
     """canonical_event(row) cut where its consents, id and member go (in that order, the keys'
     sorted order), for template_hash; None if the row's own values would be mistaken for a cut
     (no stored value can hold the NUL the cuts are marked with, so this is a safeguard)."""
-    document = event_document(row)
-    for name, hole in _HOLES.items():
-        document[name] = orjson.loads(hole)
-    text = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
-    if any(text.count(hole) != 1 for hole in _HOLES.values()):
+    text = orjson.dumps({**event_document(row), **_HOLES}, option=orjson.OPT_SORT_KEYS)
+    if any(text.count(cut) != 1 for cut in _CUTS.values()):
         return None
-    consents, rest = text.split(_HOLES["consent_ids"])
-    id_, rest = rest.split(_HOLES["id"])
-    member, end = rest.split(_HOLES["member_id"])
+    consents, rest = text.split(_CUTS["consent_ids"])
+    id_, rest = rest.split(_CUTS["id"])
+    member, end = rest.split(_CUTS["member_id"])
     return consents, id_, member, end
 
 

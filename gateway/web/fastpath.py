@@ -15,10 +15,10 @@ variables that do not coerce) returns None and takes the general path.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from graphql import (
     DocumentNode,
@@ -64,8 +64,9 @@ _CACHE_SIZE = 512
 
 @dataclass(frozen=True, slots=True)
 class Leaf:
+    node: FieldNode  # the selection (for an error's location and the field's name)
     key: str  # the response key (alias or name)
-    attribute: str | None  # the value's name in a MemberView; None for __typename
+    attribute: str | None  # the value's name in the view; None for __typename
     serialize: Callable[[Any], Any]
     many: bool  # a list of scalars
     non_null: bool
@@ -94,7 +95,7 @@ def leaf(
         return None
     key = node.alias.value if node.alias else node.name.value
     if node.name.value == "__typename":
-        return Leaf(key, None, lambda _: type_name, many=False, non_null=True)
+        return Leaf(node, key, None, lambda _: type_name, many=False, non_null=True)
     definition = object_type.fields.get(node.name.value)
     if definition is None or node.selection_set is not None or node.arguments:
         return None
@@ -115,7 +116,7 @@ def leaf(
     if attribute is None:
         return None
     assert isinstance(named, GraphQLScalarType | GraphQLEnumType)
-    return Leaf(key, attribute, _serializer(named), many=many, non_null=non_null)
+    return Leaf(node, key, attribute, _serializer(named), many=many, non_null=non_null)
 
 
 def _serializer(named: GraphQLScalarType | GraphQLEnumType) -> Callable[[Any], Any]:
@@ -212,23 +213,63 @@ def plain_variables(
     return VariableValues({}, plain)  # no sources: those serve defaults and fragment variables
 
 
+def root_leaves(
+    operation: OperationDefinitionNode,
+    kind: OperationType,
+    leaves_of: Callable[[FieldNode], Leaf | None],
+    roots: Collection[str],
+) -> tuple[FieldNode, tuple[Leaf, ...]] | None:
+    """The operation's one root field and how to answer each of its selections, when it is of
+    `kind`, its root is one of `roots`, and every selection is a leaf `leaves_of` answers;
+    otherwise None. Directives anywhere on the way also give None."""
+    if operation.operation is not kind or operation.directives:
+        return None
+    selections = operation.selection_set.selections
+    if len(selections) != 1 or not isinstance(selections[0], FieldNode):
+        return None
+    node = selections[0]
+    if node.name.value not in roots or node.directives or node.selection_set is None:
+        return None
+    leaves = []
+    for selection in node.selection_set.selections:
+        if not isinstance(selection, FieldNode):
+            return None
+        found = leaves_of(selection)
+        if found is None:
+            return None
+        leaves.append(found)
+    return node, tuple(leaves)
+
+
+class RootPlan(Protocol):
+    """What a direct executor's plan knows of its operation's one root field."""
+
+    @property
+    def operation(self) -> OperationDefinitionNode: ...
+    @property
+    def field(self) -> GraphQLField: ...
+    @property
+    def node(self) -> FieldNode: ...
+    @property
+    def text_variables(self) -> tuple[tuple[str, bool], ...] | None: ...
+
+
 def field_arguments(
     schema: GraphQLSchema,
-    operation: OperationDefinitionNode,
-    field: GraphQLField,
-    node: FieldNode,
-    declared: tuple[tuple[str, bool], ...] | None,
+    plan: RootPlan,
     variables: dict[str, Any] | None,
     *,
     hide_suggestions: bool,
 ) -> dict[str, Any] | None:
     """The root field's arguments as graphql-core coerces them (variables first: see
     plain_variables), or None when something does not coerce (the general path says what)."""
-    coerced: VariableValues | list[GraphQLError] | None = plain_variables(declared, variables)
+    coerced: VariableValues | list[GraphQLError] | None = plain_variables(
+        plan.text_variables, variables
+    )
     if coerced is None:
         coerced = get_variable_values(
             schema,
-            operation.variable_definitions or (),
+            plan.operation.variable_definitions or (),
             variables or {},
             max_errors=50,
             hide_suggestions=hide_suggestions,
@@ -236,7 +277,9 @@ def field_arguments(
     if isinstance(coerced, list):
         return None
     try:
-        return get_argument_values(field, node, coerced, hide_suggestions=hide_suggestions)
+        return get_argument_values(
+            plan.field, plan.node, coerced, hide_suggestions=hide_suggestions
+        )
     except GraphQLError:
         return None
 
@@ -257,24 +300,15 @@ class FastPath:
         )
 
     def _make(self, operation: OperationDefinitionNode) -> MemberPlan | None:
-        if operation.operation is not OperationType.QUERY or operation.directives:
+        found = root_leaves(
+            operation,
+            OperationType.QUERY,
+            lambda selection: leaf(self.schema, selection, self.python_names, "Member"),
+            ("member", "members"),
+        )
+        if found is None:
             return None
-        selections = operation.selection_set.selections
-        if len(selections) != 1 or not isinstance(selections[0], FieldNode):
-            return None
-        node = selections[0]
-        if node.name.value not in ("member", "members") or node.directives:
-            return None
-        if node.selection_set is None:
-            return None
-        leaves = []
-        for selection in node.selection_set.selections:
-            if not isinstance(selection, FieldNode):
-                return None
-            found = leaf(self.schema, selection, self.python_names, "Member")
-            if found is None:
-                return None
-            leaves.append(found)
+        node, leaves = found
         fields: dict[str, Category] = {}
         keys: dict[str, list[str]] = {}
         for one in leaves:
@@ -289,7 +323,7 @@ class FastPath:
             field=query_type.fields[node.name.value],
             key=node.alias.value if node.alias else node.name.value,
             many=node.name.value == "members",
-            leaves=tuple(leaves),
+            leaves=leaves,
             fields=fields,
             keys=keys,
             text_variables=text_variables(operation.variable_definitions),
@@ -303,15 +337,7 @@ class FastPath:
         *,
         hide_suggestions: bool,
     ) -> ExecutionResult | None:
-        arguments = field_arguments(
-            self.schema,
-            plan.operation,
-            plan.field,
-            plan.node,
-            plan.text_variables,
-            variables,
-            hide_suggestions=hide_suggestions,
-        )
+        arguments = field_arguments(self.schema, plan, variables, hide_suggestions=hide_suggestions)
         if arguments is None:
             return None  # the general path reports what does not coerce
         errors: list[GraphQLError] = []

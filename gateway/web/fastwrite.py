@@ -35,7 +35,7 @@ from strawberry.types.arguments import StrawberryArgument, convert_arguments
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
-from gateway.web.fastpath import Leaf, field_arguments, leaf, text_variables
+from gateway.web.fastpath import Leaf, field_arguments, leaf, root_leaves, text_variables
 from resolvers.context import Context
 from schema.by_nodes import ByNodes
 from schema.mutation import CONSENT_CHANGES, Mutation
@@ -88,25 +88,23 @@ class WritePath:
         )
 
     def _make(self, operation: OperationDefinitionNode) -> WritePlan | None:
-        if operation.operation is not OperationType.MUTATION or operation.directives:
-            return None
         selections = operation.selection_set.selections
-        if len(selections) != 1 or not isinstance(selections[0], FieldNode):
-            return None
-        node = selections[0]
-        change = CONSENT_CHANGES.get(node.name.value)
-        if change is None or node.directives or node.selection_set is None:
+        root = selections[0] if len(selections) == 1 else None
+        change = CONSENT_CHANGES.get(root.name.value) if isinstance(root, FieldNode) else None
+        if change is None:
             return None
         resolve, result_type = change
         type_name = get_object_definition(result_type, strict=True).name
-        leaves = []
-        for selection in node.selection_set.selections:
-            if not isinstance(selection, FieldNode):
-                return None
-            found = leaf(self.schema, selection, self.python_names[type_name], type_name)
-            if found is None:
-                return None
-            leaves.append(found)
+        names = self.python_names[type_name]
+        found = root_leaves(
+            operation,
+            OperationType.MUTATION,
+            lambda selection: leaf(self.schema, selection, names, type_name),
+            CONSENT_CHANGES,
+        )
+        if found is None:
+            return None
+        node, leaves = found
         mutation_type = self.schema.mutation_type
         assert mutation_type is not None
         return WritePlan(
@@ -117,7 +115,7 @@ class WritePath:
             resolve=resolve,
             type_name=type_name,
             key=node.alias.value if node.alias else node.name.value,
-            leaves=tuple(leaves),
+            leaves=leaves,
             text_variables=text_variables(operation.variable_definitions),
         )
 
@@ -129,15 +127,7 @@ class WritePath:
         *,
         hide_suggestions: bool,
     ) -> ExecutionResult | None:
-        arguments = field_arguments(
-            self.schema,
-            plan.operation,
-            plan.field,
-            plan.node,
-            plan.text_variables,
-            variables,
-            hide_suggestions=hide_suggestions,
-        )
+        arguments = field_arguments(self.schema, plan, variables, hide_suggestions=hide_suggestions)
         if arguments is None:
             return None  # the general path reports what does not coerce
         python = convert_arguments(arguments, plan.arguments, self.scalars, self.config)
@@ -168,7 +158,7 @@ class WritePath:
                     if one.non_null:
                         raise GraphQLError(
                             "Cannot return null for non-nullable field "
-                            f"{plan.type_name}.{_field_name(plan, one)}."
+                            f"{plan.type_name}.{one.node.name.value}."
                         )
                     value = None
                 elif one.many:
@@ -176,27 +166,12 @@ class WritePath:
                 else:
                     value = one.serialize(raw)
             except Exception as failed:
-                node = _node(plan, one)
-                errors.append(located_error(failed, [node], path))
+                errors.append(located_error(failed, [one.node], path))
                 if one.non_null:
                     return ExecutionResult({plan.key: None}, errors)
                 value = None
             result[one.key] = value
         return ExecutionResult({plan.key: result}, errors or None)
-
-
-def _node(plan: WritePlan, one: Leaf) -> FieldNode:
-    assert plan.node.selection_set is not None
-    for selection in plan.node.selection_set.selections:
-        if isinstance(selection, FieldNode):
-            key = selection.alias.value if selection.alias else selection.name.value
-            if key == one.key:
-                return selection
-    raise AssertionError(one.key)
-
-
-def _field_name(plan: WritePlan, one: Leaf) -> str:
-    return _node(plan, one).name.value
 
 
 __all__ = ["WritePath", "WritePlan"]

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -265,16 +266,7 @@ async def test_the_leaf_hash_written_is_the_hash_of_the_row_as_stored(
     for record in drawn:
         trail.record(record)
     await GroupCommit(pool).write(trail)
-    async with db.connect() as connection:
-        rows = (
-            await connection.execute(
-                text(
-                    f"SELECT {', '.join(EVENT_COLUMNS)}, leaf_hash FROM access_events "
-                    "WHERE request_id = :r ORDER BY id"
-                ),
-                {"r": trail.request_id},
-            )
-        ).all()
+    rows = await hashed_rows(db, trail.request_id)
     assert len(rows) == len(drawn)
     for row, record in zip(rows, drawn, strict=True):
         values = row._mapping
@@ -312,22 +304,26 @@ async def test_events_of_one_class_are_hashed_each_with_its_own_member_and_conse
             dataclasses.replace(shared, member_id=member_id, consent_ids=tuple(consent_ids))
         )
     await GroupCommit(pool).write(trail)
-    async with db.connect() as connection:
-        rows = (
-            await connection.execute(
-                text(
-                    f"SELECT {', '.join(EVENT_COLUMNS)}, leaf_hash FROM access_events "
-                    "WHERE request_id = :r ORDER BY id"
-                ),
-                {"r": trail.request_id},
-            )
-        ).all()
+    rows = await hashed_rows(db, trail.request_id)
     assert [(row.member_id, list(row.consent_ids)) for row in rows] == events
     for row in rows:
         values = row._mapping
         assert (values["leaf_hash"] is None) == has_float(shared.details)
         if values["leaf_hash"] is not None:
             assert values["leaf_hash"] == event_hash(values)
+
+
+async def hashed_rows(db: AsyncEngine, request_id: str) -> list[Any]:
+    """A request's events as stored, with the leaf hash written with each."""
+    async with db.connect() as connection:
+        result = await connection.execute(
+            text(
+                f"SELECT {', '.join(EVENT_COLUMNS)}, leaf_hash FROM access_events "
+                "WHERE request_id = :r ORDER BY id"
+            ),
+            {"r": request_id},
+        )
+        return list(result.all())
 
 
 def has_float(value: object) -> bool:
