@@ -553,7 +553,7 @@ class AccessEvent(Base):
         Index("ix_access_events_member_occurred", "member_id", "occurred_at"),
         Index("ix_access_events_occurred", "occurred_at"),
         Index("ix_access_events_client_occurred", "client_id", "occurred_at"),
-        Index("ix_access_events_txid", "txid"),
+        Index("ix_access_events_txid_id", "txid", "id"),
     )
 
 
