@@ -129,6 +129,17 @@ async def write_events(engine: AsyncEngine, count: int, *, request: str = "req")
         await trail.flush(await raw_of(connection))
 
 
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """A node of an EXPLAIN (FORMAT JSON) plan and every node below it, top first."""
+    return [node, *(found for child in node.get("Plans", ()) for found in plan_nodes(child))]
+
+
+def explained(result: Any) -> dict[str, Any]:
+    """The top node of an EXPLAIN (FORMAT JSON) result, as text (a plain asyncpg connection) or
+    decoded (one SQLAlchemy's driver has set up)."""
+    return (json.loads(result) if isinstance(result, str) else result)[0]["Plan"]  # type: ignore[no-any-return]
+
+
 async def verify(engine: AsyncEngine, signer: Signer = TEST_SIGNER) -> VerifyReport:
     async with engine.connect() as connection:
         return await verify_log(connection, signer.verifier)

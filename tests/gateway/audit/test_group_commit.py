@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,7 +32,7 @@ from gateway.domain import (
 from gateway.settings import Settings as GatewaySettings
 from gateway.store.db import create_raw_pool
 from tests.conftest import TEST_SIGNER, Api, add_client, add_member, serving
-from tests.helpers import audit_writes_fail, verify
+from tests.helpers import audit_writes_fail, explained, plan_nodes, verify
 
 
 def read(request_id: str, principal: Principal, members: int = 1) -> AuditTrail:
@@ -386,10 +385,6 @@ class _Statements:
         self.sent.append((sql, args))
 
 
-def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node, *(found for child in node.get("Plans", ()) for found in _nodes(child))]
-
-
 @pytest.mark.parametrize("hashed", [False, True], ids=["ids taken as written", "ids given"])
 async def test_a_batch_casts_each_class_once_not_each_event(
     pool: asyncpg.Pool, hashed: bool
@@ -404,7 +399,7 @@ async def test_a_batch_casts_each_class_once_not_each_event(
     [(sql, args)] = statements.sent
     async with pool.acquire() as connection:
         [plan] = await connection.fetchrow("EXPLAIN (VERBOSE, FORMAT JSON) " + sql, *args)
-    root = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    root = explained(plan)
 
     def casts(node: dict[str, Any]) -> bool:
         return "::jsonb" in " ".join(node.get("Output", ()))
@@ -412,15 +407,17 @@ async def test_a_batch_casts_each_class_once_not_each_event(
     # Where the casts are made: the lowest nodes whose output holds them (above: passed on).
     casting = [
         node
-        for node in _nodes(root)
+        for node in plan_nodes(root)
         if casts(node) and not any(casts(child) for child in node.get("Plans", ()))
     ]
     assert casting
     for node in casting:
         below = [
-            found.get("Alias") for found in _nodes(node) if found["Node Type"] == "Function Scan"
+            found.get("Alias")
+            for found in plan_nodes(node)
+            if found["Node Type"] == "Function Scan"
         ]
         assert below == ["u"], node["Node Type"]  # the classes' unnest only, not the events'
     # With their ids given, the events need no order: nothing is sorted.
-    sorts = [node for node in _nodes(root) if "Sort" in node["Node Type"]]
+    sorts = [node for node in plan_nodes(root) if "Sort" in node["Node Type"]]
     assert bool(sorts) != hashed
