@@ -5,8 +5,11 @@ leaf hashes, by the group commit's statement) and as every other path writes the
 sealer hashes their columns). Each time it seals them in full batches (`seal_until_current`, as a
 running sealer does when behind) and times it: wall time, and this process's CPU (hashing, the
 tree, signing) beside the server's (PostgreSQL's backends, from /proc when it runs on this
-machine). Prints one line per round and the medians. `make bench-seal`; DATABASE_URL picks the
-server (default: the embedded one).
+machine). After each round it also writes as many seal rows again, with the sealer's own
+statement, in a transaction it rolls back: what writing one seal row an event costs PostgreSQL,
+the share of the sealing that a design with one row a batch would save. Prints one line per
+round and the medians. `make bench-seal`; DATABASE_URL picks the server (default: the embedded
+one).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.serving import cpu_delta, postgres_cpu
 from gateway.audit.group_commit import NEXT_IDS
-from gateway.audit.sealer import seal_until_current
+from gateway.audit.sealer import INSERT_SEALS, seal_until_current
 from gateway.audit.sealing import MAX_BATCH
 from gateway.audit.trail import AccessRecord, AuditTrail, write_events
 from gateway.domain import AccessOutcome, LegalBasis, SystemPrincipal
@@ -82,6 +85,30 @@ async def _round(
     return wall, time.process_time() - cpu, cpu_delta(pg, postgres_cpu())
 
 
+async def _seal_rows(engine: AsyncEngine, count: int) -> float:
+    """PostgreSQL's CPU (seconds) for `count` seal rows written as the sealer writes them, a batch
+    at a time, past the log's end (event ids no event has), rolled back."""
+    pg = postgres_cpu()
+    async with engine.connect() as connection:
+        first = await connection.scalar(
+            text("SELECT coalesce(max(position), 0) + 1 FROM audit_seals")
+        )
+        raw = await raw_of(connection)
+        now = dt.datetime.now(dt.UTC)
+        for start in range(0, count, MAX_BATCH):
+            size = min(MAX_BATCH, count - start)
+            await raw.execute(
+                INSERT_SEALS,
+                first + start,
+                [-(start + n) for n in range(1, size + 1)],
+                [now] * size,
+                os.urandom(32 * size),
+                0,
+            )
+        await connection.rollback()
+    return cpu_delta(pg, postgres_cpu())
+
+
 async def _write_columns(engine: AsyncEngine, count: int) -> None:
     """`count` events without hashes, as the benchmark's seed (and any path but the group
     commit) writes them: the sealer hashes their columns."""
@@ -112,6 +139,7 @@ async def main() -> None:
         # Alternated: events hashed as written (reads through the group commit), and events the
         # sealer hashes from their columns (every other path).
         results: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        seal_rows: list[float] = []
         for number in range(1, ROUNDS + 1):
             for kind in ("hashed as written", "hashed by the sealer"):
                 rates, cpus, pgs = results.setdefault(kind, ([], [], []))
@@ -127,12 +155,23 @@ async def main() -> None:
                     f"PostgreSQL {pgs[-1]:.1f} us",
                     flush=True,
                 )
+                if kind == "hashed as written":
+                    seal_rows.append(await _seal_rows(engine, EVENTS) / EVENTS * 1e6)
+                    print(
+                        f"round {number}, the same number of seal rows alone, rolled back: "
+                        f"PostgreSQL {seal_rows[-1]:.1f} us a row",
+                        flush=True,
+                    )
         for kind, (rates, cpus, pgs) in results.items():
             print(
                 f"{kind}, median of {ROUNDS}: {statistics.median(rates):,.0f} events/s; CPU per "
                 f"event: sealer {statistics.median(cpus):.1f} us + PostgreSQL "
                 f"{statistics.median(pgs):.1f} us"
             )
+        print(
+            f"of it one seal row an event, median of {ROUNDS}: PostgreSQL "
+            f"{statistics.median(seal_rows):.1f} us"
+        )
     finally:
         await engine.dispose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

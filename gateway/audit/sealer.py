@@ -154,7 +154,7 @@ async def seal_once(
         # Positions follow from each event's place in the batch; the hashes travel as one
         # bytea, cut in 32-byte pieces by the server (no per-element encoding of 10,000 values).
         await raw.execute(
-            _INSERT_SEALS,
+            INSERT_SEALS,
             checkpoint.first_position,
             [event["id"] for event in events],
             [event["occurred_at"] for event in events],
@@ -164,7 +164,7 @@ async def seal_once(
     return checkpoint
 
 
-_INSERT_SEALS = """
+INSERT_SEALS = """
     INSERT INTO audit_seals (position, event_id, occurred_at, event_hash, checkpoint_id)
     SELECT $1::bigint + e.n - 1, e.id, e.occurred_at,
            substring($4::bytea FROM (e.n::int - 1) * 32 + 1 FOR 32), $5::bigint
