@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.serving import cpu_delta, postgres_cpu
 from gateway.audit.group_commit import NEXT_IDS
-from gateway.audit.sealer import INSERT_SEALS, seal_until_current
+from gateway.audit.sealer import seal_until_current, write_seals
 from gateway.audit.sealing import MAX_BATCH
 from gateway.audit.trail import AccessRecord, AuditTrail, write_events
 from gateway.domain import AccessOutcome, LegalBasis, SystemPrincipal
@@ -86,8 +86,8 @@ async def _round(
 
 
 async def _seal_rows(engine: AsyncEngine, count: int) -> float:
-    """PostgreSQL's CPU (seconds) for `count` seal rows written as the sealer writes them, a batch
-    at a time, past the log's end (event ids no event has), rolled back."""
+    """PostgreSQL's CPU (seconds) for `count` seal rows written by the sealer's own
+    `write_seals`, a batch at a time, past the log's end (event ids no event has), rolled back."""
     pg = postgres_cpu()
     async with engine.connect() as connection:
         first = await connection.scalar(
@@ -97,8 +97,8 @@ async def _seal_rows(engine: AsyncEngine, count: int) -> float:
         now = dt.datetime.now(dt.UTC)
         for start in range(0, count, MAX_BATCH):
             size = min(MAX_BATCH, count - start)
-            await raw.execute(
-                INSERT_SEALS,
+            await write_seals(
+                raw,
                 first + start,
                 [-(start + n) for n in range(1, size + 1)],
                 [now] * size,

@@ -151,10 +151,8 @@ async def seal_once(
         tree_root=tree.root(),
     )
     if events:
-        # Positions follow from each event's place in the batch; the hashes travel as one
-        # bytea, cut in 32-byte pieces by the server (no per-element encoding of 10,000 values).
-        await raw.execute(
-            INSERT_SEALS,
+        await write_seals(
+            raw,
             checkpoint.first_position,
             [event["id"] for event in events],
             [event["occurred_at"] for event in events],
@@ -164,7 +162,22 @@ async def seal_once(
     return checkpoint
 
 
-INSERT_SEALS = """
+async def write_seals(
+    raw: Raw,
+    first_position: int,
+    event_ids: list[int],
+    occurred_at: list[dt.datetime],
+    hashes: bytes,
+    checkpoint_id: int,
+) -> None:
+    """One seal row an event, in one statement: the events' positions follow from their place
+    in the batch from `first_position` on; their hashes travel as one bytea of 32 bytes an
+    event, cut by the server (no per-element encoding of 10,000 values). Also run by
+    `make bench-seal` to measure what the seal rows cost."""
+    await raw.execute(_INSERT_SEALS, first_position, event_ids, occurred_at, hashes, checkpoint_id)
+
+
+_INSERT_SEALS = """
     INSERT INTO audit_seals (position, event_id, occurred_at, event_hash, checkpoint_id)
     SELECT $1::bigint + e.n - 1, e.id, e.occurred_at,
            substring($4::bytea FROM (e.n::int - 1) * 32 + 1 FOR 32), $5::bigint
