@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := gateway schema resolvers migrations tests bench
 
-.PHONY: run test hatest lint schema bench bench-seal loadtest clean
+.PHONY: run test hatest lint schema bench bench-seal bench-audit-rows loadtest clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tillit needs Python 3.11 or newer")'
@@ -54,6 +54,10 @@ bench: $(INSTALLED)
 # The sealer alone: events sealed per second and CPU per event (bench/sealing.py).
 bench-seal: $(INSTALLED)
 	$(BIN)/python -m bench.sealing
+
+# What an access event's row costs PostgreSQL, as stored and in two other shapes (bench/audit_rows.py).
+bench-audit-rows: $(INSTALLED)
+	$(BIN)/python -m bench.audit_rows
 
 loadtest: $(INSTALLED)
 	$(BIN)/python -m bench.loadtest
