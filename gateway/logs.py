@@ -141,10 +141,15 @@ def exception_summary(exc: BaseException) -> dict[str, Any]:
 
     Driver messages can quote row values (a unique-key violation names the duplicate email), so the
     log gets the exception's type and the frames it passed through, and nothing the data could fill.
+    The frames are read from the traceback itself, without their source lines: `extract_tb` looks
+    each file up (a stat a frame, and its lines), which made summarising a failure a third of a
+    refused request's CPU while the database was down (S3's consent changes against a stopped
+    server: 1.78-1.92 ms of worker CPU a request with `extract_tb`, 1.03-1.14 ms without).
     """
     frames = [
-        f"{frame.filename.rsplit('/site-packages/', 1)[-1]}:{frame.lineno} in {frame.name}"
-        for frame in traceback.extract_tb(exc.__traceback__)
+        f"{frame.f_code.co_filename.rsplit('/site-packages/', 1)[-1]}:{line} in "
+        f"{frame.f_code.co_name}"
+        for frame, line in traceback.walk_tb(exc.__traceback__)
     ]
     chain: list[str] = []
     cause: BaseException | None = exc.__cause__ or exc.__context__

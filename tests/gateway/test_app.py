@@ -150,6 +150,52 @@ def test_library_tracebacks_are_logged_without_their_message(
     assert "Traceback" not in logged
 
 
+def test_an_exception_is_summarised_from_its_frames_without_reading_source_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Summarising a failure must stay cheap: while the database is down every request fails, and
+    looking up each frame's source file (a stat and its lines) was most of a refused request's
+    CPU."""
+    import linecache
+
+    from gateway.logs import exception_summary
+
+    def failing() -> None:
+        try:
+            raise OSError("connection refused by kari.nordmann@example.org")
+        except OSError as exc:
+            raise RuntimeError("kari.nordmann@example.org") from exc
+
+    looked_up: list[str] = []
+
+    def counted(name: str) -> Any:
+        original = getattr(linecache, name)
+
+        def lookup(*args: Any, **kwargs: Any) -> Any:
+            looked_up.append(name)
+            return original(*args, **kwargs)
+
+        return lookup
+
+    for name in ("getline", "checkcache", "lazycache", "updatecache"):
+        monkeypatch.setattr(linecache, name, counted(name))
+    try:
+        failing()
+    except RuntimeError as exc:
+        summary = exception_summary(exc)
+
+    assert looked_up == []
+    assert summary["error_type"] == "builtins.RuntimeError"
+    assert summary["caused_by"] == ["builtins.OSError"]
+    this_file = __file__.rsplit("/", 1)[-1]
+    assert [f.split(" in ")[-1] for f in summary["frames"]] == [
+        "test_an_exception_is_summarised_from_its_frames_without_reading_source_files",
+        "failing",
+    ]
+    assert all(this_file in frame for frame in summary["frames"])
+    assert "example.org" not in repr(summary)
+
+
 def test_buffered_log_lines_are_written_in_batches(capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.logs import _Stderr
 
