@@ -43,14 +43,13 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from bench.serving import cpu_delta, postgres_cpu
+from bench.serving import cpu_delta, postgres_cpu, scratch_database
 from gateway.audit.group_commit import NEXT_IDS
 from gateway.audit.trail import AccessRecord, AuditTrail, write_events
 from gateway.domain import AccessOutcome, ClientPrincipal, LegalBasis, Role
 from gateway.settings import Settings
 from gateway.store import migrate
-from gateway.store.db import Raw, asyncpg_dsn, create_engine, normalize_url
-from gateway.store.embedded import start_embedded, with_database
+from gateway.store.db import Raw, asyncpg_dsn, create_engine
 
 EVENTS = int(os.environ.get("AUDIT_ROWS_EVENTS", "100000"))
 ROUNDS = int(os.environ.get("AUDIT_ROWS_ROUNDS", "3"))
@@ -392,16 +391,8 @@ async def run(url: str) -> None:
 
 
 async def main() -> None:
-    configured = os.environ.get("DATABASE_URL")
-    server = normalize_url(configured) if configured else start_embedded(DATA_DIR)
-    name = f"tillit_rows_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(asyncpg_dsn(server))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        await run(with_database(server, name))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database("tillit_rows_bench", DATA_DIR) as url:
+        await run(url)
 
 
 if __name__ == "__main__":

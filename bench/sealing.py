@@ -23,11 +23,10 @@ import time
 import uuid
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.serving import cpu_delta, postgres_cpu
+from bench.serving import cpu_delta, postgres_cpu, scratch_database
 from gateway.audit.group_commit import NEXT_IDS
 from gateway.audit.sealer import seal_until_current, write_seals
 from gateway.audit.sealing import MAX_BATCH
@@ -36,8 +35,7 @@ from gateway.domain import AccessOutcome, LegalBasis, SystemPrincipal
 from gateway.settings import Settings
 from gateway.signing import Signer
 from gateway.store import migrate
-from gateway.store.db import asyncpg_dsn, create_engine, normalize_url, raw_of
-from gateway.store.embedded import start_embedded, with_database
+from gateway.store.db import create_engine, raw_of
 
 EVENTS = int(os.environ.get("SEAL_BENCH_EVENTS", "200000"))
 ROUNDS = int(os.environ.get("SEAL_BENCH_ROUNDS", "3"))
@@ -125,13 +123,7 @@ async def _write_columns(engine: AsyncEngine, count: int) -> None:
         )
 
 
-async def main() -> None:
-    configured = os.environ.get("DATABASE_URL")
-    server = normalize_url(configured) if configured else start_embedded(DATA_DIR)
-    name = f"tillit_seal_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(asyncpg_dsn(server))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(server, name)
+async def measure(url: str) -> None:
     signer, _ = Signer.generate()
     engine = create_engine(url, Settings(dev=True, database_url=url))
     try:
@@ -174,8 +166,11 @@ async def main() -> None:
         )
     finally:
         await engine.dispose()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+
+
+async def main() -> None:
+    async with scratch_database("tillit_seal_bench", DATA_DIR) as url:
+        await measure(url)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,21 @@
-"""How the benchmark and the load test start servers (uvicorn on a free local port), and how
-they count PostgreSQL's CPU."""
+"""How the benchmark and the load test start servers (uvicorn on a free local port) and
+databases of their own, and how they count PostgreSQL's CPU."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+import asyncpg
 import psutil
+
+from gateway.store.db import asyncpg_dsn, normalize_url
+from gateway.store.embedded import start_embedded, with_database
 
 
 def free_port() -> int:
@@ -53,3 +62,21 @@ def postgres_cpu() -> dict[int, float]:
 
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+@asynccontextmanager
+async def scratch_database(prefix: str, data_dir: Path) -> AsyncIterator[str]:
+    """A new database on DATABASE_URL's server (default: the embedded one in `data_dir`), named
+    `prefix` and a random suffix, dropped afterwards; yields its URL."""
+    configured = os.environ.get("DATABASE_URL")
+    server = normalize_url(configured) if configured else start_embedded(data_dir)
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(asyncpg_dsn(server))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield with_database(server, name)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
