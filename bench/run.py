@@ -48,10 +48,13 @@ from gateway.store.embedded import ensure_database, start_embedded, with_databas
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CONCURRENCY = 16
+# Tillit without its audit trail's writes (bench.servers): a reference, never a way to serve.
+UNAUDITED = "tillit-unaudited"
 SERVERS = {
     "tillit": "gateway.app:create_app_from_environment",
     "raw": "bench.servers:raw_factory",
     "bare": "bench.servers:bare_factory",
+    UNAUDITED: "bench.servers:unaudited_factory",
 }
 
 
@@ -73,6 +76,8 @@ class Server:
         self.name = name
         self.port = free_port()
         log = (RESULTS / f"{name}.log").open("ab")
+        if name == UNAUDITED:
+            env = {**env, "TILLIT_SEAL_INTERVAL_SECONDS": "0"}  # it writes nothing to seal
         if name in peer.SCRIPTS:
             arguments = peer.command()
             # Production mode: graphql-js and PostGraphile skip their development checks.
@@ -549,10 +554,15 @@ def main() -> None:
     if "S1" in scenarios:
         peer.install()
         results["S1"] = load_scenario(
-            "S1", "member.lua", ["tillit", "raw", "bare", "peer-view", "peer-audited"], **common
+            "S1",
+            "member.lua",
+            ["tillit", "raw", "bare", "peer-view", "peer-audited", UNAUDITED],
+            **common,
         )
     if "S2" in scenarios:
-        results["S2"] = load_scenario("S2", "members.lua", ["tillit", "raw", "bare"], **common)
+        results["S2"] = load_scenario(
+            "S2", "members.lua", ["tillit", "raw", "bare", UNAUDITED], **common
+        )
     if "S3" in scenarios:
         results["S3"] = load_scenario("S3", "consent.lua", ["tillit", "tillit-S1"], **common)
     if "S4" in scenarios:
@@ -587,14 +597,19 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     if s1:
         summary["S1"]["tillit/bare"] = s1["tillit"]["rps"] / s1["bare"]["rps"]
         summary["S1"]["tillit/raw"] = s1["tillit"]["rps"] / s1["raw"]["rps"]
-        for name in peer.SCRIPTS:
+        for name in (*peer.SCRIPTS, UNAUDITED):
             if name in s1:
                 summary["S1"][f"tillit/{name}"] = s1["tillit"]["rps"] / s1[name]["rps"]
     if "S2" in summary:
-        for server in ("tillit", "raw", "bare"):
-            summary["S2"][server]["members_per_s"] = summary["S2"][server]["rps"] * 100
-        summary["S2"]["tillit/raw"] = summary["S2"]["tillit"]["rps"] / summary["S2"]["raw"]["rps"]
-        summary["S2"]["tillit/bare"] = summary["S2"]["tillit"]["rps"] / summary["S2"]["bare"]["rps"]
+        s2 = summary["S2"]
+        for server in ("tillit", "raw", "bare", UNAUDITED):
+            if server in s2:
+                s2[server]["members_per_s"] = s2[server]["rps"] * 100
+        s2["tillit/raw"] = s2["tillit"]["rps"] / s2["raw"]["rps"]
+        s2["tillit/bare"] = s2["tillit"]["rps"] / s2["bare"]["rps"]
+        if UNAUDITED in s2:
+            s2[f"tillit/{UNAUDITED}"] = s2["tillit"]["rps"] / s2[UNAUDITED]["rps"]
+            s2[f"{UNAUDITED}/raw"] = s2[UNAUDITED]["rps"] / s2["raw"]["rps"]
         if s1:
             summary["S2"]["members_per_s/S1_rps"] = (
                 summary["S2"]["tillit"]["members_per_s"] / s1["tillit"]["rps"]

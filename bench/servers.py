@@ -4,6 +4,11 @@
         SELECT and `json` out; no GraphQL, no consent, no audit (the floor for a Python service).
 - bare: a plain Strawberry schema with the same Member fields, parse and validation caching on,
         no consent, no audit.
+- tillit-unaudited: Tillit itself, deciding and recording each read's access events as always,
+        but dropping them where the group commit would write them: no INSERT, no hash, nothing
+        to seal. What Tillit would cost without its audit trail's writes, so that a run shows
+        their price beside the rest (tillit/tillit-unaudited). Never a way to serve: a read it
+        answers is not audited, which the fail-closed rule forbids.
 
 Both read the member and its enriched values in one statement and answer the same JSON shape as
 Tillit, so a test can check that all three give the same data for a consenting member.
@@ -26,6 +31,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from strawberry.asgi import GraphQL
 from strawberry.extensions import ParserCache, ValidationCache
+
+from gateway.audit.group_commit import GroupCommit
+from gateway.audit.trail import AuditTrail
 
 # One statement: the member's base fields and its enriched values pivoted into columns.
 MEMBER_SQL = """
@@ -143,6 +151,35 @@ def bare_app(url: str) -> Starlette:
     return Starlette(
         routes=[Route("/graphql", graphql, methods=["POST"])], lifespan=_pool_lifespan(url)
     )
+
+
+class _Dropping(GroupCommit):
+    """A group commit that writes nothing: each read's events are counted and dropped."""
+
+    async def write(self, trail: AuditTrail) -> int:
+        count = len(trail.records)
+        trail.records.clear()
+        return count
+
+
+def unaudited(app: Starlette) -> Starlette:
+    """Tillit's app with its reads' access events dropped instead of written (see above)."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            assert state is not None  # gateway.app's lifespan yields its State
+            yield {**state, "group_commit": _Dropping(state["raw_pool"])}
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def unaudited_factory() -> Starlette:
+    from gateway.app import create_app_from_environment
+
+    return unaudited(create_app_from_environment())
 
 
 def raw_factory() -> Starlette:

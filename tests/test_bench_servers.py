@@ -17,7 +17,9 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.seed import seed_events
-from bench.servers import bare_app, raw_app
+from bench.servers import bare_app, raw_app, unaudited
+from gateway.app import create_app
+from gateway.settings import Settings
 from tests.conftest import TEST_SIGNER, Api, add_client, add_member
 from tests.helpers import enrich, grant
 
@@ -95,6 +97,47 @@ async def test_all_three_servers_answer_the_same_data(
         assert json.dumps(tillit).count("active_outdoor") == (
             1 if query == MEMBER else len(members)
         )
+
+
+async def test_the_unaudited_reference_answers_as_tillit_does_and_writes_no_events(
+    api: Api, db: AsyncEngine, gateway_url: str, settings: Settings
+) -> None:
+    """`tillit-unaudited` is Tillit less its audit trail's writes, nothing else: the same answers
+    (withheld fields included), and no access event, where Tillit writes one a member."""
+    members = [await add_member(db) for _ in range(2)]
+    grant_id = await grant(db, members[0], "personalized_offers")
+    await enrich(db, members[0], grant_id)  # the other member has no consent to read under
+    key = (await add_client(db, name="bench-app", purposes=("personalized_offers",))).key
+    variables = {"ids": [str(m) for m in members], "purpose": "personalized_offers"}
+
+    async def events() -> int:
+        async with db.connect() as connection:
+            return int(await connection.scalar(text("SELECT count(*) FROM access_events")))
+
+    before = await events()
+    tillit = (await api.graphql(MEMBERS, variables, token=key)).json()
+    assert await events() == before + len(members)
+    app = unaudited(create_app(settings, database_url=gateway_url))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://bench.test"
+        ) as client,
+    ):
+        answer = (
+            await client.post(
+                "/graphql",
+                json={"query": MEMBERS, "variables": variables},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+        ).json()
+
+    assert answer == tillit
+    # Withheld from the member without consent only, as Tillit withholds them.
+    assert {(e["path"][1], e["extensions"]["code"]) for e in answer["errors"]} == {
+        (1, "CONSENT_REQUIRED")
+    }
+    assert await events() == before + len(members)
 
 
 async def test_the_benchmark_seeds_events_from_before_this_month_began(db: AsyncEngine) -> None:
