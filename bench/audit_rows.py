@@ -202,6 +202,7 @@ def _array(items: Sequence[object]) -> str:
     return "{" + ",".join(f'"{item}"' for item in items) + "}"
 
 
+_REQUESTED_ARRAY, _BASE_ARRAY = _array(REQUESTED), _array(BASE)
 _WITHHELD_JSON = orjson.dumps(WITHHELD).decode()
 
 
@@ -212,8 +213,8 @@ def _classes(read: Read) -> list[tuple[str, str, str, list[tuple[uuid.UUID, uuid
     for member, consent in read.members:
         (partial if consent is None else released).append((member, consent))
     return [
-        ("RELEASED", _array(REQUESTED), "{}", released),
-        ("PARTIAL", _array(BASE), _WITHHELD_JSON, partial),
+        ("RELEASED", _REQUESTED_ARRAY, "{}", released),
+        ("PARTIAL", _BASE_ARRAY, _WITHHELD_JSON, partial),
     ]
 
 
@@ -248,7 +249,7 @@ async def write_thin(
     await connection.execute(
         _INSERT_THIN,
         *class_columns[:4],
-        _array(REQUESTED),
+        _REQUESTED_ARRAY,
         *class_columns[4:6],
         client.id,
         *event_columns,
@@ -278,7 +279,7 @@ async def write_per_class(
     await connection.execute(
         _INSERT_PER_CLASS,
         *columns[:4],
-        _array(REQUESTED),
+        _REQUESTED_ARRAY,
         *columns[4:6],
         columns[6],
         client.id,
@@ -307,13 +308,11 @@ class Shape:
     wall: list[float]
 
 
-async def write_reads(shape: Shape, connection: asyncpg.Connection, batch: Sequence[Read]) -> float:
+async def write_reads(shape: Shape, batch: Sequence[Read]) -> float:
     """PostgreSQL's CPU seconds for writing `batch`, a statement (and commit) a group of reads."""
     pg = postgres_cpu()
     for start in range(0, len(batch), READS_A_STATEMENT):
         await shape.write(batch[start : start + READS_A_STATEMENT])
-    # Let the backends' counters catch up before reading them (they are read from /proc).
-    await connection.execute("SELECT 1")
     return cpu_delta(pg, postgres_cpu())
 
 
@@ -361,13 +360,13 @@ async def run(url: str) -> None:
         for shape in measured:
             total = PRELOAD // MEMBERS_A_READ
             for done in range(0, total, 1000):
-                await write_reads(shape, connection, reads(min(1000, total - done), population))
+                await write_reads(shape, reads(min(1000, total - done), population))
         await connection.execute("CHECKPOINT")
         for number in range(1, ROUNDS + 1):
             batch = reads(per_round, population)
             for shape in measured:
                 began = time.perf_counter()
-                cpu = await write_reads(shape, connection, batch)
+                cpu = await write_reads(shape, batch)
                 shape.wall.append((time.perf_counter() - began) / EVENTS * 1e6)
                 shape.cpu.append(cpu / EVENTS * 1e6)
                 print(

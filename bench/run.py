@@ -611,9 +611,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             s2[f"tillit/{UNAUDITED}"] = s2["tillit"]["rps"] / s2[UNAUDITED]["rps"]
             s2[f"{UNAUDITED}/raw"] = s2[UNAUDITED]["rps"] / s2["raw"]["rps"]
         if s1:
-            summary["S2"]["members_per_s/S1_rps"] = (
-                summary["S2"]["tillit"]["members_per_s"] / s1["tillit"]["rps"]
-            )
+            s2["members_per_s/S1_rps"] = s2["tillit"]["members_per_s"] / s1["tillit"]["rps"]
     if "S3" in summary:
         # S1 as measured between S3's rounds (older results have none: S1's own rounds).
         paired = summary["S3"].get("tillit-S1") or (s1 or {}).get("tillit")

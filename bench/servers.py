@@ -10,8 +10,8 @@
         their price beside the rest (tillit/tillit-unaudited). Never a way to serve: a read it
         answers is not audited, which the fail-closed rule forbids.
 
-Both read the member and its enriched values in one statement and answer the same JSON shape as
-Tillit, so a test can check that all three give the same data for a consenting member.
+raw and bare read the member and its enriched values in one statement and answer the same JSON
+shape as Tillit, so a test can check that all three give the same data for a consenting member.
 """
 
 from __future__ import annotations

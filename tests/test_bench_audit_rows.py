@@ -25,7 +25,7 @@ async def test_every_shape_holds_the_same_member_accesses(empty_database_url: st
         reads = audit_rows.reads(10, population)  # two statements: eight reads, then two
         measured = audit_rows.shapes(connection)
         for shape in measured:
-            await audit_rows.write_reads(shape, connection, reads)
+            await audit_rows.write_reads(shape, reads)
         held = {
             shape.name: sorted(tuple(row) for row in await connection.fetch(ACCESSES[shape.name]))
             for shape in measured
