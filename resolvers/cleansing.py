@@ -162,7 +162,7 @@ async def withdraw_objection(context: Context, *, purpose: str) -> LiftView:
         target,
         declared.key,
         lifted is not None,
-        context.now if lifted else None,
+        lifted.lifted_at if lifted else None,
         "Objection withdrawn; processing for this purpose may resume."
         if lifted
         else "No objection to this purpose was in force; nothing changed.",

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit.trail import AccessRecord
-from gateway.domain import AccessOutcome, Capability, EnrichedField, LegalBasis, MemberState
+from gateway.domain import (
+    AccessOutcome,
+    Capability,
+    EnrichedField,
+    LegalBasis,
+    MembershipStatus,
+    MemberState,
+)
 from gateway.errors import BadUserInput, NotFound
 from gateway.records.consents import fetch_consent_states, lock_consent
 from gateway.records.enrichment import (
@@ -65,16 +72,16 @@ async def record(
             raise BadUserInput(
                 "`obtainedAt` is a past time with a time zone.", argument="obtainedAt"
             )
-        record_ = await context.loaders.member.load(target)
-        if record_ is None:
+        # Hold the member and the consent still while we rely on them: a concurrent withdrawal,
+        # closing or erasure waits for us and then purges what we wrote, or we wait for it and
+        # are refused (the status is the one in force once the locks are held).
+        status = await lock_consent(context.db, target, declared.key)
+        if status is None:
             raise NotFound("No member has this id.", argument="memberId")
-        # Hold the consent still while we rely on it: a concurrent withdrawal waits for us and
-        # then purges what we wrote, or we wait for it and are refused.
-        await lock_consent(context.db, target, declared.key)
         # Read after the lock, not from the request's loader: the state we rely on is current.
         states = await fetch_consent_states(context.db, [target])
         state = MemberState(
-            membership_active=record_.membership_active, consents=states.get(target, {})
+            membership_active=status is MembershipStatus.ACTIVE, consents=states.get(target, {})
         )
         refusal, consent_id = enrichment_refusal(declared, cleaned, state, context.now)
         if refusal is not None:

@@ -95,18 +95,30 @@ async def add_cosignatures(
         raise CosignatureRefused(
             409, "This log never published that checkpoint (its size and root do not match)."
         )
-    now = await raw.fetchrow("SELECT now() AS now")
-    clock = now["now"]
+    times = await raw.fetchrow(_TIMES, head.size)
+    # Whole seconds since 1970, compared before any is made a datetime: a witness's clock may be
+    # off by MAX_CLOCK_SKEW_SECONDS either way, but it cannot have cosigned before the
+    # checkpoint was signed, nor in the future.
+    earliest = int(times["signed"]) - MAX_CLOCK_SKEW_SECONDS
+    latest = int(times["now"]) + MAX_CLOCK_SKEW_SECONDS
     kept: list[str] = []
     rows: list[tuple[str, bytes, dt.datetime, str]] = []
     for key in witnesses:
-        for signature in note.by(key):
+        # The same line sent twice is kept once; two different ones by one key are refused.
+        lines = {signature.line: signature for signature in note.by(key)}
+        if len(lines) > 1:
+            raise CosignatureRefused(400, f"{key.name} cosigned this checkpoint more than once.")
+        for signature in lines.values():
             timestamp = cosignature_time(key, signature, note.text)
             if timestamp is None:
                 raise CosignatureRefused(400, f"The cosignature by {key.name} does not verify.")
-            signed_at = dt.datetime.fromtimestamp(timestamp, dt.UTC)
-            if (signed_at - clock).total_seconds() > MAX_CLOCK_SKEW_SECONDS:
+            if timestamp > latest:
                 raise CosignatureRefused(400, f"The cosignature by {key.name} is from the future.")
+            if timestamp < earliest:
+                raise CosignatureRefused(
+                    400, f"The cosignature by {key.name} is older than the checkpoint it signs."
+                )
+            signed_at = dt.datetime.fromtimestamp(timestamp, dt.UTC)
             rows.append((key.name, key.id, signed_at, signature.line))
             kept.append(key.name)
     if not rows:
@@ -127,6 +139,15 @@ async def add_cosignatures(
         [r[3] for r in rows],
     )
     return head, kept
+
+
+# When the checkpoint of a size was signed (its first, if the size was signed again), and the
+# database's clock now, in whole seconds since 1970.
+_TIMES = (
+    "SELECT (SELECT floor(extract(epoch FROM min(created_at))) FROM audit_checkpoints "
+    "WHERE last_position = $1 AND note IS NOT NULL) AS signed, "
+    "floor(extract(epoch FROM now())) AS now"
+)
 
 
 async def _past_keys(raw: Raw, origin: str) -> list[NoteKey]:

@@ -24,8 +24,9 @@ from gateway.domain import (
     Purpose,
 )
 from gateway.errors import BadUserInput, NotFound, Refused
+from gateway.records.locks import Hold, lock_member, locked_at
 from gateway.store import models
-from gateway.store.db import Raw
+from gateway.store.db import Raw, raw_of
 
 FIELD_CATEGORY = {
     CleansableField.STREET: Category.ADDRESS,
@@ -129,10 +130,13 @@ async def record_cleansing(
         )
     m = models.Member
     column = getattr(m, field.value)
-    # Lock the member's row: two corrections of one field apply one after the other.
+    # The member's lock at CHANGE (gateway.records.locks): two corrections of one field apply
+    # one after the other, and a closing or an erasure in flight commits first.
     row = (
         await connection.execute(
-            select(m.id, column, m.membership_status).where(m.id == member_id).with_for_update()
+            select(m.id, column, m.membership_status)
+            .where(m.id == member_id)
+            .with_for_update(key_share=True)  # FOR NO KEY UPDATE
         )
     ).first()
     if row is None:
@@ -189,6 +193,7 @@ class ObjectionRecord:
     purpose: str
     objected_at: dt.datetime
     created: bool
+    lifted_at: dt.datetime | None = None
 
 
 async def object_to(
@@ -213,6 +218,9 @@ async def object_to(
         )
     if reason is not None and len(reason) > 2000:
         raise BadUserInput("`reason` is longer than 2000 characters.", argument="reason")
+    if await lock_member(await raw_of(connection), member_id, Hold.CHANGE) is None:
+        raise NotFound("No member has this id.", argument="memberId")
+    now = locked_at(now)
     o = models.Objection
     inserted = (
         await connection.execute(
@@ -264,14 +272,18 @@ async def lift_objection(
     """The member lifts their objection to a purpose, effective from the next request (the
     decision reads objections in each request's transaction). The row stays, with `lifted_at`:
     the history. None when no objection was in force."""
-    row = await connection.fetchrow(_LIFT, member_id, purpose.key, now)
+    if await lock_member(connection, member_id, Hold.CHANGE) is None:
+        raise NotFound("No member has this id.", argument="memberId")
+    row = await connection.fetchrow(_LIFT, member_id, purpose.key, locked_at(now))
     if row is None:
         return None
-    return ObjectionRecord(row["id"], purpose.key, row["objected_at"], created=True)
+    return ObjectionRecord(
+        row["id"], purpose.key, row["objected_at"], created=True, lifted_at=row["lifted_at"]
+    )
 
 
 _LIFT = (
     "UPDATE objections SET lifted_at = $3 "
     "WHERE member_id = $1 AND purpose_key = $2 AND lifted_at IS NULL "
-    "RETURNING id, objected_at"
+    "RETURNING id, objected_at, lifted_at"
 )

@@ -34,6 +34,7 @@ from gateway.records.consents import (
     withdraw_if_in_force,
 )
 from gateway.records.enrichment import purge_uncovered
+from gateway.records.locks import Hold
 from gateway.store.db import Raw
 
 MAX_EVIDENCE = 20_000
@@ -228,7 +229,7 @@ async def withdraw_consent(
     key = _check_text(idempotency_key, "idempotencyKey", MAX_IDEMPOTENCY_KEY, required=False)
     assert channel_ is not None
 
-    if await lock_consent(connection, member_id, purpose.key) is None:
+    if await lock_consent(connection, member_id, purpose.key, Hold.CHANGE) is None:
         raise NotFound("No member has this id.", argument="memberId")
     if key is not None:
         existing = await event_by_idempotency_key(connection, member_id, purpose.key, key)
@@ -272,7 +273,7 @@ async def expire_lapsed_consent(
     Reads stop releasing at the expiry instant without this; it makes the history say so and
     deletes what may no longer be kept.
     """
-    await lock_consent(connection, member_id, purpose.key)
+    await lock_consent(connection, member_id, purpose.key, Hold.CHANGE)
     now = dt.datetime.now(dt.UTC)
     current = await current_event(connection, member_id, purpose.key)
     if current is None or current.kind is not ConsentEventKind.GRANTED:

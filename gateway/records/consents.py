@@ -18,6 +18,7 @@ from gateway.domain import (
     ConsentState,
     MembershipStatus,
 )
+from gateway.records.locks import Hold
 from gateway.store import models
 from gateway.store.db import Raw
 
@@ -110,25 +111,40 @@ def event_of(row: Any) -> ConsentEventRecord:
 
 
 async def lock_consent(
-    connection: Raw, member_id: uuid.UUID, purpose: str
+    connection: Raw, member_id: uuid.UUID, purpose: str, hold: Hold = Hold.SHARE
 ) -> MembershipStatus | None:
-    """Serialise changes to one (member, purpose) until this transaction ends; returns the
-    member's membership status, None if no member has this id (asked in the same round trip).
+    """Hold the member, then serialise changes to one (member, purpose) until this transaction
+    ends; returns the member's membership status as it is now, None if no member has this id.
 
-    With the lock held from before the insert until the commit, the order of `seq` is the order
-    of commits: the newest event by `seq` is the last one committed.
+    The member first, as every write path takes it (gateway.records.locks): closing and erasing
+    hold the member's row exclusively, so a change that comes while one of them runs waits for
+    it and then reads the status it committed (CLOSED, or no member at all), never the status of
+    a snapshot taken before it waited. With the consent lock held from before the insert until
+    the commit, the order of `seq` is the order of commits: the newest event by `seq` is the
+    last one committed.
+
+    A change that may purge enriched values (a withdrawal, an expiry) holds the member at CHANGE,
+    so that two of them for different purposes of one member apply one after the other: each
+    decides what no consent covers any more after the other has committed, never both before.
     """
-    [row] = await connection.fetch(_LOCK, f"consent:{member_id}:{purpose}", member_id)
+    [row] = await connection.fetch(_LOCK[hold], member_id, f"consent:{member_id}:{purpose}")
     status = row["membership_status"]
     return MembershipStatus(status) if status is not None else None
 
 
 # Raw SQL from here to append_event: each consent change runs these (measured: SQLAlchemy's
 # statement building was most of a grant's time).
-_LOCK = (
-    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), "
-    "(SELECT membership_status FROM members WHERE id = $2) AS membership_status"
-)
+# One round trip, in the lock order: the member's row (FOR KEY SHARE, in a materialized CTE that
+# the join reads before it projects its row), then the advisory lock (projected after the join).
+# A row lock re-reads a row changed by a transaction it waited for (READ COMMITTED's recheck), so
+# the status is the committed one, not the statement snapshot's.
+_LOCK = {
+    hold: "WITH m AS MATERIALIZED ("  # noqa: S608  # the lock clause is one of Hold's
+    f"SELECT membership_status FROM members WHERE id = $1 {hold.value}) "
+    "SELECT m.membership_status, pg_advisory_xact_lock(hashtextextended($2, 0)) "
+    "FROM (VALUES (1)) AS one (x) LEFT JOIN m ON true"
+    for hold in Hold
+}
 # The interpolated part is the model's column list, never input.
 _BY_KEY = (
     f"SELECT {_COLUMNS} FROM consent_events "  # noqa: S608

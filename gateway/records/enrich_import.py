@@ -48,6 +48,7 @@ from gateway.records.enrichment import (
     upsert_values,
     validate_value,
 )
+from gateway.records.locks import Hold, lock_members
 from gateway.records.members import fetch_members
 from gateway.store.db import raw_of
 
@@ -134,8 +135,11 @@ def _parse(row: Row, header: list[str]) -> _Parsed:
 
 
 async def _lock_all(connection: AsyncConnection, members: list[uuid.UUID], purpose: str) -> None:
-    # The same advisory locks as grantConsent/withdrawConsent, taken in a fixed order so that two
-    # imports cannot deadlock: a withdrawal waits for this batch and then purges what it wrote.
+    # The lock order of every write path (gateway.records.locks): the members' rows first, in id
+    # order, then the same advisory locks as grantConsent/withdrawConsent, in a fixed order, so
+    # that neither two imports nor an import and a closing or erasure can deadlock: a withdrawal
+    # waits for this batch and then purges what it wrote.
+    await lock_members(await raw_of(connection), members, Hold.SHARE)
     keys = sorted({f"consent:{member_id}:{purpose}" for member_id in members})
     await connection.execute(
         text(

@@ -48,6 +48,7 @@ from gateway.records.consents import (
     lock_consent,
     withdraw_if_in_force,
 )
+from gateway.records.locks import Hold, locked_at
 from gateway.records.profile import check_changes
 from gateway.store.db import Raw
 
@@ -325,7 +326,8 @@ async def enroll_member(
 # -- Changing --------------------------------------------------------------------------------------
 
 _COLUMNS = ", ".join(f.value for f in ProfileField)
-_CURRENT = f"SELECT membership_status, {_COLUMNS} FROM members WHERE id = $1 FOR UPDATE"  # noqa: S608
+# The member's lock (gateway.records.locks) at CHANGE, and the values it changes, in one statement.
+_CURRENT = f"SELECT membership_status, {_COLUMNS} FROM members WHERE id = $1 {Hold.CHANGE.value}"  # noqa: S608
 _EMAIL_TAKEN = "SELECT EXISTS (SELECT 1 FROM members WHERE lower(email) = lower($1) AND id <> $2)"
 _RECORD_CHANGES = (
     "INSERT INTO profile_changes (member_id, field, old_value, new_value, actor_kind, client_id, "
@@ -427,7 +429,8 @@ async def fetch_profile_changes(
 
 # -- Leaving ---------------------------------------------------------------------------------------
 
-_LOCK_MEMBER = "SELECT membership_status, closed_at FROM members WHERE id = $1 FOR UPDATE"
+# The member's lock at END (gateway.records.locks): every change in flight commits first.
+_LOCK_MEMBER = f"SELECT membership_status, closed_at FROM members WHERE id = $1 {Hold.END.value}"  # noqa: S608
 _CLOSE = (
     "UPDATE members SET membership_status = 'CLOSED', closed_at = $2, updated_at = $2 WHERE id = $1"
 )
@@ -493,6 +496,7 @@ async def close_membership(
         raise NotFound("No member has this id.", argument="memberId")
     if row["membership_status"] != MembershipStatus.ACTIVE.value:
         return Closing(member_id, False, row["closed_at"], (), ())
+    now = locked_at(now)
     await connection.execute(_CLOSE, member_id, now)
     withdrawn, purged = await _withdraw_everything(
         connection, member_id, purposes=purposes, actor=actor, channel=channel, now=now
@@ -550,6 +554,7 @@ async def erase_member(
     row = await connection.fetchrow(_LOCK_MEMBER, member_id)
     if row is None:
         raise NotFound("No member has this id.", argument="memberId")
+    now = locked_at(now)
     actor = Actor(ActorKind.MEMBER if requested_by is ActorKind.MEMBER else ActorKind.SYSTEM)
     withdrawn, purged = await _withdraw_everything(
         connection, member_id, purposes=purposes, actor=actor, channel="erasure", now=now

@@ -266,6 +266,26 @@ def unavailable(exc: BaseException | None) -> bool:
     return False
 
 
+# A transaction that lost a race with another: PostgreSQL rolled it back whole (a deadlock victim,
+# a serialization failure), or a key it relied on was taken or removed by a transaction that
+# committed meanwhile (a unique or a foreign key). Nothing of it stands, and running it again sees
+# what the other committed: the operation boundary's caller retries it, a bounded number of times
+# (gateway.web.graphql), and the second run answers in domain terms (ALREADY_MEMBER, NOT_FOUND).
+_CONTENDED = frozenset({"40001", "40P01", "23505", "23503"})
+
+
+def contended(exc: BaseException | None) -> str | None:
+    """The SQLSTATE if `exc`, or what it wraps, says the transaction lost a race (see above)."""
+    for _ in range(6):
+        if exc is None:
+            return None
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(state, str) and state in _CONTENDED:
+            return state
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return None
+
+
 @contextmanager
 def translated() -> Iterator[None]:
     """Driver and socket errors that say the database cannot answer now leave as

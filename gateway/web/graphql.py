@@ -18,6 +18,8 @@ where they have a plan, else through graphql-core.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,6 +156,20 @@ def _label(operation: OperationDefinitionNode | None) -> str:
 
 class _Rollback(Exception):
     """Raised inside the transaction to undo an operation that failed unexpectedly."""
+
+
+class _Contended(Exception):
+    """Raised inside the transaction to undo an operation that lost a race with another (see
+    gateway.store.db.contended), so that it runs again."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+# Runs of one operation that lost a race before it is answered CONFLICT: a deadlock victim or a
+# key taken meanwhile wins on its second run, since the other transaction has committed by then.
+ATTEMPTS = 4
 
 
 class GraphQLEndpoint:
@@ -302,6 +318,39 @@ class GraphQLEndpoint:
         operation_name: str | None,
         operation: OperationDefinitionNode | None,
     ) -> Answer:
+        """Run the operation; run it again (rolled back whole each time) while it loses a race
+        with another transaction, at most ATTEMPTS times, then answer 409 CONFLICT."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await self._attempt(request, document, variables, operation_name, operation)
+            except Exception as exc:
+                sqlstate = exc.sqlstate if isinstance(exc, _Contended) else db.contended(exc)
+                if sqlstate is None:
+                    raise
+            metrics.RETRIES.labels(sqlstate).inc()
+            log.info(
+                "operation.contended",
+                operation=_label(operation),
+                sqlstate=sqlstate,
+                attempt=attempt,
+            )
+            # A little apart, so that two transactions that deadlocked do not meet again.
+            await asyncio.sleep(random.uniform(0, 0.005 * attempt))  # noqa: S311  # not a secret
+        return _error_answer(
+            409,
+            ErrorCode.CONFLICT,
+            "The change met concurrent changes to the same member and was not made; try again.",
+            **{"Retry-After": "1"},
+        )
+
+    async def _attempt(
+        self,
+        request: Request,
+        document: DocumentNode,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        operation: OperationDefinitionNode | None,
+    ) -> Answer:
         read_only = _only(operation, OperationType.QUERY, READ_ONLY_ROOTS)
         if read_only:
             via = Via.RAW_READ
@@ -346,6 +395,10 @@ class GraphQLEndpoint:
                 if failures:
                     if any(db.unavailable(f) for f in failures):
                         raise failures[0]
+                    for failure in failures:
+                        sqlstate = db.contended(failure)
+                        if sqlstate is not None:
+                            raise _Contended(sqlstate)
                     for failure in failures:
                         log.error("graphql.unexpected_error", **exception_summary(failure))
                     raise _Rollback

@@ -57,6 +57,11 @@ AUDIT_WRITE = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 AUDIT_EVENTS = Counter("tillit_audit_events_written", "Access events written.")
+RETRIES = Counter(
+    "tillit_operation_retries",
+    "Operations run again after losing a race with another transaction, by SQLSTATE.",
+    ["sqlstate"],
+)
 POOL = Gauge(
     "tillit_db_pool_connections",
     "Database connections of the workers, by state.",

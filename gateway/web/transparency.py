@@ -88,7 +88,7 @@ def _count(request: Request, name: str) -> int | None:
         return None
     if len(values) > 1 or not values[0].isascii() or not values[0].isdigit():
         raise _bad(f"`{name}` is one positive whole number.")
-    if len(values[0]) > 19 or int(values[0]) < 1:
+    if len(values[0]) > 19 or not 1 <= int(values[0]) < 1 << 63:
         raise _bad(f"`{name}` is a positive whole number below 2^63.")
     return int(values[0])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,6 +104,49 @@ async def test_the_gateway_keeps_only_cosignatures_it_can_check(log: Api, tmp_pa
     assert response.status_code == 413
     response = await log.http.post("/audit/cosignature", content=b"\xff\xfe")
     assert response.status_code == 400
+
+
+def cosigned_by_alice(note: str, *timestamps: int) -> str:
+    """The log's checkpoint (its cosignature lines dropped) with Alice's line for each time."""
+    text = note.split("\n\n", 1)[0] + "\n"
+    signature = note.split("\n\n", 1)[1].splitlines()[0]
+    lines = "".join(ALICE.cosign(text, t).line for t in timestamps)
+    return f"{text}\n{signature}\n{lines}"
+
+
+async def test_cosignatures_with_impossible_times_are_refused_and_twins_kept_once(
+    log: Api, db: AsyncEngine
+) -> None:
+    note = (await log.http.get("/audit/checkpoint")).text
+    now = int(time.time())
+
+    refused = {}
+    for name, body in {
+        "1970": cosigned_by_alice(note, 1),
+        "2^40": cosigned_by_alice(note, 1 << 40),
+        "2^62": cosigned_by_alice(note, 1 << 62),
+        "two different": cosigned_by_alice(note, now, now - 1),
+    }.items():
+        response = await log.http.post("/audit/cosignature", content=body.encode())
+        refused[name] = (response.status_code, response.json()["errors"][0]["message"])
+    twice = await log.http.post(
+        "/audit/cosignature", content=cosigned_by_alice(note, now, now).encode()
+    )
+
+    assert refused["1970"] == (
+        400,
+        f"The cosignature by {ALICE.name} is older than the checkpoint it signs.",
+    )
+    assert refused["2^40"] == (400, f"The cosignature by {ALICE.name} is from the future.")
+    assert refused["2^62"] == (400, f"The cosignature by {ALICE.name} is from the future.")
+    assert refused["two different"] == (
+        400,
+        f"{ALICE.name} cosigned this checkpoint more than once.",
+    )
+    assert twice.status_code == 200
+    assert twice.json()["accepted"] == [ALICE.name]
+    published = (await log.http.get("/audit/checkpoint")).text
+    assert published.count(f"— {ALICE.name} ") == 1
 
 
 @pytest.fixture

@@ -344,3 +344,20 @@ async def test_audit_keys_prints_the_keys(grown: AsyncEngine, cli_env: object) -
     assert "witnesses: none configured" in table.output
     assert '"current": true' in listed.output
     assert TEST_SIGNER.verifier.public_base64 in listed.output
+
+
+@pytest.mark.parametrize(
+    ("route", "params"),
+    [
+        ("/audit/checkpoint", {"size": "9223372036854775808"}),
+        ("/audit/checkpoint", {"size": "9999999999999999999"}),
+        ("/audit/proof/consistency", {"from": "1", "to": "9223372036854775808"}),
+        ("/audit/proof/inclusion", {"size": "9223372036854775808", "position": "1"}),
+    ],
+)
+async def test_sizes_past_2_63_are_400_not_a_database_error(
+    public: Api, route: str, params: dict[str, str]
+) -> None:
+    response = await public.http.get(route, params=params)
+    assert response.status_code == 400
+    assert "below 2^63" in response.json()["errors"][0]["message"]
