@@ -10,9 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.access.caches import TtlCache
 from gateway.access.purposes import fetch_purposes
+from gateway.audit.tiles import MAX_PROOFS
 from gateway.audit.trail import AuditTrail
 from gateway.domain import MemberPrincipal, Principal, Purpose
-from gateway.errors import TillitError
+from gateway.errors import BadUserInput, TillitError
 from gateway.settings import Settings
 from gateway.store.db import Raw
 from resolvers.loaders import Loaders
@@ -45,6 +46,19 @@ class Context:
     _sql: AsyncConnection | None = field(default=None, repr=False)
     _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
     _loaders: Loaders | None = field(default=None, repr=False)
+    # Inclusion proofs this operation may still ask for, across all its fields and aliases.
+    _proofs_left: int = field(default=MAX_PROOFS, repr=False)
+
+    def spend_proofs(self, count: int) -> None:
+        """Take `count` proofs from the operation's budget (MAX_PROOFS in all, however many
+        fields ask), or refuse before any is computed."""
+        if count > self._proofs_left:
+            raise BadUserInput(
+                f"At most {MAX_PROOFS} entries with proofs in one request; ask for fewer "
+                "(`first`) or in several requests.",
+                argument="proofsAt",
+            )
+        self._proofs_left -= count
 
     @property
     def sql(self) -> AsyncConnection:

@@ -125,6 +125,7 @@ async def access_history(
     )
     if proofs_at is None:
         return page
+    context.spend_proofs(len(page.entries))
     entries = await with_seals(context.db, page.entries, proofs_at, reader=member_id)
     return LogPage(entries, has_next_page=page.has_next_page)
 

@@ -109,7 +109,10 @@ async def read(api: Api, key: str, member_id: uuid.UUID | str, purpose: str) -> 
     return body
 
 
-async def write_events(engine: AsyncEngine, count: int, *, request: str = "req") -> None:
+async def write_events(
+    engine: AsyncEngine, count: int, *, request: str = "req", member_id: uuid.UUID | None = None
+) -> None:
+    """`count` access events, each about `member_id` (or each about a member of its own)."""
     trail = AuditTrail(
         request_id=request, principal=SystemPrincipal("test"), now=dt.datetime.now(dt.UTC)
     )
@@ -117,7 +120,7 @@ async def write_events(engine: AsyncEngine, count: int, *, request: str = "req")
         trail.record(
             AccessRecord(
                 operation="member",
-                member_id=uuid.uuid4(),
+                member_id=member_id or uuid.uuid4(),
                 purpose="membership_service",
                 legal_basis=LegalBasis.CONTRACT,
                 outcome=AccessOutcome.RELEASED,

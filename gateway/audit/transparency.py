@@ -248,11 +248,12 @@ async def with_seals(
 
     `reader` is the member reading: an event by another member's token (refused, but recorded)
     keeps its leaf to itself, since the leaf names that member."""
-    latest = await latest_size(raw)
-    if latest is None or not 1 <= tree_size <= latest:
+    if tree_size < 1 or await _note(raw, tree_size) is None:
+        # Only a size the log signed: a proof into a tree nobody signed proves nothing.
+        latest = await latest_size(raw)
         raise BadUserInput(
-            f"`proofsAt` is the size of a published checkpoint (at most {latest or 0}; "
-            "GET /audit/checkpoint).",
+            f"`proofsAt` is the size of a published checkpoint (GET /audit/checkpoint?size=N; "
+            f"the newest is {latest or 0}); no checkpoint was signed at {tree_size}.",
             argument="proofsAt",
         )
     if len(entries) > MAX_PROOFS:
