@@ -35,6 +35,7 @@ from gateway.web.boundary import Boundary, error_body
 from gateway.web.graphql import GraphQLEndpoint
 from gateway.web.me import me_export, me_page
 from gateway.web.middleware import RequestContextMiddleware
+from gateway.web.ratelimit import RateLimiter, public_limiter
 from gateway.web.readiness import readyz
 from gateway.web.transparency import ROUTES as TRANSPARENCY_ROUTES
 
@@ -51,6 +52,7 @@ class State(TypedDict):
     client_cache: TtlCache[str, ClientPrincipal]
     policy_cache: TtlCache[str, dict[str, Purpose]]
     boundary: Boundary
+    public_rate_limit: RateLimiter | None
 
 
 async def healthz(request: Request) -> Response:
@@ -121,10 +123,12 @@ def create_app(
             if settings.seal_interval_seconds > 0
             else None
         )
-        limiter = boundary.rate_limit
-        syncing = (
-            asyncio.create_task(limiter.run_sync(raw_pool, stop)) if limiter is not None else None
-        )
+        public = public_limiter(settings)
+        syncing = [
+            asyncio.create_task(limiter.run_sync(raw_pool, stop))
+            for limiter in (boundary.rate_limit, public)
+            if limiter is not None
+        ]
         try:
             yield {
                 "settings": settings,
@@ -136,6 +140,8 @@ def create_app(
                 "head_revision": migrate.head_revision(),
                 # Every route that reads or changes member data runs through it.
                 "boundary": boundary,
+                # The public routes' buckets, one per client address (gateway.web.transparency).
+                "public_rate_limit": public,
                 "token_keys": token_keys,
                 "client_cache": TtlCache(POLICY_TTL_SECONDS),
                 "policy_cache": TtlCache(POLICY_TTL_SECONDS),
@@ -145,8 +151,8 @@ def create_app(
             await group_commit.close()
             if sealer is not None:
                 await sealer
-            if syncing is not None:
-                await syncing
+            for task in syncing:
+                await task
             await raw_pool.close()
             await engine.dispose()
             log.info("gateway.stopped")

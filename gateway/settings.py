@@ -210,6 +210,18 @@ class Settings(BaseSettings):
         le=10,
         description="How often each worker adds its clients' requests to the shared counts.",
     )
+    public_rate_limit_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second each client address may make to the public routes "
+        "(the audit log's keys, checkpoints, tiles and proofs), shared by every worker; 0 turns "
+        "it off.",
+    )
+    public_rate_limit_burst: int = Field(
+        default=200,
+        ge=1,
+        description="Requests an address may make at once to the public routes above its rate.",
+    )
     fast_path: bool = Field(
         default=True,
         description="Run `member`/`members` operations and the consent changes with leaf fields "

@@ -7,25 +7,41 @@ Used by `tillit audit witness` and `tillit audit verify --remote`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from gateway.audit.tree import ProofError, leaf_hash, root_from_inclusion, verify_consistency
+from gateway.audit.tree import (
+    HASH_SIZE,
+    ProofError,
+    TileId,
+    inclusion_from_tiles,
+    inclusion_tiles,
+    leaf_hash,
+    root_from_inclusion,
+    tile_path,
+    tile_width,
+    verify_consistency,
+)
 from gateway.audit.verify import VerifyReport, verify_export
 from gateway.notes import ED25519, Note, NoteError, NoteKey, TreeHead, WitnessKey, open_checkpoint
 from gateway.signing import Verifier
 
 PROOF_BATCH = 256
 TIMEOUT_SECONDS = 10.0
+# Tiles a client keeps (8 KB each): an export is checked in position order, so the tiles one
+# batch's proofs read are mostly the next batch's too.
+TILE_CACHE = 64
+RATE_LIMITED_TRIES = 30
 
 
 class Refused(Exception):
@@ -41,6 +57,7 @@ class LogClient:
 
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
+        self._tiles: dict[tuple[TileId, int], bytes] = {}
 
     @classmethod
     def at(cls, url: str) -> LogClient:
@@ -50,10 +67,15 @@ class LogClient:
         await self.http.aclose()
 
     async def _get(self, path: str, params: Any = None) -> httpx.Response:
-        try:
-            response = await self.http.get(path, params=params)
-        except httpx.HTTPError as exc:
-            raise Unreachable(f"GET {path}: {type(exc).__name__}") from None
+        for _ in range(RATE_LIMITED_TRIES):
+            try:
+                response = await self.http.get(path, params=params)
+            except httpx.HTTPError as exc:
+                raise Unreachable(f"GET {path}: {type(exc).__name__}") from None
+            if response.status_code != 429:
+                break
+            # The public routes' rate per address: wait as the log asks, a bounded number of times.
+            await asyncio.sleep(min(float(response.headers.get("retry-after", "1")), 10.0))
         if response.status_code != 200:
             raise Unreachable(f"GET {path}: HTTP {response.status_code}: {_message(response)}")
         return response
@@ -69,10 +91,33 @@ class LogClient:
         body = (await self._get("/audit/proof/consistency", {"from": old, "to": new})).json()
         return [base64.b64decode(h) for h in body["hashes"]]
 
+    async def tiles(self, wanted: Iterable[TileId], size: int) -> dict[TileId, bytes]:
+        """The hash tiles `wanted` as the tree of `size` holds them (C2SP tlog-tiles: a partial
+        tile at the tree's right edge), each fetched once while it is among the last used."""
+        found: dict[TileId, bytes] = {}
+        for tile in sorted(set(wanted)):
+            key = (tile, tile_width(tile, size))
+            data = self._tiles.pop(key, None)
+            if data is None:
+                data = (await self._get(f"/audit/tile/{tile_path(*key)}")).content
+                if len(data) != key[1] * HASH_SIZE:
+                    raise Unreachable(f"tile {tile_path(*key)} has {len(data)} bytes")
+            self._tiles[key] = data  # now the most recently used
+            if len(self._tiles) > TILE_CACHE:
+                del self._tiles[next(iter(self._tiles))]
+            found[tile] = data
+        return found
+
     async def inclusion(self, size: int, positions: list[int]) -> dict[int, list[bytes]]:
-        params = [("size", size), *(("position", p) for p in positions)]
-        body = (await self._get("/audit/proof/inclusion", params)).json()
-        return {p["position"]: [base64.b64decode(h) for h in p["hashes"]] for p in body["proofs"]}
+        """RFC 9162 inclusion proofs of `positions` in the tree of `size`, computed here from the
+        log's tiles: the log is asked for static, cacheable data, never to compute."""
+        indexes = [p - 1 for p in positions]
+        tiles = await self.tiles(inclusion_tiles(indexes, size), size)
+        try:
+            proofs = inclusion_from_tiles(indexes, size, tiles)
+        except (KeyError, ProofError) as exc:
+            raise Unreachable(f"the log's tiles do not cover a tree of {size}: {exc}") from None
+        return dict(zip(positions, proofs, strict=True))
 
     async def post_cosignature(self, note: str) -> dict[str, Any]:
         try:

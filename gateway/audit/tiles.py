@@ -15,10 +15,10 @@ from gateway.audit.tree import (
     Edge,
     ProofError,
     TileId,
+    consistency_from_tiles,
     consistency_ranges,
-    hash_node,
-    hash_range,
-    inclusion_ranges,
+    inclusion_from_tiles,
+    inclusion_tiles,
     ranges_tiles,
 )
 from gateway.store.db import Raw
@@ -96,18 +96,16 @@ async def edge_at(raw: Raw, size: int) -> Edge:
 async def inclusion_proofs(raw: Raw, indexes: Sequence[int], size: int) -> list[list[bytes]]:
     """RFC 9162 inclusion proofs of leaves `indexes` in the tree of `size` (at most the stored
     tree's size), from one read of the tiles they need."""
-    paths = [inclusion_ranges(index, size) for index in indexes]
-    tiles = await read_tiles(raw, ranges_tiles(r for path in paths for r in path))
+    tiles = await read_tiles(raw, inclusion_tiles(indexes, size))
     try:
-        return [[hash_range(a, b, lambda n: hash_node(n, tiles)) for a, b in p] for p in paths]
+        return inclusion_from_tiles(indexes, size, tiles)
     except KeyError:
         raise ProofError(f"the tree has no tiles for size {size} yet") from None
 
 
 async def consistency_proof(raw: Raw, old: int, new: int) -> list[bytes]:
-    ranges = consistency_ranges(old, new)
-    tiles = await read_tiles(raw, ranges_tiles(ranges))
+    tiles = await read_tiles(raw, ranges_tiles(consistency_ranges(old, new)))
     try:
-        return [hash_range(a, b, lambda n: hash_node(n, tiles)) for a, b in ranges]
+        return consistency_from_tiles(old, new, tiles)
     except KeyError:
         raise ProofError(f"the tree has no tiles for size {new} yet") from None

@@ -17,6 +17,7 @@ Nothing here touches the database: gateway/audit/tiles.py stores and reads tiles
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -171,6 +172,69 @@ def hash_range(start: int, end: int, node: Callable[[Node], bytes]) -> bytes:
 
 def ranges_tiles(ranges: Iterable[tuple[int, int]]) -> set[TileId]:
     return node_tiles(n for start, end in ranges for n in range_nodes(start, end))
+
+
+def inclusion_tiles(indexes: Iterable[int], size: int) -> set[TileId]:
+    """The tiles the inclusion proofs of leaves `indexes` in the tree of `size` read."""
+    return ranges_tiles(r for index in indexes for r in inclusion_ranges(index, size))
+
+
+def inclusion_from_tiles(
+    indexes: Sequence[int], size: int, tiles: Mapping[TileId, bytes]
+) -> list[list[bytes]]:
+    """RFC 9162 inclusion proofs of leaves `indexes` in the tree of `size`, from tiles holding
+    at least that tree (KeyError when a tile is missing): the log computes them so from its
+    stored tiles, a client from the tiles it fetched."""
+    return [
+        [hash_range(a, b, lambda n: hash_node(n, tiles)) for a, b in inclusion_ranges(i, size)]
+        for i in indexes
+    ]
+
+
+def consistency_from_tiles(old: int, new: int, tiles: Mapping[TileId, bytes]) -> list[bytes]:
+    """RFC 9162 consistency proof from the tree of `old` to that of `new`, from tiles."""
+    ranges = consistency_ranges(old, new)
+    return [hash_range(a, b, lambda n: hash_node(n, tiles)) for a, b in ranges]
+
+
+# -- C2SP tlog-tiles paths: tile/<L>/<N>[.p/<W>] --------------------------------------------------
+
+MAX_TILE_LEVEL = 63
+_TILE_PATH = re.compile(r"(0|[1-9][0-9]?)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?")
+
+
+def tile_width(tile: TileId, size: int) -> int:
+    """How many entries tile `tile` has in the tree of `size` leaves (256 when it is full)."""
+    level, index = tile
+    return max(0, min(TILE_WIDTH, (size >> (TILE_HEIGHT * level)) - index * TILE_WIDTH))
+
+
+def tile_path(tile: TileId, width: int = TILE_WIDTH) -> str:
+    """`<L>/<N>[.p/<W>]` as tlog-tiles spells it: N in zero-padded groups of three digits, each
+    but the last prefixed with `x` (1234067 is x001/x234/067); `.p/<W>` for a partial tile."""
+    level, index = tile
+    digits = f"{index:03d}"
+    digits = "0" * (-len(digits) % 3) + digits
+    groups = [digits[i : i + 3] for i in range(0, len(digits), 3)]
+    path = f"{level}/" + "/".join([*(f"x{g}" for g in groups[:-1]), groups[-1]])
+    return path if width == TILE_WIDTH else f"{path}.p/{width}"
+
+
+def parse_tile_path(path: str) -> tuple[TileId, int] | None:
+    """The tile and width a `<L>/<N>[.p/<W>]` path names, or None unless it is spelled exactly
+    as tile_path spells it (one path per tile, so that caches hold one copy)."""
+    found = _TILE_PATH.fullmatch(path)
+    if found is None or found.group(2).count("/") > 6:  # N below 2^63: at most 7 groups
+        return None
+    level = int(found.group(1))
+    index = int(found.group(2).replace("x", "").replace("/", ""))
+    width = int(found.group(3)) if found.group(3) else TILE_WIDTH
+    if level > MAX_TILE_LEVEL or width > TILE_WIDTH or index >= 1 << 63:
+        return None
+    tile = (level, index)
+    if tile_path(tile, width) != path:
+        return None
+    return tile, width
 
 
 # -- the right edge ---------------------------------------------------------------------------

@@ -13,7 +13,9 @@ workers admit in one sync interval; in exchange a request costs no round trip an
 row is written a few times a second, not once per request (measured: a per-request statement was
 about 5% of a profile read, and one hot row every worker updates is a point of contention).
 
-Subjects: an app client by its id, a member by theirs, an anonymous caller by its address.
+Subjects: an app client by its id, a member by theirs, an anonymous caller by its address; the
+public routes (the audit log's keys, checkpoints, tiles and proofs) count each address in a bucket
+of their own (TILLIT_PUBLIC_RATE_LIMIT_PER_SECOND), whatever credentials it sends.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import structlog
 
 from gateway.domain import Anonymous, ClientPrincipal, MemberPrincipal, Principal
 from gateway.errors import RateLimited
+from gateway.settings import Settings
 from gateway.store.db import Raw, raw_operation
 
 log = structlog.get_logger("tillit.ratelimit")
@@ -66,6 +69,21 @@ FORGET_IDLE_RATE_LIMITS = (
 )
 # A subject not seen for this long is decided against the shared state again.
 _LOCAL_MEMORY_SECONDS = 60.0
+
+
+def public_limiter(settings: Settings) -> RateLimiter | None:
+    """The public routes' limiter (one bucket per client address), or None when it is off."""
+    if settings.public_rate_limit_per_second <= 0:
+        return None
+    return RateLimiter(
+        settings.public_rate_limit_per_second,
+        settings.public_rate_limit_burst,
+        sync_seconds=settings.rate_limit_sync_seconds,
+    )
+
+
+def public_subject(address: str | None) -> str:
+    return f"public:{(address or 'unknown')[:60]}"
 
 
 def subject_of(principal: Principal, address: str | None) -> str:

@@ -5,9 +5,13 @@
   note, with the witnesses' cosignatures;
 - GET /audit/proof/inclusion?size=N&position=P[&position=...]: RFC 9162 inclusion proofs;
 - GET /audit/proof/consistency?from=M&to=N: an RFC 9162 consistency proof;
+- GET /audit/tile/<L>/<N>[.p/<W>]: the tree's hash tiles as C2SP tlog-tiles serves them, from
+  which any client computes proofs itself (immutable: cached for a year);
 - POST /audit/cosignature: a witness hands back the checkpoint it cosigned.
 
-Reading these is not an access to personal data, so it writes no access event.
+Reading these is not an access to personal data, so it writes no access event. Each client
+address has a rate of its own for them (TILLIT_PUBLIC_RATE_LIMIT_PER_SECOND), and no request does
+more than a couple of milliseconds' work.
 """
 
 from __future__ import annotations
@@ -22,20 +26,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.audit import tiles, transparency
-from gateway.audit.tree import ProofError
+from gateway.audit.tree import HASH_SIZE, ProofError, parse_tile_path, tile_width
 from gateway.domain import ErrorCode
-from gateway.errors import DatabaseUnavailable
+from gateway.errors import DatabaseUnavailable, RateLimited
 from gateway.logs import exception_summary
 from gateway.settings import Settings
 from gateway.store import db
 from gateway.store.db import Raw
 from gateway.web.bodies import read_limited
 from gateway.web.boundary import error_body
+from gateway.web.ratelimit import RateLimiter, public_subject
 
 log = structlog.get_logger("tillit.transparency")
 NOTE_MEDIA = "text/plain; charset=utf-8"
-# Positions in one inclusion request.
-MAX_POSITIONS = tiles.MAX_PROOFS
+# Positions in one inclusion request: a proof costs some 0.25 ms of CPU, and no anonymous request
+# may cost more than a couple of milliseconds. A client that wants many proofs computes them from
+# the tiles (GET /audit/tile/...), as `tillit audit verify --remote` does.
+MAX_POSITIONS = 8
+# Tiles never change once served (a partial tile of width W is the same W hashes for ever).
+IMMUTABLE = "public, max-age=31536000, immutable"
 _UNAVAILABLE = "The audit log cannot be read now. Try again."
 
 
@@ -59,13 +68,24 @@ async def _database(request: Request, *, write: bool = False) -> AsyncIterator[R
 
 
 async def _answer(request: Request, work: Callable[[Raw], Awaitable[Response]]) -> Response:
-    """Run `work` on a connection under the request's deadline; refusals and an unreachable
-    database become clear errors (no SQL, no trace)."""
+    """Run `work` on a connection under the request's deadline, once the caller's address is
+    within its rate; refusals and an unreachable database become clear errors (no SQL, no
+    trace)."""
     try:
         async with _database(request, write=request.method == "POST") as raw:
+            limiter: RateLimiter | None = request.state.public_rate_limit
+            if limiter is not None:
+                address = request.client.host if request.client else None
+                await limiter.check(raw, public_subject(address))
             return await work(raw)
     except _Refusal as refusal:
         return refusal.response
+    except RateLimited as limited:
+        return JSONResponse(
+            error_body(limited.code, limited.message),
+            status_code=429,
+            headers={"Retry-After": str(limited.retry_after)},
+        )
     except (DatabaseUnavailable, TimeoutError) as exc:
         log.error("transparency.unavailable", path=request.url.path, **exception_summary(exc))
         return JSONResponse(
@@ -184,6 +204,43 @@ async def consistency(request: Request) -> Response:
     return await _answer(request, work)
 
 
+async def tile(request: Request) -> Response:
+    """A hash tile as C2SP tlog-tiles serves it: `tile/<L>/<N>[.p/<W>]`, the W (or 256) hashes
+    of the tile, 32 bytes each, as the newest checkpoint's tree holds them."""
+    path: str = request.path_params["path"]
+
+    async def work(raw: Raw) -> Response:
+        if path == "entries" or path.startswith("entries/"):
+            raise _Refusal(
+                404,
+                ErrorCode.NOT_FOUND,
+                "Entry bundles are not published: an event names a member. Its leaf hash is in "
+                "the level-0 tiles; auditors read the events through GET /audit/export.",
+            )
+        parsed = parse_tile_path(path)
+        if parsed is None:
+            raise _Refusal(
+                404,
+                ErrorCode.NOT_FOUND,
+                "No such tile: tile/<L>/<N>[.p/<W>] as C2SP tlog-tiles spells it "
+                "(N in groups of three digits, x001/x234/067; W from 1 to 255).",
+            )
+        which, width = parsed
+        published = await transparency.latest_size(raw) or 0
+        data = (await tiles.read_tiles(raw, [which])).get(which, b"")
+        if tile_width(which, published) < width or len(data) < width * HASH_SIZE:
+            raise _Refusal(
+                404, ErrorCode.NOT_FOUND, "No published checkpoint's tree holds this tile yet."
+            )
+        return Response(
+            data[: width * HASH_SIZE],
+            media_type="application/octet-stream",
+            headers={"Cache-Control": IMMUTABLE},
+        )
+
+    return await _answer(request, work)
+
+
 async def cosignature(request: Request) -> Response:
     settings: Settings = request.state.settings
     body = await _limited_body(request)
@@ -228,5 +285,6 @@ ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]], list[str]]] = 
     ("/audit/checkpoint", checkpoint, ["GET"]),
     ("/audit/proof/inclusion", inclusion, ["GET"]),
     ("/audit/proof/consistency", consistency, ["GET"]),
+    ("/audit/tile/{path:path}", tile, ["GET"]),
     ("/audit/cosignature", cosignature, ["POST"]),
 ]
