@@ -26,15 +26,18 @@ from gateway.errors import (
     UnknownPurpose,
 )
 from gateway.records.consents import Actor
-from gateway.store.uuids import uuid_of
+from gateway.store.uuids import canonical_uuid
 from resolvers.context import Context
 
 
 def parse_uuid(raw: str, argument: str) -> uuid.UUID:
     try:
-        return uuid_of(raw)
+        return canonical_uuid(raw)
     except (ValueError, TypeError, AttributeError):
-        raise BadUserInput("A member id is a UUID.", argument=argument) from None
+        raise BadUserInput(
+            "A member id is a UUID in its canonical form: lower-case, 8-4-4-4-12 with hyphens.",
+            argument=argument,
+        ) from None
 
 
 def target_of(principal: Principal, member_id: str | None) -> uuid.UUID:

@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.access.caches import TtlCache
 from gateway.domain import Anonymous, Capability, ClientPrincipal, MemberPrincipal, Principal, Role
-from gateway.errors import NotFound, Unauthenticated
+from gateway.errors import Unauthenticated
 from gateway.settings import DEV_MEMBER_TOKEN_SECRET, Settings
 from gateway.store.db import Raw
+from gateway.store.uuids import canonical_uuid
 
 KEY_PREFIX = "tk"
 _KEY_SHAPE = re.compile(r"^tk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$")
@@ -209,10 +210,15 @@ def verify_member_token(token: str, keys: TokenKeys | str) -> MemberPrincipal | 
         subject = str(claims["sub"])
     except (jwt.PyJWTError, ValueError):
         raise Unauthenticated() from None
-    try:
-        return MemberPrincipal(member_id=uuid.UUID(subject))
-    except ValueError:
+    if algorithm != MEMBER_TOKEN_ALGORITHM:
+        # The identity provider's token names its own subject, whatever it looks like (Entra
+        # ID's `oid` is a UUID): never a member id, always looked up as an external subject.
         return ExternalSubject(subject)
+    # Tillit's own token (`tillit token`, development) carries the member id, canonical only.
+    try:
+        return MemberPrincipal(member_id=canonical_uuid(subject))
+    except ValueError:
+        raise Unauthenticated() from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +229,20 @@ class ExternalSubject:
     subject: str
 
 
+# The namespace of the ids that unlinked identities act under (see member_of_subject).
+_UNLINKED = uuid.UUID("2c8e3a51-4f0b-5d7e-9a6c-1b2d3e4f5a6b")
+
+
 async def member_of_subject(connection: Raw, subject: str) -> MemberPrincipal:
-    """The member an identity provider's subject was linked to at enrolment. A subject linked to
-    no member (never enrolled, or erased) is refused as NOT_FOUND, like an erased member's id."""
+    """The member an identity provider's subject was linked to at enrolment.
+
+    A subject linked to no member (never enrolled, or erased) acts as a member nobody is: its id
+    is a name-based UUID (version 5) of the subject, which no member id (random, version 4) can
+    equal. Public fields answer; everything of a member is NOT_FOUND, as for an erased member's
+    id, and each such identity has a rate limit of its own."""
     rows = await connection.fetch(_MEMBER_BY_SUBJECT, subject[:255])
     if not rows:
-        raise NotFound("No member is linked to this identity.")
+        return MemberPrincipal(member_id=uuid.uuid5(_UNLINKED, subject))
     return MemberPrincipal(member_id=rows[0]["id"])
 
 

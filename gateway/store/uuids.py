@@ -24,3 +24,16 @@ def uuid_of(text: str) -> uuid.UUID:
     except (ValueError, TypeError):
         parsed = _FastUUID(uuid.UUID(text).bytes)
     return parsed
+
+
+def canonical_uuid(text: str) -> uuid.UUID:
+    """A UUID a caller sent, only in its canonical spelling (36 characters, lower-case hex and
+    hyphens, 8-4-4-4-12); ValueError for any other, even one `uuid.UUID` would read (`urn:uuid:`,
+    braces, no hyphens, upper case). One id, one spelling: ids are compared, cached, counted and
+    logged as text, and two spellings of one member must not pass for two."""
+    if not isinstance(text, str) or len(text) != 36:
+        raise ValueError("not a UUID in its canonical form")
+    parsed: uuid.UUID = _FastUUID(text)
+    if str(parsed) != text:
+        raise ValueError("not a UUID in its canonical form")
+    return parsed
