@@ -143,16 +143,51 @@ class Digest:
         return chunk
 
 
-# The first characters a spreadsheet reads as a formula: =, +, -, @, tab, CR (as code points).
-_FORMULA_STARTS = "61, 43, 45, 64, 9, 13"
+# CSV injection: a spreadsheet runs a cell as a formula when it starts with =, +, - or @; some
+# also take their fullwidth forms (what an East Asian input method types) for them, and some trim
+# white space before them. Tab, CR and LF are defused whatever follows (OWASP's list).
+_FORMULA_CHARACTERS = "=+-@\uff1d\uff0b\uff0d\uff20"
+_ALWAYS_DEFUSED = "\t\r\n"
+# White space as str.isspace has it (every such character is below U+10000).
+_WHITE_SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_FORMULA_STARTS = tuple(_FORMULA_CHARACTERS)
+_ALWAYS_DEFUSED_STARTS = tuple(_ALWAYS_DEFUSED)
+
+
+def defuse_csv_cell(cell: str) -> str:
+    """A cell for a CSV file that people open in spreadsheets, with a quote before it when a
+    spreadsheet could run it as a formula (the quote makes it text). The one rule: `csv_cell_sql`
+    is the same in SQL, for the exports PostgreSQL writes."""
+    if cell.startswith(_ALWAYS_DEFUSED_STARTS) or cell.lstrip(_WHITE_SPACE).startswith(
+        _FORMULA_STARTS
+    ):
+        return "'" + cell
+    return cell
+
+
+def _code_points(characters: str) -> str:
+    return ", ".join(str(ord(c)) for c in dict.fromkeys(characters))
+
+
+# The same rule in SQL, for exports written by PostgreSQL: first characters that decide alone, and
+# the white space that needs a look further in (rare, so the common cell pays one `ascii`).
+_DEFUSED_STARTS = _code_points(_ALWAYS_DEFUSED + _FORMULA_CHARACTERS)
+_SUSPECT_STARTS = _code_points(_ALWAYS_DEFUSED + _FORMULA_CHARACTERS + _WHITE_SPACE)
+_FORMULA_CODES = _code_points(_FORMULA_CHARACTERS)
+_WHITE_SPACE_SQL = "E'" + "".join(f"\\u{ord(c):04x}" for c in _WHITE_SPACE) + "'"
 
 
 def csv_cell_sql(expression: str) -> str:
-    """SQL for one CSV cell, defused against spreadsheet formulas (CSV injection): a leading =, +,
-    -, @, tab or CR gets a quote before it. (PostgreSQL text cannot hold NUL.) `ascii` reads the
-    first character without making a string of it."""
+    """SQL for one CSV cell, defused against spreadsheet formulas as `defuse_csv_cell` defuses
+    it. (PostgreSQL text cannot hold NUL.) `ascii` reads the first character without making a
+    string of it; only a cell starting with white space is trimmed to look further."""
     return (
-        f"CASE WHEN ascii({expression}) IN ({_FORMULA_STARTS}) "
+        f"CASE WHEN ascii({expression}) NOT IN ({_SUSPECT_STARTS}) THEN {expression} "
+        f"WHEN ascii({expression}) IN ({_DEFUSED_STARTS}) "
+        f"OR ascii(ltrim({expression}, {_WHITE_SPACE_SQL})) IN ({_FORMULA_CODES}) "
         f"THEN chr(39) || {expression} ELSE {expression} END"
     )
 
@@ -164,7 +199,7 @@ def csv_list_cell_sql(array: str) -> str:
     general rule decides on the joined text. The same bytes as `csv_cell_sql` of the join."""
     joined = f"array_to_string({array}, ';')"
     return (
-        f"CASE WHEN ({array})[1] IS NOT NULL AND ascii(({array})[1]) NOT IN ({_FORMULA_STARTS}) "
+        f"CASE WHEN ({array})[1] IS NOT NULL AND ascii(({array})[1]) NOT IN ({_SUSPECT_STARTS}) "
         f"THEN {joined} ELSE {csv_cell_sql(joined)} END"
     )
 

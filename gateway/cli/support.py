@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.audit.export import defuse_csv_cell
 from gateway.audit.trail import AccessRecord, AuditTrail
 from gateway.domain import AccessOutcome, SystemPrincipal
 from gateway.errors import DatabaseUnavailable, SettingsError, TillitError
@@ -117,11 +118,12 @@ def parse_duration(raw: str, *, now: dt.datetime) -> dt.timedelta:
 
 
 def emit(columns: list[str], rows: list[list[str]], fmt: str, title: str) -> None:
-    """Rows as a rich table, or as CSV on stdout (`--format csv`)."""
+    """Rows as a rich table, or as CSV on stdout (`--format csv`), its cells defused: such CSV is
+    opened in spreadsheets, and a client's name or a purpose may start like a formula."""
     if fmt == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
+        for cells in [columns, *rows]:
+            writer.writerow([defuse_csv_cell(cell) for cell in cells])
         return
     if fmt != "table":
         raise fail("--format is table or csv")

@@ -3,8 +3,9 @@
 The file is read twice, a row at a time (constant memory whatever its size): first to refuse a file
 that cannot be read as a whole (encoding, delimiter, header) before anything is written, then to
 import it in batches, each in its own transaction. A bad row is written to the reject file with
-its line and reason and never stops the rest. Values already stored as given are left alone, so
-importing the same file again changes nothing.
+its line and reason (its cells defused for the spreadsheet it is fixed in) and never stops the
+rest. Values already stored as given are left alone, so importing the same file again changes
+nothing.
 
 Format: UTF-8, comma-separated, a header naming `member_id` and at least one of the enriched fields
 (`income_band`, `household_size`, `lifestyle_segment`, `interests`; interests separated by `;`),
@@ -13,7 +14,6 @@ optionally `obtained_at` (ISO 8601 with a time zone). An empty cell means "not g
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import uuid
 from collections import Counter
@@ -37,11 +37,7 @@ from gateway.domain import (
 from gateway.errors import BadUserInput
 from gateway.records import csv_files
 from gateway.records.consents import fetch_consent_states
-from gateway.records.csv_files import (
-    ImportFileError,
-    Row,
-    batches,
-)
+from gateway.records.csv_files import ImportFileError, RejectFile, Row, batches
 from gateway.records.enrichment import (
     EnrichmentRow,
     enrichment_refusal,
@@ -165,13 +161,12 @@ async def import_file(
     if purpose.legal_basis is not LegalBasis.CONSENT:
         raise BadUserInput(f"Enrichment needs a consent purpose; {purpose.key} is not one.")
     report = ImportReport()
-    writer = csv.writer(rejects)
-    writer.writerow(["line", "code", "reason", *header])
+    reject_file = RejectFile(rejects, header)
     request_id = f"import-{uuid.uuid4().hex[:12]}"
 
     def refuse(row: Row, code: str, reason: str) -> None:
         report.refused[code] += 1
-        writer.writerow([row.line, code, reason, *row.cells])
+        reject_file.refuse(row, code, reason)
 
     for batch in batches(path, BATCH_ROWS):
         report.rows += len(batch)

@@ -3,7 +3,8 @@
 Like the enrichment import (gateway.records.enrich_import), the file is read twice, a row at a
 time: first to refuse a file that cannot be read as a whole before anything is written, then to
 import it in batches of BATCH_ROWS rows, each batch in one transaction with its access events.
-A bad row goes to the reject file with its line, code and reason, and never stops the rest.
+A bad row goes to the reject file with its line, code and reason, and never stops the rest; its
+cells are defused (gateway.records.csv_files.RejectFile), since the file is fixed in a spreadsheet.
 
 Format: UTF-8, comma-separated, a header with
   first_name, last_name, email                     required
@@ -22,7 +23,6 @@ changes nothing and is counted as `existing`, so importing the same file twice c
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
 import os
 import re
@@ -49,9 +49,9 @@ from gateway.domain import (
 )
 from gateway.errors import BadUserInput
 from gateway.records import csv_files
-from gateway.records.csv_files import ImportFileError, Row, batches
+from gateway.records.csv_files import ImportFileError, RejectFile, Row, batches
 from gateway.records.lifecycle import check_external_subject
-from gateway.records.profile import REQUIRED, check_changes
+from gateway.records.profile import REQUIRED, check_changes, unsafe_text
 from gateway.store.db import raw_of
 
 BATCH_ROWS = 1000
@@ -203,8 +203,15 @@ def _parse(
 ) -> _Member:
     if len(row.cells) != len(header):
         raise BadUserInput(f"expected {len(header)} fields, found {len(row.cells)}")
-    cells = dict(zip(header, (cell.strip() for cell in row.cells), strict=True))
-    given = {f: (cells[name] or None) for name, f in PROFILE_COLUMNS.items() if name in cells}
+    given_cells = dict(zip(header, row.cells, strict=True))
+    cells = {name: cell.strip() for name, cell in given_cells.items()}
+    # The profile fields as given, untrimmed: checked as updateMember checks its arguments, so
+    # that a separator at a cell's edge is refused as the API refuses it, not trimmed away.
+    given = {
+        f: (given_cells[name] if cells[name] else None)
+        for name, f in PROFILE_COLUMNS.items()
+        if name in cells
+    }
     for required in REQUIRED:
         if not given.get(required):
             raise BadUserInput(f"{required.value} is empty")
@@ -232,6 +239,9 @@ def _parse(
     terms = cells.get("terms_version") or None
     if terms is not None and len(terms) > 32:
         raise BadUserInput("terms_version is longer than 32 characters")
+    for name in ("terms_version", "external_subject"):
+        if unsafe_text(given_cells.get(name, "")):
+            raise BadUserInput(f"{name} holds control characters or line separators")
     try:
         subject = check_external_subject(cells.get("external_subject") or None)
     except BadUserInput:
@@ -280,15 +290,14 @@ async def import_members(
     reason. Each batch is one transaction: its members, their consents and their access events."""
     consent_keys = check_header(header, purposes)
     report = MemberImportReport()
-    writer = csv.writer(rejects)
-    writer.writerow(["line", "code", "reason", *header])
+    reject_file = RejectFile(rejects, header)
     request_id = f"members-import-{uuid.uuid4().hex[:12]}"
     channel = f"import:{path.name}"[:64]
     seen: dict[str, int] = {}
 
     def refuse(row: Row, code: str, reason: str) -> None:
         report.refused[code] += 1
-        writer.writerow([row.line, code, reason, *row.cells])
+        reject_file.refuse(row, code, reason)
 
     async def _write_batch(batch: list[Row], results: list[_Member | _Rejected]) -> None:
         report.rows += len(batch)

@@ -48,14 +48,27 @@ def _refuse(field: ProfileField, message: str) -> BadUserInput:
     return BadUserInput(message, argument=ARGUMENTS[field], field=field.value)
 
 
+def unsafe_text(value: str) -> bool:
+    """Whether text holds what makes it show other than it says, so that no way in (the API, an
+    import) keeps it: controls and format characters (the bidirectional ones among them) and the
+    Unicode line and paragraph separators, which the API refuses in any string it is sent. Tab,
+    LF and CR around the text are trimmed, not refused, as the API trims them."""
+    # None of these is printable: nearly every value is settled by one C loop.
+    return not value.isprintable() and any(
+        unicodedata.category(c).startswith("C") or c in "\u2028\u2029"
+        for c in value.strip(" \t\r\n")
+    )
+
+
 def _plain_text(field: ProfileField, value: str) -> str:
     text = unicodedata.normalize("NFC", value).strip()
     if not text:
         raise _refuse(field, f"`{ARGUMENTS[field]}` must not be empty.")
     if len(text) > _LIMITS[field]:
         raise _refuse(field, f"`{ARGUMENTS[field]}` is longer than {_LIMITS[field]} characters.")
-    if any(unicodedata.category(c).startswith("C") for c in text):
-        raise _refuse(field, f"`{ARGUMENTS[field]}` holds control characters.")
+    # The value as given, not trimmed: a separator at its edge is refused, as the API refuses it.
+    if unsafe_text(value):
+        raise _refuse(field, f"`{ARGUMENTS[field]}` holds control characters or line separators.")
     return text
 
 

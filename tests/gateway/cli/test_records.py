@@ -148,8 +148,20 @@ def write_csv(path: Path, rows: list[list[str]], header: list[str] | None = None
         (b"member_id,shoe_size\nx,42\n", 1, "unknown column"),
         (b"member_id\nx\n", 1, "no value column"),
         (b"member_id,income_band\nx,ok\ny,\xff\xfe\n", 3, "not UTF-8"),
+        # Beyond the csv module's field limit (131,072 characters): the line the row starts on.
+        (b"member_id,income_band\nx,ok\ny," + b"a" * 131_073 + b"\nz,ok\n", 3, "field limit"),
+        (b'member_id,income_band\nx,ok\ny,"a\n' + b"a" * 131_073 + b'"\n', 3, "field limit"),
     ],
-    ids=["empty", "semicolons", "no-member-column", "unknown-column", "no-values", "bad-encoding"],
+    ids=[
+        "empty",
+        "semicolons",
+        "no-member-column",
+        "unknown-column",
+        "no-values",
+        "bad-encoding",
+        "oversized-field",
+        "oversized-field-over-lines",
+    ],
 )
 def test_unreadable_files_are_refused_whole_with_line_and_reason(
     tmp_path: Path, content: bytes, line: int, reason: str
@@ -179,6 +191,33 @@ async def test_refused_file_writes_nothing(
     assert "line 1: wrong delimiter" in result.output
     assert "nothing was imported" in result.output
     assert await row_counts(db) == before
+
+
+async def test_enrich_import_reject_file_defuses_formula_cells(
+    db: AsyncEngine, cli_env: object, tmp_path: Path
+) -> None:
+    # The reject file is opened in a spreadsheet to fix the rows: none of its cells may run.
+    refused = ["=cmd|' /C calc'!A0", "+1", "-1", "@SUM(A1)", "\tx"]
+    path = write_csv(tmp_path / "broker.csv", [refused])
+    rejects = tmp_path / "rejects.csv"
+
+    result = await tillit(
+        "enrich",
+        "import",
+        str(path),
+        "--source",
+        "Broker AS",
+        "--purpose",
+        "personalized_offers",
+        "--rejects",
+        str(rejects),
+    )
+
+    assert result.exit_code == 0, result.output
+    with rejects.open(encoding="utf-8", newline="") as handle:
+        [_, [line, code, _, *cells]] = list(csv.reader(handle))
+    assert (line, code) == ("2", "BAD_ROW")
+    assert cells == ["'" + cell for cell in refused]
 
 
 async def seed_consenting_members(db: AsyncEngine, count: int) -> list[uuid.UUID]:
