@@ -163,6 +163,13 @@ class Settings(BaseSettings):
         description="Deadline of one request: past it the request ends with 503 "
         "AUDIT_UNAVAILABLE, its connection is discarded and nothing it did is released.",
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="How long a client has to send a request's line and headers, from opening "
+        "the connection or from the previous response; then the connection is closed.",
+    )
     # Operation limits: what one request may ask of the gateway. Defaults fit every operation
     # the /me page and the documented app queries send, with room to spare.
     max_body_bytes: int = Field(

@@ -174,10 +174,13 @@ async def _replay(
     key: str,
     email: str,
     terms_version: str,
-    purposes: Sequence[Purpose],
+    channel: str,
+    consents: Sequence[tuple[Purpose, SignUpConsent, str]],
 ) -> Enrollment | None:
     """The earlier sign-up this idempotency key names, if it asked for the same (email, terms,
-    consents); a key sent again with something else is refused, as for consents."""
+    consents); a key sent again with something else is refused, as for consents.
+
+    `consents` holds each purpose with its consent and the digest of the wording shown."""
     row = await connection.fetchrow(_BY_ENROLLMENT_KEY, client_id, key)
     if row is None:
         return None
@@ -185,17 +188,22 @@ async def _replay(
         event_of(r)
         for r in await connection.fetch(_SIGN_UP_GRANTS, row["id"], client_id, row["created_at"])
     ]
-    by_key = {p.key: p for p in purposes}
-    if (
-        row["email"] != email.lower()
-        or row["terms_version"] != terms_version
-        or sorted(g.purpose for g in grants) != sorted(by_key)
-    ):
+    # Each consent as recorded, not only its purpose: replaying a grant of another method,
+    # notice or wording would tell the app that what it sends now is what the member agreed to.
+    asked = sorted(
+        (purpose.key, consent.method, consent.notice_version, digest, channel)
+        for purpose, consent, digest in consents
+    )
+    recorded = sorted(
+        (g.purpose, g.method, g.notice_version, g.evidence_sha256, g.channel) for g in grants
+    )
+    if row["email"] != email.lower() or row["terms_version"] != terms_version or recorded != asked:
         raise Refused(
             ErrorCode.IDEMPOTENCY_KEY_REUSED,
             "This idempotency key was used for a different sign-up; send a new key.",
             argument="idempotencyKey",
         )
+    by_key = {purpose.key: purpose for purpose, *_ in consents}
     return Enrollment(
         row["id"],
         row["member_since"],
@@ -271,7 +279,8 @@ async def enroll_member(
             key=key,
             email=str(fields[ProfileField.EMAIL]),
             terms_version=terms_version,
-            purposes=[purpose for purpose, *_ in checked],
+            channel=channel_,
+            consents=[(purpose, consent, digest) for purpose, consent, _, digest in checked],
         )
 
     earlier = await replayed()

@@ -9,7 +9,9 @@ from starlette.requests import Request
 async def read_limited(request: Request, limit: int) -> bytes | None:
     """The body, or None when its Content-Length or its bytes exceed `limit`.
 
-    A Content-Length that is not a number is not trusted either way: the bytes decide.
+    A Content-Length that is not a number is not trusted either way: the bytes decide. A client
+    that leaves before its body has arrived raises starlette's ClientDisconnect, which the request
+    middleware logs as a departure, not as a failure.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -196,6 +196,14 @@ class GraphQLEndpoint:
 
     async def post(self, request: Request) -> Response:
         started = time.perf_counter()
+
+        def observed(response: Response, *answers: Answer) -> Response:
+            # Counted by the status sent, not the answer's own: a request error is 200 in
+            # application/json, and a batch has one status for all its operations.
+            for answer in answers:
+                metrics.observe_request(answer.operation, response.status_code, started)
+            return response
+
         media_type = negotiate(request.headers.get("accept"))
         if media_type is None:
             answer = _error_answer(
@@ -203,23 +211,20 @@ class GraphQLEndpoint:
                 ErrorCode.BAD_REQUEST,
                 f"Accept {GRAPHQL_RESPONSE_JSON} or {JSON}: no other response type is served.",
             )
-            metrics.observe_request(answer.operation, answer.status, started)
-            return self._respond(answer, JSON)
+            return observed(self._respond(answer, JSON), answer)
         payload = await self._read_body(request)
         if isinstance(payload, Answer):
-            metrics.observe_request(payload.operation, payload.status, started)
-            return self._respond(payload, media_type)
+            return observed(self._respond(payload, media_type), payload)
         if isinstance(payload, list):
             answers = [await self.run(request, item) for item in payload]
-            for answer in answers:
-                metrics.observe_request(answer.operation, answer.status, started)
             failed = [a for a in answers if a.status in (401, 429, 503)]
             if failed:  # the whole batch shares the caller and the database: say it once
-                return self._respond(failed[0], media_type)
-            return Response(orjson.dumps([a.body for a in answers]), media_type=media_type)
+                response = self._respond(failed[0], media_type)
+            else:
+                response = Response(orjson.dumps([a.body for a in answers]), media_type=media_type)
+            return observed(response, *answers)
         answer = await self.run(request, payload)
-        metrics.observe_request(answer.operation, answer.status, started)
-        return self._respond(answer, media_type)
+        return observed(self._respond(answer, media_type), answer)
 
     @staticmethod
     def _respond(answer: Answer, media_type: str) -> Response:

@@ -1,7 +1,8 @@
 """ASGI middleware: a request id on every request, response and log line, one log line per
 request, and the last word on an unexpected failure: a masked 500 that carries the request id,
-logged once with it (outside this middleware nothing knows the id any more). Written as plain ASGI
-(not BaseHTTPMiddleware) so it adds no task per request.
+logged once with it (outside this middleware nothing knows the id any more). A client that
+leaves before its body has arrived is no failure: it is logged as gone and answered nothing.
+Written as plain ASGI (not BaseHTTPMiddleware) so it adds no task per request.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import exception_summary
 
 REQUEST_ID_HEADER = "x-request-id"
+# Logged for a client that closed its connection before it was answered (nginx's code for it).
+CLIENT_GONE = 499
 SCOPE_KEY = "tillit.request_id"
 # Accept a caller's id only if it is short and plain, so it is safe in logs and the audit trail.
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -71,6 +75,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # Raised by reading the body after the client closed the connection: there is no one
+            # to answer, and nothing went wrong here, so no error and no trace.
+            log.info("request.disconnected")
+            status = CLIENT_GONE
         except Exception as exc:
             # Logged here, once, with the request id, and never re-raised: the server would log
             # it a second time, without the id, and with the exception's message.

@@ -128,6 +128,28 @@ async def test_the_page_shows_errors_in_words(page: Page, server: str) -> None:
     await expect(page.locator("#status")).to_contain_text("Sign-in failed")
 
 
+async def test_the_page_runs_its_own_script_and_no_other(page: Page, server: str) -> None:
+    await page.goto(f"{server}/me")
+    await page.select_option("#language", "en")
+    await expect(page.locator("h1")).to_have_text("My data")  # the page's own script ran
+
+    # Script that got into the page by other means (markup shown unescaped, say) does not run.
+    ran = await page.evaluate(
+        """() => {
+          window.injected = [];
+          const script = document.createElement("script");
+          script.textContent = "window.injected.push('script')";
+          document.body.append(script);
+          const image = document.createElement("img");
+          image.setAttribute("onerror", "window.injected.push('handler')");
+          image.src = "data:,not-an-image";
+          document.body.append(image);
+          return new Promise((done) => setTimeout(() => done(window.injected), 200));
+        }"""
+    )
+    assert ran == []
+
+
 async def sign_in(page: Page, server: str, member_id: uuid.UUID) -> None:
     token = mint_member_token(member_id, TEST_SECRET, dt.timedelta(minutes=10))
     await page.goto(f"{server}/me")

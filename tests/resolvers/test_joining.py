@@ -517,6 +517,31 @@ async def test_a_key_sent_again_with_another_sign_up_is_refused(
     assert (await row_counts(db))["members"] == before["members"]
 
 
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        (insight(method="EXPLICIT"), insight()),
+        (offers(), offers(evidence=OFFERS.en)),
+    ],
+    ids=["another-method", "another-wording"],
+)
+async def test_a_key_sent_again_with_other_consent_terms_is_refused(
+    api: Api, db: AsyncEngine, shop: str, first: dict[str, Any], again: dict[str, Any]
+) -> None:
+    """The same purposes are not the same consents: a replay would tell the app that the method
+    or the wording it sends now is what the member agreed to."""
+    member = new_member()
+    await enroll(api, shop, member=member, consents=[first], key="signup-44")
+    before = await row_counts(db)
+
+    body = await enroll(api, shop, member=member, consents=[again], key="signup-44")
+
+    assert code_of(body) == "IDEMPOTENCY_KEY_REUSED"
+    after = await row_counts(db)
+    assert after.pop("access_events") == before.pop("access_events") + 1
+    assert after == before
+
+
 async def test_keys_belong_to_the_app_that_sent_them(api: Api, db: AsyncEngine, shop: str) -> None:
     other = await add_client(
         db, name="mobile-app", purposes=("membership_service",), capabilities=(Capability.ENROLL,)

@@ -230,3 +230,44 @@ async def test_serve_answers_and_stops_cleanly_on_interrupt(
         output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 0, output.decode()
     assert b"Traceback" not in output
+
+
+async def test_serve_closes_a_connection_whose_headers_are_too_slow(
+    db: AsyncEngine, cli_env: dict[str, str]
+) -> None:
+    """In every worker: the setting reaches the processes uvicorn starts."""
+    port = _free_port()
+    env = {**os.environ, **cli_env, "TILLIT_PORT": str(port), "TILLIT_HEADER_TIMEOUT_SECONDS": "1"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--workers",
+        "2",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            while time.monotonic() < deadline:
+                try:
+                    await client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.2)
+        # Several connections, so that both workers get some.
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        for _, writer in connections:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: tillit.test\r\nX-Slow: ")
+        async with asyncio.timeout(5):
+            for reader, writer in connections:
+                assert await reader.read() == b""
+                writer.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0, output.decode()
+    assert b"Traceback" not in output

@@ -7,10 +7,19 @@ import uuid
 
 import jwt
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.auth import generate_key, mint_member_token
-from tests.conftest import TEST_SECRET, Api, add_client, add_member, row_counts
+from tests.conftest import (
+    TEST_SECRET,
+    Api,
+    add_client,
+    add_member,
+    make_settings,
+    row_counts,
+    serving,
+)
 
 PURPOSES = "{ purposes { key } }"
 MEMBER = "query($id: ID!, $purpose: String!) { member(id: $id, purpose: $purpose) { email } }"
@@ -197,3 +206,48 @@ async def test_unknown_purpose_is_refused_and_only_audited(api: Api, db: AsyncEn
     after = await row_counts(db)
     assert after.pop("access_events") == before.pop("access_events") + 1
     assert after == before
+
+
+def requests_counted(operation: str, status: int) -> float:
+    value = REGISTRY.get_sample_value(
+        "tillit_requests_total", {"operation": operation, "status": str(status)}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(
+    ("accept", "sent"),
+    [("application/graphql-response+json", 400), ("application/json", 200)],
+    ids=["graphql-response-json", "legacy-json"],
+)
+async def test_the_request_metric_counts_the_status_that_was_sent(
+    api: Api, accept: str, sent: int
+) -> None:
+    before = {status: requests_counted("invalid", status) for status in (200, 400)}
+
+    response = await api.http.post(
+        "/graphql", json={"query": "{ purposes {"}, headers={"Accept": accept}
+    )
+
+    assert response.status_code == sent
+    assert code_of(response.json()) == "GRAPHQL_PARSE_FAILED"
+    after = {status: requests_counted("invalid", status) for status in (200, 400)}
+    assert after == {**before, sent: before[sent] + 1}
+
+
+async def test_each_operation_of_a_batch_is_counted_with_the_batch_status(
+    db: AsyncEngine, gateway_url: str
+) -> None:
+    before = {status: requests_counted("invalid", status) for status in (200, 400)}
+
+    async with serving(make_settings(gateway_url, max_batch=2), gateway_url) as api:
+        response = await api.http.post(
+            "/graphql",
+            json=[{"query": "{ purposes {"}, {"query": "{ purposes { key } }"}],
+            headers={"Accept": "application/graphql-response+json"},
+        )
+
+    assert response.status_code == 200
+    assert [("data" in answer) for answer in response.json()] == [False, True]
+    after = {status: requests_counted("invalid", status) for status in (200, 400)}
+    assert after == {200: before[200] + 1, 400: before[400]}
