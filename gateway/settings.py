@@ -110,8 +110,13 @@ class Settings(BaseSettings):
     audit_witnesses: str = Field(
         default="",
         description="Verifier keys (`name+keyid+base64`, comma-separated) of the witnesses "
-        "whose cosignatures POST /audit/cosignature accepts; `tillit audit witness-keygen` "
-        "makes one.",
+        "whose cosignatures the log keeps; `tillit audit witness-keygen` makes one.",
+    )
+    audit_witness_urls: str = Field(
+        default="",
+        description="Where witnesses take C2SP tlog-witness `add-checkpoint`: `name=URL` pairs, "
+        "comma-separated (the name as in TILLIT_AUDIT_WITNESSES, the URL its submission prefix). "
+        "The sealer's process sends each new checkpoint to them and keeps their cosignatures.",
     )
     seal_interval_seconds: float = Field(
         default=10.0,
@@ -320,6 +325,19 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("audit_witness_urls")
+    @classmethod
+    def _witness_urls(cls, value: str) -> str:
+        for pair in (p.strip() for p in value.split(",") if p.strip()):
+            name, equals, url = pair.partition("=")
+            scheme = url.partition("://")[0]
+            if not equals or not name.strip() or scheme not in ("http", "https"):
+                raise ValueError(
+                    f"TILLIT_AUDIT_WITNESS_URLS holds {pair!r}; give name=URL pairs such as "
+                    "dpo.example.org/w1=https://witness.example.org"
+                )
+        return value
+
     @field_validator("cors_origins")
     @classmethod
     def _plain_origins(cls, value: str) -> str:
@@ -360,6 +378,12 @@ class Settings(BaseSettings):
     @property
     def witness_keys(self) -> list[NoteKey]:
         return [NoteKey.parse(v) for v in self.audit_witnesses.split(",") if v.strip()]
+
+    @property
+    def witness_urls(self) -> dict[str, str]:
+        """Witness name → its tlog-witness submission prefix."""
+        pairs = (p.strip().partition("=") for p in self.audit_witness_urls.split(",") if p.strip())
+        return {name.strip(): url.strip() for name, _, url in pairs}
 
     @property
     def signing_secret(self) -> str:

@@ -50,7 +50,9 @@ async def latest_size(raw: Raw) -> int | None:
     return None if row is None else int(row["last_position"])
 
 
-async def _note(raw: Raw, size: int | None) -> tuple[int, str] | None:
+async def checkpoint_note(raw: Raw, size: int | None = None) -> tuple[int, str] | None:
+    """The log's signed note of the newest checkpoint (or of tree size `size`), without the
+    witnesses' cosignatures, and its size."""
     if size is None:
         row = await raw.fetchrow(
             "SELECT last_position, note FROM audit_checkpoints WHERE note IS NOT NULL "
@@ -67,7 +69,7 @@ async def _note(raw: Raw, size: int | None) -> tuple[int, str] | None:
 
 async def published(raw: Raw, size: int | None = None) -> Published | None:
     """The newest checkpoint (or the one of tree size `size`) with its cosignatures."""
-    found = await _note(raw, size)
+    found = await checkpoint_note(raw, size)
     if found is None:
         return None
     tree_size, note = found
@@ -90,7 +92,7 @@ async def add_cosignatures(
         head, note, _ = open_checkpoint(posted, [log_key, *await _past_keys(raw, signer.origin)])
     except NoteError as exc:
         raise CosignatureRefused(400, f"Not a checkpoint of this log: {exc}") from None
-    ours = await _note(raw, head.size)
+    ours = await checkpoint_note(raw, head.size)
     if ours is None or ours[1].split("\n\n", 1)[0] + "\n" != note.text:
         raise CosignatureRefused(
             409, "This log never published that checkpoint (its size and root do not match)."
@@ -248,7 +250,7 @@ async def with_seals(
 
     `reader` is the member reading: an event by another member's token (refused, but recorded)
     keeps its leaf to itself, since the leaf names that member."""
-    if tree_size < 1 or await _note(raw, tree_size) is None:
+    if tree_size < 1 or await checkpoint_note(raw, tree_size) is None:
         # Only a size the log signed: a proof into a tree nobody signed proves nothing.
         latest = await latest_size(raw)
         raise BadUserInput(

@@ -312,9 +312,10 @@ class SealerProcess:
 
 @app.command()
 def sealer() -> None:
-    """Seal the access log every TILLIT_SEAL_INTERVAL_SECONDS in a process of its own, until
-    SIGTERM (`tillit serve` starts one beside its workers). Only one process seals a database at
-    a time; a second waits for the lock."""
+    """Seal the access log every TILLIT_SEAL_INTERVAL_SECONDS in a process of its own, and ask the
+    witnesses of TILLIT_AUDIT_WITNESS_URLS to cosign, until SIGTERM (`tillit serve` starts one
+    beside its workers). Only one process seals a database at a time; a second waits for the
+    lock."""
     settings = settings_or_exit()
     interval = settings.seal_interval_seconds or 10.0
 
@@ -323,7 +324,14 @@ def sealer() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_sealer(engine, settings.audit_signer, interval=interval, stop=stop)
+        # Here, not at the top: the other commands start faster without httpx.
+        from gateway.audit.witnessing import run_witnessing, witnesses_of
+
+        witnesses = witnesses_of(settings.witness_keys, settings.witness_urls)
+        await asyncio.gather(
+            run_sealer(engine, settings.audit_signer, interval=interval, stop=stop),
+            run_witnessing(engine, witnesses, settings.audit_signer, interval=interval, stop=stop),
+        )
 
     run_with_database(work, settings=settings)
     flush_logs()
