@@ -123,7 +123,9 @@ class TreeHead:
         if len(lines) < 4 or lines[-1] != "":
             raise NoteError("a checkpoint is an origin, a size and a root hash, each on a line")
         origin, size, root = lines[0], lines[1], lines[2]
-        if not origin or not size.isdigit() or (size != "0" and size.startswith("0")):
+        # ASCII digits only: str.isdigit takes "٣" (and int() reads it as 3) and "²" (which
+        # int() refuses with a ValueError, not a NoteError); 20 digits hold any 64-bit size.
+        if not origin or not re.fullmatch(r"0|[1-9][0-9]{0,19}", size):
             raise NoteError("the checkpoint's origin or size line is malformed")
         try:
             raw_root = base64.b64decode(root, validate=True)

@@ -90,6 +90,27 @@ def consistent(m: int, n: int, old_root: bytes, new_root: bytes, proof: list[byt
     return not remaining and old == old_root and new == new_root
 
 
+def consistency_proof(m: int, leaves: list[bytes]) -> list[bytes]:
+    """RFC 6962 2.1.2: PROOF(m, D[n]) = SUBPROOF(m, D[n], true), where
+    SUBPROOF(m, D[m], true) = {}; SUBPROOF(m, D[m], false) = {MTH(D[m])};
+    for m <= k: SUBPROOF(m, D[0:k], b) : MTH(D[k:n]);
+    for m > k: SUBPROOF(m - k, D[k:n], false) : MTH(D[0:k]).
+    Defined for 0 < m < n; PROOF(n, D[n]) is empty as RFC 9162 2.1.4 has it."""
+    if not 0 < m <= len(leaves):
+        raise ValueError(f"no consistency proof from {m} to {len(leaves)}")
+
+    def sub(m: int, d: list[bytes], whole: bool) -> list[bytes]:
+        n = len(d)
+        if m == n:
+            return [] if whole else [mth(d)]
+        k = largest_power_below(n)
+        if m <= k:
+            return [*sub(m, d[:k], whole), mth(d[k:])]
+        return [*sub(m - k, d[k:], False), mth(d[:k])]
+
+    return sub(m, leaves, True)
+
+
 def note_key_id(name: str, kind: int, public: bytes) -> bytes:
     """C2SP signed-note: SHA-256(key name || 0x0A || signature type || public key)[:4]."""
     return sha256(name.encode() + b"\n" + bytes([kind]) + public)[:4]

@@ -1,6 +1,7 @@
-"""`tillit audit keys`, `tillit audit witness-keygen`, `tillit audit witness` and the remote form
-of `tillit audit verify`: the log's keys, and checking a log from outside (gateway/audit/remote.py).
-The witness and the remote check need no settings and no database: only the gateway's URL."""
+"""`tillit audit keys`, `tillit audit witness-keygen`, `tillit audit witness`, `tillit audit
+witness-serve` and the remote form of `tillit audit verify`: the log's keys, and checking a log
+from outside (gateway/audit/remote.py, gateway/audit/witness_server.py). The witnesses and the
+remote check need no settings and no database: only the gateway's URL, or a port to be pushed to."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def register(audit_app: typer.Typer) -> None:
     audit_app.command("keys")(keys)
     audit_app.command("witness-keygen")(witness_keygen)
     audit_app.command("witness")(witness)
+    audit_app.command("witness-serve")(witness_serve)
 
 
 def keys(
@@ -174,6 +176,52 @@ def witness(
         f"cosigned {done.head.origin} at tree size {done.head.size} ({since}); "
         f"the gateway accepted: {', '.join(done.accepted) or 'nothing'}",
         highlight=False,
+    )
+
+
+def witness_serve(
+    key: Annotated[
+        str, typer.Option(help="The witness's private key file (`tillit audit witness-keygen`).")
+    ],
+    state: Annotated[
+        Path,
+        typer.Option(help="The witness's state file: what it last cosigned, the log keys pinned."),
+    ],
+    log_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log-key",
+            help="The log's key to trust (vkey, `name+keyid+base64`, from `tillit audit keys`); "
+            "repeatable, all of one log. Pinned in the state file at the first cosignature; "
+            "may be left out afterwards.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 7380,
+) -> None:
+    """Serve C2SP tlog-witness: the log POSTs its checkpoints to /add-checkpoint with a
+    consistency proof, and gets this witness's cosignature if the checkpoint extends the last one
+    cosigned. The pull form, `tillit audit witness`, keeps the same state file; do not run both
+    on one file at once."""
+    import uvicorn
+
+    from gateway.audit.witness_server import Misconfigured, witness_app
+    from gateway.logs import configure_logging
+
+    witness_key = _witness_key(key)
+    try:
+        app = witness_app(witness_key, _log_keys(log_key) or [], state)
+    except (Misconfigured, remote.Refused) as exc:
+        raise fail(str(exc), code=2) from None
+    # One line per cosignature and per refusal (a fork, a bad proof), readable in a terminal.
+    configure_logging("info", "console")
+    err.print(
+        f"witness {witness_key.name} serving POST http://{host}:{port}/add-checkpoint "
+        "(Ctrl-C stops)",
+        highlight=False,
+    )
+    uvicorn.run(
+        app, host=host, port=port, log_config=None, server_header=False, proxy_headers=False
     )
 
 

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,8 +22,9 @@ from starlette.routing import Route
 
 from gateway.audit import witnessing
 from gateway.audit.sealer import seal_until_current
+from gateway.audit.witness_server import witness_app
 from gateway.audit.witnessing import Witness, ask, ask_all
-from gateway.notes import WitnessKey
+from gateway.notes import NoteKey, WitnessKey
 from gateway.store.db import raw_of
 from tests.conftest import TEST_SIGNER, Api, make_settings, serving
 from tests.helpers import write_events
@@ -237,3 +239,20 @@ def test_witnesses_are_those_with_a_submission_url() -> None:
     ]
     with pytest.raises(ValueError, match="TILLIT_AUDIT_WITNESS_URLS"):
         make_settings("postgresql://x/y", audit_witness_urls="alice=ftp://nope")
+
+
+async def test_tillits_log_and_tillits_witness_speak_the_protocol_to_each_other(
+    log: AsyncEngine, public: Api, tmp_path: Path
+) -> None:
+    """`tillit audit witness-serve`'s app, pushed to by the log as the sealer's process does."""
+    log_key = NoteKey.of_log(TEST_SIGNER.origin, TEST_SIGNER.verifier)
+    app = witness_app(ALICE, [log_key], tmp_path / "alice.json")
+    target = Witness(ALICE.public, "http://witness.test")
+    async with client_of(app) as http:
+        first = await ask_once(log, http, target)
+        await grow(log, 300)
+        second = await ask_once(log, http, target)
+
+    assert (first, second) == (40, 340)
+    note = (await public.http.get("/audit/checkpoint")).text
+    assert cosigned(note, ALICE.name, ALICE.public.public) is not None
