@@ -7,7 +7,7 @@ generator is wrk with a Lua script, concurrency 16. Prints medians and ratios; w
 bench/results/<time>.json.
 
 Environment: DATABASE_URL (default: the embedded PostgreSQL in bench/.pgdata), BENCH_ROUNDS (3),
-BENCH_SECONDS (6), BENCH_SCENARIOS (S1,S2,S3,S4,H2), BENCH_EVENTS (1000000), BENCH_HOLD_SECONDS
+BENCH_SECONDS (6), BENCH_SCENARIOS (S1,S2,S3,S4,H2,A1), BENCH_EVENTS (1000000), BENCH_HOLD_SECONDS
 (120: how long H2 holds S2 with the sealer running as in production), BENCH_SHARED_BUFFERS (2GB:
 the embedded database's buffers; a DATABASE_URL server keeps its own).
 """
@@ -34,6 +34,7 @@ import psutil
 from sqlalchemy import text
 
 from bench import peer
+from bench.anonymous import anonymous_scenario
 from bench.hostile import refusal_cost
 from bench.seed import prepare_database, seed_events, seed_members
 from bench.serving import cpu_delta, free_port, postgres_cpu, uvicorn_command
@@ -511,6 +512,23 @@ def export_scenario(url: str, keys: dict[str, str], rounds: int) -> dict[str, li
     return runs
 
 
+def run_anonymous(url: str, keys: dict[str, str], ids: Path, seconds: int) -> dict[str, Any]:
+    """A1 (bench.anonymous) on a log of at least a few thousand sealed events."""
+    size = int(_ask(url, "SELECT coalesce(max(last_position), 0) FROM audit_checkpoints") or 0)
+    if size < 4096:  # a benchmark run of A1 alone: make a log to ask about
+        _load_round("tillit", "member.lua", url=url, keys=keys, ids=ids, seconds=3)
+    seal(url)
+    size = int(_ask(url, "SELECT max(last_position) FROM audit_checkpoints WHERE note IS NOT NULL"))
+
+    def start(extra: dict[str, str]) -> Server:
+        return Server("tillit", {**server_env(url), **extra})
+
+    member_env = {"BENCH_IDS": str(ids), "BENCH_KEY": keys["app"]}
+    return anonymous_scenario(
+        start, url=url, tree_size=size, member_env=member_env, wrk_dir=HERE / "wrk", seconds=seconds
+    )
+
+
 def median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(run[key] for run in runs))
 
@@ -519,7 +537,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     seconds = int(os.environ.get("BENCH_SECONDS", "6"))
-    scenarios = os.environ.get("BENCH_SCENARIOS", "S1,S2,S3,S4,H2").split(",")
+    scenarios = os.environ.get("BENCH_SCENARIOS", "S1,S2,S3,S4,H2,A1").split(",")
     events = int(os.environ.get("BENCH_EVENTS", "1000000"))
     url = os.environ.get("DATABASE_URL")
     if url is None:
@@ -570,6 +588,8 @@ def main() -> None:
     if "H2" in scenarios:
         hold = int(os.environ.get("BENCH_HOLD_SECONDS", "120"))
         results["H2"] = hold_scenario(url, keys, ids, hold)
+    if "A1" in scenarios:
+        results["A1"] = run_anonymous(url, keys, ids, seconds)
     results["R1"] = [refusal_cost(fragments=n) for n in (20, 40)]
     summary = summarise(results)
     results["summary"] = summary
@@ -629,6 +649,20 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             summary["S4"]["tillit_rows_per_s"] / summary["S4"]["psql_rows_per_s"]
         )
     summary["R1"] = results.get("R1", [])
+    if "A1" in results:
+        a1 = results["A1"]
+        reads = a1["member_reads"]
+        summary["A1"] = {
+            "worst_kind": a1["worst"]["kind"],
+            "worst_cpu_ms": a1["worst"]["cpu_ms"],
+            "within_target": a1["worst"]["cpu_ms"] <= 2.0,
+            "member_p50_ms": reads["alone"]["p50_us"] / 1000,
+            "member_p50_beside_ms": reads["with_anonymous"]["p50_us"] / 1000,
+            "member_p99_ms": reads["alone"]["p99_us"] / 1000,
+            "member_p99_beside_ms": reads["with_anonymous"]["p99_us"] / 1000,
+            "p50_ratio": reads["p50_ratio"],
+            "anonymous_refused_share": reads["refused_share"],
+        }
     if "H2" in results:
         summary["H2"] = {k: v for k, v in results["H2"].items() if k != "samples"}
     return summary
@@ -683,6 +717,20 @@ def table(summary: dict[str, Any]) -> str:
             f"| R1 refusing a {refusal['fragments']}-fragment doubling document "
             f"({refusal['bytes']} bytes, a new operation name each) | median "
             f"{refusal['median_ms']:.2f} ms, max {refusal['max_ms']:.2f} ms | | | |"
+        )
+    if "A1" in summary:
+        a1 = summary["A1"]
+        lines.append(
+            f"| A1 worst anonymous request ({a1['worst_kind']}) | {a1['worst_cpu_ms']:.2f} ms of "
+            f"CPU (server + PostgreSQL) | target 2 ms | | "
+            f"{'within' if a1['within_target'] else 'OVER'} |"
+        )
+        lines.append(
+            f"| A1 member reads beside 8 anonymous proof clients | p50 "
+            f"{a1['member_p50_beside_ms']:.1f} ms (alone {a1['member_p50_ms']:.1f}), p99 "
+            f"{a1['member_p99_beside_ms']:.1f} ms (alone {a1['member_p99_ms']:.1f}) | "
+            f"{a1['anonymous_refused_share']:.0%} of anonymous refused 429 | | "
+            f"p50 ratio {a1['p50_ratio']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -105,26 +105,34 @@ class RateLimiter:
         self._tat: dict[str, float] = {}  # epoch seconds
         self._pending: collections.Counter[str] = collections.Counter()
 
+    def check_known(self, subject: str) -> bool:
+        """Count one request of a subject this worker knows, with no statement: True when
+        admitted, RateLimited when over; False when the subject needs `check` (and a connection).
+        A caller over its rate is so refused before it costs a connection."""
+        now = time.time()
+        tat = self._tat.get(subject)
+        if tat is None or tat < now - _LOCAL_MEMORY_SECONDS:
+            return False
+        candidate = max(tat, now) + self.interval
+        if candidate - now > self.tolerance:
+            raise self._refusal(candidate, now)
+        self._tat[subject] = candidate
+        self._pending[subject] += 1
+        return True
+
     async def check(self, raw: Raw, subject: str) -> None:
         """Count one request of `subject`; RateLimited (with the seconds to wait) if over.
 
         Only a subject this worker does not know yet costs a statement, on the operation's
         connection.
         """
-        now = time.time()
-        tat = self._tat.get(subject)
-        if tat is None or tat < now - _LOCAL_MEMORY_SECONDS:
-            row = await raw.fetchrow(_DECIDE, subject, self.interval, self.tolerance)
-            if row["granted"] is None:
-                self._tat[subject] = float(row["current"])
-                raise self._refusal(float(row["current"]) + self.interval, time.time())
-            self._tat[subject] = float(row["granted"])
+        if self.check_known(subject):
             return
-        candidate = max(tat, now) + self.interval
-        if candidate - now > self.tolerance:
-            raise self._refusal(candidate, now)
-        self._tat[subject] = candidate
-        self._pending[subject] += 1
+        row = await raw.fetchrow(_DECIDE, subject, self.interval, self.tolerance)
+        if row["granted"] is None:
+            self._tat[subject] = float(row["current"])
+            raise self._refusal(float(row["current"]) + self.interval, time.time())
+        self._tat[subject] = float(row["granted"])
 
     def _refusal(self, candidate: float, now: float) -> RateLimited:
         return RateLimited(retry_after=max(1, math.ceil(candidate - now - self.tolerance)))

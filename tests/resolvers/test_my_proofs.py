@@ -91,8 +91,8 @@ async def test_proofs_are_counted_per_request_across_aliases(
     member_id, size = sealed
     await write_events(db, MAX_PROOFS, request="mine", member_id=member_id)
     aliases = " ".join(
-        f"a{n}: accessLog(first: 100, proofsAt: {size}) {{ edges {{ node {{ seal {{ proof }} }} }} }}"  # noqa: E501
-        for n in range(3)
+        f"a{n}: accessLog(first: 60, proofsAt: {size}) {{ edges {{ node {{ seal {{ proof }} }} }} }}"  # noqa: E501
+        for n in range(2)
     )
     response = await api.graphql(f"{{ me {{ {aliases} }} }}", token=member_token(member_id))
 
