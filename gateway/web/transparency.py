@@ -88,7 +88,7 @@ async def _answer(request: Request, work: Callable[[Raw], Awaitable[Response]]) 
     except _Refusal as refusal:
         return refusal.response
     except RateLimited as limited:
-        await asyncio.sleep(REFUSAL_DELAY_SECONDS)
+        await hold_refusal(REFUSAL_DELAY_SECONDS)
         return JSONResponse(
             error_body(limited.code, limited.message),
             status_code=429,
@@ -101,6 +101,11 @@ async def _answer(request: Request, work: Callable[[Raw], Awaitable[Response]]) 
             status_code=503,
             headers={"Retry-After": "1"},
         )
+
+
+async def hold_refusal(seconds: float) -> None:
+    """Wait before sending a refusal for being over the rate (see REFUSAL_DELAY_SECONDS)."""
+    await asyncio.sleep(seconds)
 
 
 def _required(request: Request, name: str) -> int:

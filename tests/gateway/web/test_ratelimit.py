@@ -155,3 +155,19 @@ async def test_the_sync_task_forgets_idle_subjects(
         await pool.close()
 
     assert await scalar(db, IDLE_ROWS) == 0
+
+
+async def test_a_subject_the_worker_knows_is_decided_without_the_database(db: AsyncEngine) -> None:
+    """The public routes count a known address, and refuse it when over, before they take a
+    connection: only a subject never seen (or idle for a minute) needs one."""
+    limiter = RateLimiter(per_second=0.5, burst=2)
+
+    assert limiter.check_known("public:192.0.2.1") is False  # unknown: needs `check`
+    async with db.connect() as connection:
+        await limiter.check(await raw_of(connection), "public:192.0.2.1")
+    admitted = limiter.check_known("public:192.0.2.1")
+    with pytest.raises(RateLimited) as refused:
+        limiter.check_known("public:192.0.2.1")
+
+    assert admitted is True
+    assert refused.value.retry_after >= 1

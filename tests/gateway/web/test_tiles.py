@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit.remote import LogClient
 from gateway.audit.sealer import seal_until_current
 from gateway.audit.tree import parse_tile_path, tile_path
+from gateway.web import transparency as transparency_routes
 from tests.conftest import TEST_SIGNER, Api, add_client, make_settings, serving
 from tests.helpers import write_events
 from tests.tlog import included, mth, open_checkpoint
@@ -153,8 +154,14 @@ async def test_an_inclusion_request_asks_for_at_most_two_positions(public: Api) 
 
 
 async def test_the_public_routes_have_a_rate_per_address_apart_from_clients(
-    grown: AsyncEngine, gateway_url: str
+    grown: AsyncEngine, gateway_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    held: list[float] = []
+
+    async def hold(seconds: float) -> None:  # the refusal's delay, recorded instead of waited
+        held.append(seconds)
+
+    monkeypatch.setattr(transparency_routes, "hold_refusal", hold)
     app_key = (await add_client(grown, name="shop")).key
     limited = make_settings(
         gateway_url, public_rate_limit_per_second=0.2, public_rate_limit_burst=2
@@ -170,6 +177,8 @@ async def test_the_public_routes_have_a_rate_per_address_apart_from_clients(
     assert answers[3].json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert keys.status_code == 429  # the same bucket for every public route
     assert graphql.status_code == 200  # the app's own bucket
+    # Each refusal is held a second before it is sent: a flood's loop slows to one a second.
+    assert held == [transparency_routes.REFUSAL_DELAY_SECONDS] * 3
 
 
 async def test_the_public_rate_limit_is_on_by_default_and_can_be_turned_off(
