@@ -45,10 +45,12 @@ def anonymous_scenario(
     bench.run.Server); `member_env` is what S1's script needs."""
     result: dict[str, Any] = {"tree_size": tree_size, "kinds": {}}
     anonymous = wrk_dir / "anonymous.lua"
+    # common.lua's ids and summary, and no key: these callers are anonymous.
+    shared = {"BENCH_DIR": str(wrk_dir), "BENCH_IDS": member_env["BENCH_IDS"], "BENCH_KEY": ""}
     server = start({"TILLIT_PUBLIC_RATE_LIMIT_PER_SECOND": "0"})
     try:
         for kind in KINDS:
-            env = {"BENCH_ANON_KIND": kind, "BENCH_TREE_SIZE": str(tree_size)}
+            env = {**shared, "BENCH_ANON_KIND": kind, "BENCH_TREE_SIZE": str(tree_size)}
             _summary(_wrk(server.url, anonymous, 2, 4, env))  # warm-up
             cpu, pg = server.cpu_seconds(), postgres_cpu()
             run = _summary(_wrk(server.url, anonymous, seconds, 4, env))
@@ -71,7 +73,11 @@ def anonymous_scenario(
     try:
         _summary(_wrk(server.url, member, 2, 16, env))  # warm-up
         alone = _summary(_wrk(server.url, member, seconds, 16, env))
-        hostile_env = {"BENCH_ANON_KIND": "inclusion-2", "BENCH_TREE_SIZE": str(tree_size)}
+        hostile_env = {
+            **shared,
+            "BENCH_ANON_KIND": "inclusion-2",
+            "BENCH_TREE_SIZE": str(tree_size),
+        }
         hostile = _wrk(server.url, anonymous, seconds, ANONYMOUS_CLIENTS, hostile_env)
         beside = _summary(_wrk(server.url, member, seconds, 16, env))
         attack = _summary(hostile)

@@ -174,3 +174,12 @@ async def audit_writes_fail(engine: AsyncEngine, failing: str = "insert") -> Asy
         async with engine.begin() as connection:
             await connection.execute(text("DROP TRIGGER refuse_audit ON access_events"))
             await connection.execute(text("DROP FUNCTION refuse_audit()"))
+
+
+async def leaves_of(engine: AsyncEngine) -> list[bytes]:
+    """The log's leaf hashes (each sealed event's hash), in position order."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT event_hash FROM audit_seals ORDER BY position")
+        )
+        return [bytes(r.event_hash) for r in rows]

@@ -1,8 +1,8 @@
--- A1: one kind of anonymous request (BENCH_ANON_KIND), no credentials; positions and tiles at
--- random within the signed tree of BENCH_TREE_SIZE events.
+-- A1: one kind of anonymous request (BENCH_ANON_KIND), no credentials (BENCH_KEY empty);
+-- positions and tiles at random within the signed tree of BENCH_TREE_SIZE events.
+dofile(os.getenv("BENCH_DIR") .. "/common.lua")
 local kind = os.getenv("BENCH_ANON_KIND")
 local size = tonumber(os.getenv("BENCH_TREE_SIZE"))
-math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
 
 local function inclusion()
   local query = "/audit/proof/inclusion?size=" .. size
@@ -31,11 +31,3 @@ local requests = {
   end,
 }
 request = requests[kind]
-
-done = function(summary, latency, requests_)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"status_errors":%d,"p50_us":%d,"p99_us":%d}\n',
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99)))
-end

@@ -17,21 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit.sealer import seal_until_current
 from gateway.signing import Signer
 from tests.conftest import TEST_AUDIT_KEY, TEST_SIGNER, Api, make_settings, serving
-from tests.helpers import verify, write_events
+from tests.helpers import leaves_of, verify, write_events
 from tests.tlog import consistent, included, mth, note_key_id, open_checkpoint, sha256
 
 # -- the log -----------------------------------------------------------------------------------
 
 ORIGIN = TEST_SIGNER.origin
 PUBLIC = base64.b64decode(TEST_SIGNER.verifier.public_base64)
-
-
-async def leaves_of(engine: AsyncEngine) -> list[bytes]:
-    async with engine.connect() as connection:
-        rows = await connection.execute(
-            text("SELECT position, event_hash FROM audit_seals ORDER BY position")
-        )
-        return [bytes(r.event_hash) for r in rows]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.remote import LogClient
@@ -15,7 +14,7 @@ from gateway.audit.sealer import seal_until_current
 from gateway.audit.tree import parse_tile_path, tile_path
 from gateway.web import transparency as transparency_routes
 from tests.conftest import TEST_SIGNER, Api, add_client, make_settings, serving
-from tests.helpers import write_events
+from tests.helpers import leaves_of, write_events
 from tests.tlog import included, mth, open_checkpoint
 
 ORIGIN = TEST_SIGNER.origin
@@ -31,14 +30,6 @@ def spec_path(level: int, index: int, width: int | None = None) -> str:
     elements = [digits[i : i + 3] for i in range(0, len(digits), 3)]
     path = f"{level}/" + "/".join(["x" + e for e in elements[:-1]] + [elements[-1]])
     return path if width is None else f"{path}.p/{width}"
-
-
-async def leaves_of(engine: AsyncEngine) -> list[bytes]:
-    async with engine.connect() as connection:
-        rows = await connection.execute(
-            text("SELECT event_hash FROM audit_seals ORDER BY position")
-        )
-        return [bytes(r.event_hash) for r in rows]
 
 
 @pytest.fixture
