@@ -31,6 +31,7 @@ from gateway.records.lifecycle import (
     erase_member,
     update_profile,
 )
+from gateway.records.locks import Hold, lock_member
 from gateway.records.member_data import fetch_member
 from resolvers.actors import (
     actor_of,
@@ -325,6 +326,8 @@ async def erase_me(context: Context, *, confirm_email: str) -> ErasureRecord:
     operation = "eraseMe"
     async with audited_write(context, operation=operation, purpose=None) as scope:
         scope.target = target = the_member(context.principal, "erase their data")
+        # The member held first: the address confirmed is the one in force when it is erased.
+        await lock_member(context.db, target, Hold.END)
         record = await fetch_member(context.db, target)
         if record is not None and confirm_email.strip().lower() != record.email.lower():
             raise Refused(

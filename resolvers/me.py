@@ -13,6 +13,7 @@ from gateway.domain import AccessOutcome, Anonymous, ClientPrincipal, LegalBasis
 from gateway.errors import Forbidden, NotFound, Unauthenticated
 from gateway.records.consents import ConsentEventRecord, fetch_consent_states
 from gateway.records.lifecycle import ProfileChangeRecord, fetch_profile_changes
+from gateway.records.locks import Hold, lock_member
 from gateway.records.member_data import (
     Notice,
     ObjectionEntry,
@@ -45,7 +46,10 @@ async def own_record(context: Context, operation: str) -> MemberRecord:
                 else "`me` is for members."
             ),
         )
-    record = await fetch_member(context.db, principal.member_id)
+    # Held until the operation ends (gateway.records.locks): an erasure waits for this read
+    # (which may mark notices delivered), or this read waits for it and finds no member.
+    held = await lock_member(context.db, principal.member_id, Hold.SHARE)
+    record = await fetch_member(context.db, principal.member_id) if held else None
     if record is None:
         raise context.refused(operation, NotFound("This token's member does not exist."))
     return record

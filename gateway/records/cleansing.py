@@ -146,6 +146,7 @@ async def record_cleansing(
             ErrorCode.MEMBERSHIP_INACTIVE,
             "The membership is closed: a member who has left is not cleansed.",
         )
+    now = locked_at(now)
     old_value = row[1]
     if await has_objected(connection, member_id, purpose.key):
         raise Refused(

@@ -268,12 +268,14 @@ async def expire_lapsed_consent(
     purposes: Mapping[str, Purpose],
 ) -> Expiry | None:
     """Close a grant past its lifetime: append an EXPIRED event to the history and purge the
-    values no valid consent covers any more. None if it was renewed or withdrawn meanwhile.
+    values no valid consent covers any more. None if it was renewed or withdrawn meanwhile, or
+    the member was erased.
 
     Reads stop releasing at the expiry instant without this; it makes the history say so and
     deletes what may no longer be kept.
     """
-    await lock_consent(connection, member_id, purpose.key, Hold.CHANGE)
+    if await lock_consent(connection, member_id, purpose.key, Hold.CHANGE) is None:
+        return None  # erased: its lapsed grant is kept as evidence, never appended to
     now = dt.datetime.now(dt.UTC)
     current = await current_event(connection, member_id, purpose.key)
     if current is None or current.kind is not ConsentEventKind.GRANTED:

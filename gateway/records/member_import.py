@@ -316,6 +316,9 @@ async def import_members(
         trail = AuditTrail(
             request_id=request_id, principal=SystemPrincipal("members import"), now=now
         )
+        # In address order: two imports at once with addresses in common wait for each other
+        # on the unique index in one order, never deadlock.
+        parsed.sort(key=_email)
         async with engine.begin() as connection:
             raw = await raw_of(connection)
 

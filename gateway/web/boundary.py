@@ -109,6 +109,9 @@ class Refused(Exception):
         return cls(400, error.code, error.message)
 
 
+# The request's scope key that says its operation was counted against the rate limit already.
+RATE_COUNTED = "tillit.rate_counted"
+
 # Refusals that say nothing about a member or the work: not audited (no caller to name, or the
 # request never started).
 _UNATTRIBUTED = (Unauthenticated, RateLimited, AuditUnavailable)
@@ -137,13 +140,16 @@ class Boundary:
 
     @asynccontextmanager
     async def operation(
-        self, request: Request, *, via: Via, operation: str
+        self, request: Request, *, via: Via, operation: str, deadline: float | None = None
     ) -> AsyncIterator[Context]:
-        """Run one operation (see the module's docstring); raises Refused."""
+        """Run one operation (see the module's docstring); raises Refused. `deadline` (the event
+        loop's time) is the request's when it runs the operation more than once."""
         refusal: TillitError | None = None
         executed = False
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_seconds
         try:
-            async with asyncio.timeout(self.settings.request_timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 with db.translated():
                     async with _connection(request, via) as (raw, sql):
                         context = await self._context(request, raw, sql)
@@ -190,9 +196,11 @@ class Boundary:
             token_secret=state.token_keys,
             clients=state.client_cache,
         )
-        if self.rate_limit is not None:
+        # Counted once an operation, however many times it runs (gateway.web.graphql).
+        if self.rate_limit is not None and not request.scope.get(RATE_COUNTED):
             client = request.client.host if request.client else None
             await self.rate_limit.check(raw, subject_of(principal, client))
+            request.scope[RATE_COUNTED] = True
         return Context.create(
             db=raw,
             sql=sql,

@@ -51,7 +51,7 @@ from gateway.settings import Settings
 from gateway.store import db
 from gateway.web import metrics
 from gateway.web.bodies import read_limited
-from gateway.web.boundary import Boundary, Refused, Via, error_body
+from gateway.web.boundary import RATE_COUNTED, Boundary, Refused, Via, error_body
 from gateway.web.fastpath import FastPath
 from gateway.web.fastwrite import WritePath
 from gateway.web.media import GRAPHQL_RESPONSE_JSON, JSON, negotiate, status_of
@@ -324,10 +324,19 @@ class GraphQLEndpoint:
         operation: OperationDefinitionNode | None,
     ) -> Answer:
         """Run the operation; run it again (rolled back whole each time) while it loses a race
-        with another transaction, at most ATTEMPTS times, then answer 409 CONFLICT."""
+        with another transaction, at most ATTEMPTS times and within the request's one deadline,
+        then answer 409 CONFLICT."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_seconds
+        sqlstate: str | None = None
+        request.scope[RATE_COUNTED] = False  # each operation of a batch counts once
         for attempt in range(1, ATTEMPTS + 1):
+            if loop.time() >= deadline:
+                break
             try:
-                return await self._attempt(request, document, variables, operation_name, operation)
+                return await self._attempt(
+                    request, document, variables, operation_name, operation, deadline
+                )
             except Exception as exc:
                 sqlstate = exc.sqlstate if isinstance(exc, _Contended) else db.contended(exc)
                 if sqlstate is None:
@@ -341,6 +350,7 @@ class GraphQLEndpoint:
             )
             # A little apart, so that two transactions that deadlocked do not meet again.
             await asyncio.sleep(random.uniform(0, 0.005 * attempt))  # noqa: S311  # not a secret
+        log.warning("operation.conflict", operation=_label(operation), sqlstate=sqlstate)
         return _error_answer(
             409,
             ErrorCode.CONFLICT,
@@ -355,6 +365,7 @@ class GraphQLEndpoint:
         variables: dict[str, Any] | None,
         operation_name: str | None,
         operation: OperationDefinitionNode | None,
+        deadline: float,
     ) -> Answer:
         read_only = _only(operation, OperationType.QUERY, READ_ONLY_ROOTS)
         if read_only:
@@ -366,7 +377,9 @@ class GraphQLEndpoint:
         boundary: Boundary = request.state.boundary
         outcome: dict[str, Any] = {}
         try:
-            async with boundary.operation(request, via=via, operation=_label(operation)) as context:
+            async with boundary.operation(
+                request, via=via, operation=_label(operation), deadline=deadline
+            ) as context:
                 result = None
                 plan = (
                     self.fast.plan(document, operation, operation_name)

@@ -20,10 +20,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.access.purposes import fetch_purposes
-from gateway.domain import ActorKind, Capability, ConsentMethod
+from gateway.domain import ActorKind, Capability, ConsentMethod, ProfileField
+from gateway.records.cleansing import lift_objection
 from gateway.records.consent_changes import GrantRequest, grant_consent
 from gateway.records.consents import Actor
-from gateway.records.lifecycle import close_membership, erase_member
+from gateway.records.lifecycle import close_membership, erase_member, update_profile
 from gateway.store.db import Raw, raw_of
 from tests.conftest import Api, add_client, add_member, member_token
 from tests.helpers import WORDING, grant
@@ -101,7 +102,16 @@ async def waiting_for_locks(engine: AsyncEngine, count: int) -> None:
         if waiting is not None and waiting >= count:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{count} requests never waited for a lock")
+    async with engine.connect() as connection:
+        seen = await connection.execute(
+            text(
+                "SELECT application_name, state, wait_event_type, wait_event "
+                "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = "
+                "'client backend'"
+            )
+        )
+        rows = seen.all()
+    raise AssertionError(f"{count} requests never waited for a lock; the backends: {rows}")
 
 
 async def consents_in_force(engine: AsyncEngine, member_id: uuid.UUID) -> list[str]:
@@ -268,3 +278,87 @@ async def test_an_email_another_transaction_is_taking_is_already_member(
     assert (answer.status_code, code_of(answer)) == (200, "ALREADY_MEMBER")
     taken = "SELECT count(*) FROM members WHERE lower(email) = lower(:m)"
     assert await count(db, taken, wanted) == 1
+
+
+async def test_an_erasure_confirms_the_address_in_force_once_it_holds_the_member(
+    api: Api, db: AsyncEngine
+) -> None:
+    """The address changes while the erasure waits: the old one no longer confirms it."""
+    member_id = await add_member(db, email=EMAIL)
+
+    async def change_address(raw: Raw) -> Any:
+        return await update_profile(
+            raw,
+            member_id=member_id,
+            changes={ProfileField.EMAIL: "ola.moved@example.no"},
+            actor=Actor(ActorKind.MEMBER),
+            purpose=None,
+            now=dt.datetime.now(dt.UTC),
+        )
+
+    async with held(db, change_address):
+        erasure = asyncio.create_task(
+            api.graphql(ERASE, {"email": EMAIL}, token=member_token(member_id))
+        )
+        await waiting_for_locks(db, 1)
+    answer = await erasure
+
+    assert code_of(answer) == "CONFIRMATION_REQUIRED"
+    assert await count(db, "SELECT count(*) FROM members WHERE id = :m", member_id) == 1
+
+
+async def test_my_export_waiting_for_an_erasure_finds_no_member(api: Api, db: AsyncEngine) -> None:
+    member_id = await add_member(db, email=EMAIL)
+
+    async def erase(raw: Raw) -> Any:
+        purposes = {p.key: p for p in await fetch_purposes(raw)}
+        return await erase_member(
+            raw,
+            member_id=member_id,
+            requested_by=ActorKind.MEMBER,
+            purposes=purposes,
+            evidence_period=dt.timedelta(days=30),
+            now=dt.datetime.now(dt.UTC),
+        )
+
+    async with held(db, erase):
+        export = asyncio.create_task(
+            api.http.get(
+                "/me/export", headers={"Authorization": f"Bearer {member_token(member_id)}"}
+            )
+        )
+        await waiting_for_locks(db, 1)
+    answer = await export
+
+    assert answer.status_code == 404
+    assert answer.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_a_cleansing_that_waited_for_a_lifting_is_dated_after_it(
+    api: Api, db: AsyncEngine, app_key: str
+) -> None:
+    member_id = await add_member(db)
+    objected = await api.graphql(OBJECT, token=member_token(member_id))
+    assert objected.json()["data"]["objectToProcessing"]["objectedAt"]
+
+    async def lift(raw: Raw) -> Any:
+        purposes = {p.key: p for p in await fetch_purposes(raw)}
+        return await lift_objection(
+            raw, member_id=member_id, purpose=purposes["data_quality"], now=dt.datetime.now(dt.UTC)
+        )
+
+    cleansing: asyncio.Task[Any] | None = None
+    async with held(db, lift):
+        cleansing = asyncio.create_task(
+            api.graphql(CLEANSE, {"member": str(member_id)}, token=app_key)
+        )
+        await waiting_for_locks(db, 1)
+    answer = await cleansing
+
+    assert answer.json()["data"]["recordCleansing"]["changed"] is True
+    in_order = (
+        "SELECT (SELECT recorded_at FROM cleansing_records WHERE member_id = :m) >= "
+        "(SELECT lifted_at FROM objections WHERE member_id = :m)"
+    )
+    async with db.connect() as connection:
+        assert await connection.scalar(text(in_order), {"m": member_id}) is True

@@ -92,6 +92,38 @@ async def test_purge_expired_closes_lapsed_consents_and_deletes_their_values(
     )
 
 
+async def test_purge_expired_passes_over_an_erased_members_lapsed_consent(
+    db: AsyncEngine, cli_env: object
+) -> None:
+    """Erasure withdraws only consents in force: a lapsed grant stays an erased member's newest
+    event, and the job must pass it by, not stop there on every run (it did: a foreign key)."""
+    erased = await add_member(db)
+    lapsed = await add_member(db)
+    for member_id in (erased, lapsed):
+        await grant(
+            db,
+            member_id,
+            "personalized_offers",
+            granted_at=NOW - dt.timedelta(days=400),
+            expires_at=NOW - dt.timedelta(days=1),
+        )
+    forgotten = await tillit("members", "erase", str(erased), "--yes")
+    assert forgotten.exit_code == 0, forgotten.output
+
+    result = await tillit("consents", "purge-expired")
+
+    assert result.exit_code == 0, result.output
+    assert "closed 1 expired consents" in result.output
+    assert (
+        await scalar(
+            db,
+            f"SELECT kind FROM consent_events WHERE member_id = '{lapsed}' "
+            "ORDER BY seq DESC LIMIT 1",
+        )
+        == "EXPIRED"
+    )
+
+
 async def test_notices_overdue_lists_undelivered_notices_past_due(
     db: AsyncEngine, cli_env: object
 ) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.domain import Capability
 from gateway.store.db import contended
 from gateway.web.graphql import ATTEMPTS
-from tests.conftest import Api, add_client, add_member, member_token
+from tests.conftest import Api, add_client, add_member, make_settings, member_token, serving
 from tests.helpers import WORDING
 
 GRANT = """
@@ -136,3 +136,19 @@ def test_only_lost_races_count_as_contended() -> None:
     assert contended(Failure("23502")) is None  # not null: a defect, not a race
     assert contended(Failure("42P01")) is None
     assert contended(ValueError("plain")) is None
+
+
+async def test_an_operation_run_again_counts_once_against_the_rate_limit(
+    db: AsyncEngine, gateway_url: str
+) -> None:
+    """A request that loses races is one request: its runs again do not spend the caller's
+    bucket (with a burst of 2, a third count would be 429)."""
+    member_id = await add_member(db)
+    limited = make_settings(gateway_url, rate_limit_per_second=0.01, rate_limit_burst=2)
+    async with serving(limited, gateway_url) as api:
+        async with losing(db, "consent_events", "40P01", runs=ATTEMPTS - 1):
+            answer = await api.graphql(GRANT, {"evidence": WORDING}, token=member_token(member_id))
+        second = await api.graphql("{ purposes { key } }", token=member_token(member_id))
+
+    assert answer.status_code == 200, answer.text
+    assert second.status_code == 200  # the first request counted once, leaving one
