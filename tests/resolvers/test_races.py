@@ -26,7 +26,7 @@ from gateway.records.consent_changes import GrantRequest, grant_consent
 from gateway.records.consents import Actor
 from gateway.records.lifecycle import close_membership, erase_member, update_profile
 from gateway.store.db import Raw, raw_of
-from tests.conftest import Api, add_client, add_member, member_token
+from tests.conftest import Api, add_client, add_member, make_settings, member_token, serving
 from tests.helpers import WORDING, grant
 
 GRANT = """
@@ -54,6 +54,14 @@ UPDATE_EMAIL = """
 mutation($email: String!) { updateMyProfile(changes: { email: $email }) { changed } }
 """
 EMAIL = "ola.races@example.no"
+
+
+@pytest.fixture
+async def api(db: AsyncEngine, gateway_url: str) -> AsyncIterator[Api]:
+    """The gateway with a connection for each request these tests hold waiting at once (the
+    suite's default pools have two, so a third request would wait for the pool, not the lock)."""
+    async with serving(make_settings(gateway_url, db_pool_size=8), gateway_url) as client:
+        yield client
 
 
 @pytest.fixture
