@@ -298,7 +298,9 @@ async def test_consent_standing_tells_an_app_whom_to_ask(
     )
 
     standing = {c["purpose"]: c for c in response.json()["data"]["member"]["consents"]}
-    assert set(standing) == {"customer_insight", "personalized_offers"}
+    assert set(standing) == {"customer_insight", "personalized_offers", "email_marketing"}
+    assert standing["email_marketing"]["valid"] is False  # never asked: ask
+    assert standing["email_marketing"]["problem"] == "CONSENT_REQUIRED"
     assert standing["customer_insight"]["state"] == "GRANTED"
     assert standing["customer_insight"]["valid"] is True
     assert standing["personalized_offers"]["valid"] is False
@@ -545,3 +547,51 @@ async def test_a_member_carries_the_purpose_it_was_released_under(
         "id": str(member_id),
         "purpose": "membership_service",
     }
+
+
+# -- The channel an offer reaches a member by ------------------------------------------------------
+
+CHANNEL = """
+query($id: ID!, $purpose: String!) {
+  member(id: $id, purpose: $purpose) { firstName email phone tier incomeBand }
+}
+"""
+
+
+async def test_email_marketing_releases_the_channel_only_on_its_own_explicit_consent(
+    api: Api, db: AsyncEngine
+) -> None:
+    """Being profiled for offers and being sent them by e-mail or SMS are two consents
+    (markedsføringsloven § 15; GDPR's specific consent): email_marketing releases contact details
+    and tier on its own consent, and neither consent covers the other's fields."""
+    campaigns = (
+        await add_client(db, name="esp", purposes=("email_marketing", "personalized_offers"))
+    ).key
+    both = await add_member(db)
+    await grant(db, both, "email_marketing")
+    offers_grant = await grant(db, both, "personalized_offers")
+    await enrich(db, both, offers_grant)
+    offers_only = await add_member(db)
+    await grant(db, offers_only, "personalized_offers")
+    conditional = await add_member(db)
+    await grant(db, conditional, "email_marketing", method="CONDITIONAL")
+
+    async def ask(member_id: uuid.UUID, purpose: str) -> dict[str, Any]:
+        response = await api.graphql(
+            CHANNEL, {"id": str(member_id), "purpose": purpose}, token=campaigns
+        )
+        body: dict[str, Any] = response.json()
+        return body
+
+    sent = await ask(both, "email_marketing")
+    profiled = await ask(both, "personalized_offers")
+    not_asked = await ask(offers_only, "email_marketing")
+    too_weak = await ask(conditional, "email_marketing")
+
+    assert sent["data"]["member"]["email"].endswith("@example.org")
+    assert sent["data"]["member"]["tier"] == "GOLD"
+    assert codes(sent) == {("member", "incomeBand"): "CATEGORY_NOT_IN_PURPOSE"}
+    assert codes(profiled)[("member", "email")] == "CATEGORY_NOT_IN_PURPOSE"
+    assert profiled["data"]["member"]["incomeBand"] == "500-750k"
+    assert codes(not_asked)[("member", "email")] == "CONSENT_REQUIRED"
+    assert codes(too_weak)[("member", "email")] == "CONSENT_METHOD_INSUFFICIENT"

@@ -179,7 +179,12 @@ async def test_loading_is_idempotent(conn: AsyncConnection, tmp_path: Path) -> N
     # The fixture loaded the repository's policy: membership_service exists, the rest is retired.
     assert first.created == ["offers"]
     assert first.updated == ["membership_service"]
-    assert first.retired == ["customer_insight", "data_quality", "personalized_offers"]
+    assert first.retired == [
+        "customer_insight",
+        "data_quality",
+        "email_marketing",
+        "personalized_offers",
+    ]
     assert second.created == second.updated == second.retired == []
     assert sorted(second.unchanged) == ["membership_service", "offers"]
     loaded = {p.key: p for p in await fetch_purposes(await raw_of(conn))}

@@ -52,12 +52,13 @@ async def test_policy_load_is_idempotent(db: AsyncEngine, cli_env: object) -> No
     second = await tillit("policy", "load")
 
     assert first.exit_code == 0, first.output
-    assert "created: membership_service, personalized_offers, customer_insight, data_quality" in (
-        first.output
+    assert (
+        "created: membership_service, personalized_offers, email_marketing, customer_insight, "
+        "data_quality" in first.output
     )
     assert "unchanged:" in second.output
     assert "created" not in second.output
-    assert await scalar(db, "SELECT count(*) FROM purposes") == 4
+    assert await scalar(db, "SELECT count(*) FROM purposes") == 5
 
 
 async def test_policy_check_refuses_an_invalid_file_with_its_line(

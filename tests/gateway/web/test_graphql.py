@@ -117,6 +117,7 @@ async def test_purposes_are_public(api: Api) -> None:
     assert set(purposes) == {
         "membership_service",
         "personalized_offers",
+        "email_marketing",
         "customer_insight",
         "data_quality",
     }
