@@ -96,6 +96,26 @@ async def held(engine: AsyncEngine, work: Callable[[Raw], Awaitable[Any]]) -> As
         await transaction.commit()
 
 
+async def policy(raw: Raw) -> dict[str, Any]:
+    return {p.key: p for p in await fetch_purposes(raw)}
+
+
+def erasing(member_id: uuid.UUID) -> Callable[[Raw], Awaitable[Any]]:
+    """The member's erasure, as `eraseMe` runs it, for `held`."""
+
+    async def erase(raw: Raw) -> Any:
+        return await erase_member(
+            raw,
+            member_id=member_id,
+            requested_by=ActorKind.MEMBER,
+            purposes=await policy(raw),
+            evidence_period=dt.timedelta(days=30),
+            now=dt.datetime.now(dt.UTC),
+        )
+
+    return erase
+
+
 async def waiting_for_locks(engine: AsyncEngine, count: int) -> None:
     """Until `count` of the gateway's backends wait for a lock (bounded: 20 s in steps)."""
     for _ in range(400):
@@ -151,7 +171,7 @@ async def test_grants_that_wait_for_a_closing_are_refused_and_nothing_stays_in_f
     member_id = await add_member(db)
 
     async def close(raw: Raw) -> Any:
-        purposes = {p.key: p for p in await fetch_purposes(raw)}
+        purposes = await policy(raw)
         return await close_membership(
             raw,
             member_id=member_id,
@@ -189,18 +209,7 @@ async def test_writes_that_wait_for_an_erasure_are_not_found_and_the_erasure_sta
     member_id = await add_member(db, email=EMAIL)
     await grant(db, member_id, "personalized_offers")
 
-    async def erase(raw: Raw) -> Any:
-        purposes = {p.key: p for p in await fetch_purposes(raw)}
-        return await erase_member(
-            raw,
-            member_id=member_id,
-            requested_by=ActorKind.MEMBER,
-            purposes=purposes,
-            evidence_period=dt.timedelta(days=30),
-            now=dt.datetime.now(dt.UTC),
-        )
-
-    async with held(db, erase):
+    async with held(db, erasing(member_id)):
         racing = [
             asyncio.create_task(
                 api.graphql(GRANT, grant_vars(member_id, "customer_insight"), token=app_key)
@@ -227,7 +236,7 @@ async def test_an_erasure_that_waits_for_a_grant_succeeds_and_withdraws_it(
     member_id = await add_member(db, email=EMAIL)
 
     async def grant_by_member(raw: Raw) -> Any:
-        purposes = {p.key: p for p in await fetch_purposes(raw)}
+        purposes = await policy(raw)
         return await grant_consent(
             raw,
             member_id=member_id,
@@ -318,18 +327,7 @@ async def test_an_erasure_confirms_the_address_in_force_once_it_holds_the_member
 async def test_my_export_waiting_for_an_erasure_finds_no_member(api: Api, db: AsyncEngine) -> None:
     member_id = await add_member(db, email=EMAIL)
 
-    async def erase(raw: Raw) -> Any:
-        purposes = {p.key: p for p in await fetch_purposes(raw)}
-        return await erase_member(
-            raw,
-            member_id=member_id,
-            requested_by=ActorKind.MEMBER,
-            purposes=purposes,
-            evidence_period=dt.timedelta(days=30),
-            now=dt.datetime.now(dt.UTC),
-        )
-
-    async with held(db, erase):
+    async with held(db, erasing(member_id)):
         export = asyncio.create_task(
             api.http.get(
                 "/me/export", headers={"Authorization": f"Bearer {member_token(member_id)}"}
@@ -350,7 +348,7 @@ async def test_a_cleansing_that_waited_for_a_lifting_is_dated_after_it(
     assert objected.json()["data"]["objectToProcessing"]["objectedAt"]
 
     async def lift(raw: Raw) -> Any:
-        purposes = {p.key: p for p in await fetch_purposes(raw)}
+        purposes = await policy(raw)
         return await lift_objection(
             raw, member_id=member_id, purpose=purposes["data_quality"], now=dt.datetime.now(dt.UTC)
         )
