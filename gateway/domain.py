@@ -74,6 +74,8 @@ class Capability(enum.StrEnum):
     ENROLL = "enroll"
     UPDATE_PROFILE = "update_profile"
     CLOSE_MEMBERSHIP = "close_membership"
+    # Select and export the members a purpose may reach (audience pages, exports, syncs).
+    AUDIENCE = "audience"
 
 
 class ConsentEventKind(enum.StrEnum):

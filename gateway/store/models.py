@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     Boolean,
     CheckConstraint,
     Date,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Sequence,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -564,6 +566,42 @@ ACCESS_EVENT_COLUMNS: tuple[str, ...] = tuple(
     for column in AccessEvent.__table__.columns
     if column.name not in ("txid", "leaf_hash")
 )
+
+
+# Which members each transaction touched, for audience syncs (`since=`): written by statement
+# triggers on members, consent_events, objections and enrichment_records (migration 0012), never
+# by the gateway. No key: a transaction touching a member twice may leave two rows.
+member_changes = Table(
+    "member_changes",
+    Base.metadata,
+    Column("member_id", UUID(as_uuid=True), nullable=False),
+    Column("txid", Xid8(), nullable=False, server_default=text("pg_current_xact_id()")),
+    Index("ix_member_changes_txid", "txid"),
+)
+
+
+class AudienceExport(Base):
+    """One audience export: what it selected, the snapshot it started from (the next sync's
+    cursor), and its signed manifest once it finished."""
+
+    __tablename__ = "audience_exports"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    client_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("clients.id"))
+    purpose_key: Mapped[str] = mapped_column(String(64), ForeignKey("purposes.key"))
+    filter: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
+    format: Mapped[str] = mapped_column(String(8))
+    since_export_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("audience_exports.id"))
+    snapshot: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+    __table_args__ = (
+        CheckConstraint("format IN ('csv', 'jsonl')", name="format"),
+        CheckConstraint("(finished_at IS NULL) = (manifest IS NULL)", name="finished"),
+        Index("ix_audience_exports_client_started", "client_id", "started_at"),
+    )
 
 
 class AuditCheckpoint(Base):
