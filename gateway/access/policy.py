@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.domain import (
     Anonymous,
+    Capability,
     Category,
     ClientPrincipal,
     ConsentEventKind,
@@ -68,6 +69,18 @@ def purpose_for(caller: Principal, purpose_key: str, purposes: Mapping[str, Purp
         raise UnknownPurpose(purpose=purpose_key)
     if purpose.key not in caller.purposes:
         raise PurposeNotPermitted(purpose=purpose.key)
+    return purpose
+
+
+def audience_purpose(
+    caller: Principal, purpose_key: str, purposes: Mapping[str, Purpose]
+) -> Purpose:
+    """The purpose an app client selects an audience under (pages, exports, syncs): as for any
+    read (`purpose_for`), and the client holds the `audience` capability."""
+    purpose = purpose_for(caller, purpose_key, purposes)
+    assert isinstance(caller, ClientPrincipal)
+    if Capability.AUDIENCE not in caller.capabilities:
+        raise Forbidden("This client may not select audiences (capability `audience`).")
     return purpose
 
 

@@ -96,7 +96,7 @@ def _consent_failure(purpose: Purpose, state: State) -> str:
         f"AND {state.expires_at} IS NOT NULL AND {state.expires_at} <= {state.now})"
     )
     notice_not_accepted = (
-        f"{state.notice_version} IS NULL"
+        "true"  # no version accepted: every consent's notice is outdated
         if not accepted
         else f"{state.notice_version} IS NULL OR {state.notice_version} NOT IN "
         f"({_literals(accepted)})"
@@ -113,10 +113,11 @@ def _consent_failure(purpose: Purpose, state: State) -> str:
     )
 
 
-def relied_on(purpose: Purpose, state: State, failed: str) -> str:
+def relied_on(purpose: Purpose, state: State, failed: str, *, releases: bool = True) -> str:
     """An SQL uuid[] expression: the consents the release relies on (the grant, for a consent
-    purpose whose basis holds; none otherwise), as `Decision.consent_ids`."""
-    if not reads_consent(purpose):
+    purpose whose basis holds; none otherwise), as `Decision.consent_ids`. `releases`: whether
+    any field asked is in the purpose (when none is, nothing is released and nothing relied on)."""
+    if not releases or not reads_consent(purpose):
         return "'{}'::uuid[]"
     return f"CASE WHEN ({failed}) IS NULL THEN ARRAY[{state.consent_id}] ELSE '{{}}'::uuid[] END"
 
@@ -130,14 +131,16 @@ class Fields:
     released: str
     withheld: str
     outcome: str
+    consent_ids: str
 
 
 def _array(names: Iterable[str]) -> str:
     return f"ARRAY[{_literals(names)}]::text[]" if names else "'{}'::text[]"
 
 
-def fields(purpose: Purpose, asked: Mapping[str, Category], failed: str) -> Fields:
-    """What `decide` releases and withholds of `asked`, given the failure expression `failed`."""
+def fields(purpose: Purpose, asked: Mapping[str, Category], state: State) -> Fields:
+    """What `decide` releases and withholds of `asked`, and the consents it relies on."""
+    failed = failure(purpose, state)
     in_purpose = sorted(name for name, c in asked.items() if c in purpose.categories)
     outside = sorted(name for name in asked if name not in in_purpose)
     # The outside fields are withheld whatever the member's state (CATEGORY_NOT_IN_PURPOSE).
@@ -148,7 +151,7 @@ def fields(purpose: Purpose, asked: Mapping[str, Category], failed: str) -> Fiel
     static_object = f"jsonb_build_object({static})"
     if not in_purpose:
         outcome = "'DENIED'" if outside else "'RELEASED'"
-        return Fields("'{}'::text[]", static_object, outcome)
+        return Fields("'{}'::text[]", static_object, outcome, "'{}'::uuid[]")
     pairs = ", ".join(f"{literal(name)}::text, ({failed})" for name in in_purpose)
     withheld = (
         f"CASE WHEN ({failed}) IS NULL THEN {static_object} "
@@ -159,4 +162,4 @@ def fields(purpose: Purpose, asked: Mapping[str, Category], failed: str) -> Fiel
         f"CASE WHEN ({failed}) IS NOT NULL THEN 'DENIED' "
         f"ELSE {literal('PARTIAL' if outside else 'RELEASED')} END"
     )
-    return Fields(released, withheld, outcome)
+    return Fields(released, withheld, outcome, relied_on(purpose, state, failed))

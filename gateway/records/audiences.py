@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from gateway.access import sql as decision_sql
 from gateway.domain import (
     Category,
@@ -362,7 +363,7 @@ async def audience_page(
         WHERE ($3::uuid IS NULL OR m.id > $3::uuid) AND ({failed}) IS NULL AND {where}
         ORDER BY m.id
         LIMIT $4::int
-    """  # noqa: S608  # built from this module's and gateway.access.sql's constants
+    """
     rows = await connection.fetch(statement, *params.values)
     page = AudiencePage(has_next_page=len(rows) > first)
     for row in rows[:first]:
@@ -394,18 +395,15 @@ async def decide_members(
 ) -> dict[uuid.UUID, SetDecision]:
     """The decision for each existing member among `member_ids`, made by PostgreSQL in one
     statement from the SQL the policy generates: what an access event of each would record."""
-    state = decision_sql.State(now="p.now")
-    failed = decision_sql.failure(purpose, state)
-    answer = decision_sql.fields(purpose, fields, failed)
+    answer = decision_sql.fields(purpose, fields, decision_sql.State(now="p.now"))
     statement = f"""
         SELECT m.id, {answer.released} AS released, ({answer.withheld})::text AS withheld,
-               {answer.outcome} AS outcome, {decision_sql.relied_on(purpose, state, failed)}
-               AS consent_ids
+               {answer.outcome} AS outcome, {answer.consent_ids} AS consent_ids
         FROM (SELECT $1::timestamptz AS now, $2::text AS purpose) AS p
         CROSS JOIN members m
         {state_joins(purpose, "p.purpose")}
         WHERE m.id = ANY($3::uuid[])
-    """  # noqa: S608  # built from this module's and gateway.access.sql's constants
+    """
     rows = await connection.fetch(statement, now, purpose.key, list(member_ids))
     return {
         row["id"]: SetDecision(

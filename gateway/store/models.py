@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
-    Column,
     Boolean,
     CheckConstraint,
+    Column,
     Date,
     DateTime,
     ForeignKey,
