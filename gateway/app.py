@@ -29,7 +29,8 @@ from gateway.errors import SettingsError
 from gateway.logs import configure_logging, flush_logs
 from gateway.settings import Settings, load_settings
 from gateway.store import db, migrate
-from gateway.web import metrics
+from gateway.store.connect import Connector
+from gateway.web import audience_export, metrics
 from gateway.web.audit_export import export, export_manifest
 from gateway.web.boundary import Boundary, error_body
 from gateway.web.graphql import GraphQLEndpoint
@@ -53,6 +54,7 @@ class State(TypedDict):
     policy_cache: TtlCache[str, dict[str, Purpose]]
     boundary: Boundary
     public_rate_limit: RateLimiter | None
+    connect: Connector
 
 
 async def healthz(request: Request) -> Response:
@@ -145,6 +147,9 @@ def create_app(
                 "token_keys": token_keys,
                 "client_cache": TtlCache(POLICY_TTL_SECONDS),
                 "policy_cache": TtlCache(POLICY_TTL_SECONDS),
+                # A connection of its own, for a stream that outlives a request's deadline
+                # (gateway.web.audience_export).
+                "connect": db.connector(url, settings),
             }
         finally:
             stop.set()
@@ -171,6 +176,8 @@ def create_app(
             Route("/me/export", me_export, methods=["GET"]),
             Route("/audit/export", export, methods=["GET"]),
             Route("/audit/export/manifest", export_manifest, methods=["GET"]),
+            Route("/audiences/export", audience_export.export, methods=["GET"]),
+            Route("/audiences/export/manifest", audience_export.manifest, methods=["GET"]),
             *(
                 Route(path, endpoint, methods=methods)
                 for path, endpoint, methods in TRANSPARENCY_ROUTES

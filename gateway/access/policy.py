@@ -78,10 +78,19 @@ def audience_purpose(
     """The purpose an app client selects an audience under (pages, exports, syncs): as for any
     read (`purpose_for`), and the client holds the `audience` capability."""
     purpose = purpose_for(caller, purpose_key, purposes)
-    assert isinstance(caller, ClientPrincipal)
+    require_audience_client(caller)
+    return purpose
+
+
+def require_audience_client(caller: Principal) -> ClientPrincipal:
+    """The caller, if it is an app client with the `audience` capability."""
+    if isinstance(caller, Anonymous):
+        raise Unauthenticated()
+    if not isinstance(caller, ClientPrincipal) or caller.role is not Role.APP:
+        raise Forbidden("Only app clients select audiences.")
     if Capability.AUDIENCE not in caller.capabilities:
         raise Forbidden("This client may not select audiences (capability `audience`).")
-    return purpose
+    return caller
 
 
 def _legal_basis_failure(

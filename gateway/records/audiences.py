@@ -39,6 +39,9 @@ from gateway.records.members import (
 from gateway.store.db import Raw
 
 MAX_LIST = 100  # values in one filter list
+# Below every member id: a keyset starts after it (a condition the index serves, where
+# `$n IS NULL OR id > $n` under a generic plan would read every member).
+FIRST_ID = uuid.UUID(int=0)
 MAX_TEXT = 64  # characters in one filter value
 
 
@@ -242,7 +245,7 @@ def refuse_outside(purpose: Purpose, selection: Selection) -> None:
         )
 
 
-class _Params:
+class Params:
     """Positional parameters of a statement being built."""
 
     def __init__(self, *first: Any) -> None:
@@ -260,7 +263,7 @@ def _enriched(field_: EnrichedField, condition: str) -> str:
     )
 
 
-def selection_sql(selection: Selection, params: _Params) -> str:
+def selection_sql(selection: Selection, params: Params) -> str:
     """The selection's conditions on `m` (members), ANDed; 'true' when it selects everyone."""
     clauses = []
     s = selection
@@ -348,7 +351,7 @@ async def audience_page(
 ) -> AudiencePage:
     """The next `first` members (by id, after `after`) for whom the purpose's legal basis holds at
     `now` and whom the selection takes, with their base and enriched values. One statement."""
-    params = _Params(now, purpose.key, after, first + 1)
+    params = Params(now, purpose.key, after or FIRST_ID, first + 1)
     state = decision_sql.State(now="p.now")
     failed = decision_sql.failure(purpose, state)
     relied = decision_sql.relied_on(purpose, state, failed)
@@ -360,7 +363,7 @@ async def audience_page(
         CROSS JOIN members m
         {state_joins(purpose, "p.purpose")}
         {ENRICHED_VALUES}
-        WHERE ($3::uuid IS NULL OR m.id > $3::uuid) AND ({failed}) IS NULL AND {where}
+        WHERE m.id > $3::uuid AND ({failed}) IS NULL AND {where}
         ORDER BY m.id
         LIMIT $4::int
     """
