@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from gateway.cli import audit, clients, members, records
+from gateway.cli import audiences, audit, clients, members, records
 from gateway.cli.server import app
 from gateway.cli.support import err
 
@@ -13,6 +13,7 @@ clients.register(app)
 members.register(app)
 records.register(app)
 audit.register(app)
+audiences.register(app)
 
 __all__ = ["app", "main"]
 

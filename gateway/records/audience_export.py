@@ -33,8 +33,9 @@ import orjson
 
 from gateway.access import sql as decision_sql
 from gateway.audit.export import csv_cell_sql
+from gateway.audit.trail import AccessRecord
 from gateway.audit.verify import manifest_content
-from gateway.domain import ActorKind, Category, ErrorCode, Purpose
+from gateway.domain import AccessOutcome, ActorKind, Category, ErrorCode, Purpose
 from gateway.errors import BadUserInput
 from gateway.records.audiences import FIRST_ID, Params, Selection, selection_sql, state_joins
 from gateway.signing import Signer
@@ -260,6 +261,23 @@ async def begin(
         now,
     )
     return export
+
+
+def start_record(export: Export) -> AccessRecord:
+    """The export's own access event (no member: each member's is written with its line)."""
+    return AccessRecord(
+        operation=OPERATION,
+        member_id=None,
+        purpose=export.purpose.key,
+        legal_basis=export.purpose.legal_basis,
+        outcome=AccessOutcome.RELEASED,
+        details={
+            "export": str(export.id),
+            "format": export.format,
+            "where": export.selection.document(),
+            "since": str(export.since) if export.since else None,
+        },
+    )
 
 
 async def _one(connection: Raw, statement: str, *args: Any) -> Any:

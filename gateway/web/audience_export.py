@@ -78,21 +78,7 @@ async def export(request: Request) -> Response:
                 since=since,
                 now=ctx.now,
             )
-            ctx.audit.record(
-                AccessRecord(
-                    operation="audienceExport",
-                    member_id=None,
-                    purpose=purpose.key,
-                    legal_basis=purpose.legal_basis,
-                    outcome=AccessOutcome.RELEASED,
-                    details={
-                        "export": str(started.id),
-                        "format": fmt,
-                        "where": selection.document(),
-                        "since": str(since) if since else None,
-                    },
-                )
-            )
+            ctx.audit.record(exports.start_record(started))
     except Refused as refused:
         return refused.response()
     return await stream(request, started)
