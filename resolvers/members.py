@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -170,6 +170,30 @@ def _base_value(record: MemberRecord, name: str, corrections: Sequence[Correctio
     return getattr(record, name)
 
 
+def released_values(
+    released: Iterable[str],
+    record: MemberRecord,
+    enrichment: Mapping[EnrichedField, Any],
+    consents: Mapping[str, ConsentState],
+    corrections: Mapping[uuid.UUID, Sequence[Correction]],
+    purposes: Mapping[str, Purpose],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The values of a member's `released` fields, as a view holds them (profile reads and
+    audience pages alike). `consents` is the member's standing with every purpose when
+    `consents` is released; `corrections` the address corrections by member, when `address` is."""
+    values: dict[str, Any] = {}
+    for name in released:
+        enriched = _ENRICHED.get(name)
+        if enriched is not None:
+            values[name] = enrichment.get(enriched)
+        elif name == "consents":
+            values[name] = consent_statuses(purposes, consents, now)
+        else:
+            values[name] = _base_value(record, name, corrections.get(record.id, ()))
+    return values
+
+
 async def read_members(
     context: Context,
     *,
@@ -260,15 +284,15 @@ async def read_members(
             results.append(NotFound("No member has this id.", argument="id"))
             continue
         decision = decided[member_id]
-        values: dict[str, Any] = {}
-        for name in decision.released:
-            enriched = _ENRICHED.get(name)
-            if enriched is not None:
-                values[name] = bundle.enrichment.get(enriched)
-            elif name == "consents":
-                values[name] = consent_statuses(purposes, bundle.consents, context.now)
-            else:
-                values[name] = _base_value(bundle.record, name, corrections.get(member_id, ()))
+        values = released_values(
+            decision.released,
+            bundle.record,
+            bundle.enrichment,
+            bundle.consents,
+            corrections,
+            purposes,
+            context.now,
+        )
         summary = summaries.get(decision)
         context.audit.record(
             AccessRecord(

@@ -15,9 +15,11 @@ from gateway.domain import Category
 from gateway.records.members import MemberRecord
 from resolvers import audit
 from resolvers import me as resolve_me
+from resolvers.audiences import audience as resolve_audience
 from resolvers.context import Context
 from resolvers.members import MemberView, read_member, read_members
 from resolvers.purposes import list_purposes
+from schema.audiences import AudienceFilter, MemberConnection, MemberEdge, selection_of
 from schema.audit import (
     AccessEventConnection,
     AccessEventEdge,
@@ -85,12 +87,52 @@ def _requested_member_fields(info: Info) -> tuple[Requested, bool]:
     keys: dict[str, list[str]] = {}
     seen: list[bool] = []
     for root in info.selected_fields:
-        for selected in _flatten(root.selections, seen):
-            python_name = _MEMBER_FIELD_NAMES.get(selected.name)
-            if python_name in MEMBER_FIELD_CATEGORIES:
-                requested[python_name] = MEMBER_FIELD_CATEGORIES[python_name]
-                keys.setdefault(python_name, []).append(selected.alias or selected.name)
+        _collect(root.selections, seen, requested, keys)
     return (requested, keys), bool(seen)
+
+
+def _collect(
+    selections: list[Selection],
+    seen: list[bool],
+    requested: dict[str, Category],
+    keys: dict[str, list[str]],
+) -> None:
+    """Add the gated Member fields among `selections` to `requested`, and their keys."""
+    for selected in _flatten(selections, seen):
+        python_name = _MEMBER_FIELD_NAMES.get(selected.name)
+        if python_name in MEMBER_FIELD_CATEGORIES:
+            requested[python_name] = MEMBER_FIELD_CATEGORIES[python_name]
+            keys.setdefault(python_name, []).append(selected.alias or selected.name)
+
+
+# The gated Member fields a connection asks under `edges { node { ... } }`, and for each
+# response key of `edges` and of `node` within it, the keys each field is asked under there.
+Paths = list[tuple[str, str, dict[str, list[str]]]]
+_REQUESTED_NODES: ByNodes[tuple[tuple[dict[str, Category], Paths], bool]] = ByNodes(256)
+
+
+def requested_node_fields(info: Info) -> tuple[dict[str, Category], Paths]:
+    """As `requested_member_fields`, for a connection of members."""
+    nodes = tuple(info._raw_info.field_nodes)
+    requested, conditional = _REQUESTED_NODES.get(nodes, None, lambda: _requested_node_fields(info))
+    return _requested_node_fields(info)[0] if conditional else requested
+
+
+def _requested_node_fields(info: Info) -> tuple[tuple[dict[str, Category], Paths], bool]:
+    requested: dict[str, Category] = {}
+    paths: dict[tuple[str, str], dict[str, list[str]]] = {}
+    seen: list[bool] = []
+    for root in info.selected_fields:
+        for edges in _flatten(root.selections, seen):
+            if edges.name != "edges":
+                continue
+            for node in _flatten(edges.selections, seen):
+                if node.name == "node":
+                    keys = paths.setdefault(
+                        (edges.alias or edges.name, node.alias or node.name), {}
+                    )
+                    _collect(node.selections, seen, requested, keys)
+    return (requested, [(e, n, keys) for (e, n), keys in paths.items()]), bool(seen)
 
 
 def member_field_errors(
@@ -179,6 +221,48 @@ class Query:
             if isinstance(selected, SelectedField)
         ]
         return await resolve_me.me(info.context, parts=parts)
+
+    @strawberry.field(
+        description="The members `purpose` may reach now: those for whom its legal basis holds "
+        "at this moment (a valid consent, an active membership, no objection), taken by `where` "
+        "on fields the purpose releases, in member-id order; `after` a cursor of the page "
+        "before. Each member's fields are released as in `members`, and each member on the page "
+        "is audited (operation `audience`). Needs the `audience` capability."
+    )
+    async def audience(
+        self,
+        info: Info,
+        purpose: str,
+        where: AudienceFilter | None = None,
+        first: int = 100,
+        after: str | None = None,
+    ) -> MemberConnection | None:
+        fields, paths = requested_node_fields(info)
+        result = await resolve_audience(
+            info.context,
+            purpose=purpose,
+            selection=selection_of(where),
+            fields=fields,
+            first=first,
+            after=after,
+        )
+        base = info.path.as_list()
+        edges = []
+        for position, entry in enumerate(result.entries):
+            view = entry.view
+            for edges_key, node_key, keys in paths:
+                member_field_errors(
+                    info.context, view, keys, [*base, edges_key, position, node_key]
+                )
+            node = released(MEMBER_FIELD_CATEGORIES, view.id, view.purpose, view.values)
+            edges.append(MemberEdge(cursor=entry.cursor, node=node))
+        return MemberConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=result.has_next_page,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
 
     @strawberry.field(
         description="The access log, newest first (auditors only). Reading it is itself audited."

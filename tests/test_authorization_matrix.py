@@ -44,6 +44,11 @@ OPERATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "{ id incomeBand } }",
         {},
     ),
+    "audience": (
+        '{ audience(purpose: "personalized_offers", first: 5) '
+        "{ edges { node { id incomeBand } } } }",
+        {},
+    ),
     "me": ("{ me { id } }", {}),
     "accessLog": ("{ accessLog(first: 5) { edges { cursor } } }", {}),
     "transparencyReport": (
@@ -118,6 +123,8 @@ EXPECTED: dict[str, list[str]] = {
     "purposes": [OK, OK, OK, OK, OK, OK, OK, UNAUTH],
     "member": [UNAUTH, OK, NOT_PERMITTED, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
     "members": [UNAUTH, OK, NOT_PERMITTED, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
+    # The app without the purpose is refused for the purpose before the capability.
+    "audience": [UNAUTH, OK, NOT_PERMITTED, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, UNAUTH],
     "me": [UNAUTH, FORBIDDEN, FORBIDDEN, OK, OK, FORBIDDEN, FORBIDDEN, UNAUTH],
     "accessLog": [UNAUTH, FORBIDDEN, FORBIDDEN, FORBIDDEN, FORBIDDEN, OK, FORBIDDEN, UNAUTH],
     "transparencyReport": [

@@ -103,6 +103,8 @@ def released_members(data: Any) -> int:
             count += value is not None
         elif key == "members" and isinstance(value, list):
             count += sum(1 for item in value if item is not None)
+        elif key == "audience" and isinstance(value, dict):
+            count += len(value.get("edges") or ())
         elif key == "me" and value is not None:
             count += 1
     return count

@@ -37,7 +37,14 @@ from gateway.audit.trail import AccessRecord
 from gateway.audit.verify import manifest_content
 from gateway.domain import AccessOutcome, ActorKind, Category, ErrorCode, Purpose
 from gateway.errors import BadUserInput
-from gateway.records.audiences import FIRST_ID, Params, Selection, selection_sql, state_joins
+from gateway.records.audiences import (
+    FIRST_ID,
+    Params,
+    Selection,
+    after_sql,
+    selection_sql,
+    state_joins,
+)
 from gateway.signing import Signer
 from gateway.store.db import Raw
 
@@ -293,7 +300,7 @@ def _audit_columns() -> str:
     )
 
 
-def _statement(export: Export) -> str:
+def _statement(export: Export, after: uuid.UUID | None) -> str:
     """The batch statement: $1 now, $2 purpose, $3 after (member id), $4 batch size, $5 request
     id, $6 actor kind, $7 client id, $8 legal basis, $9 fields, $10 details; then the
     selection's parameters."""
@@ -316,7 +323,7 @@ def _statement(export: Export) -> str:
             FROM p CROSS JOIN members m
             {state_joins(purpose, "p.purpose")}
             {enriched}
-            WHERE m.id > $3::uuid AND ({failed}) IS NULL AND {selected}
+            WHERE {after_sql(after, "$3")} AND ({failed}) IS NULL AND {selected}
             ORDER BY m.id LIMIT $4::int
         ),
         scanned AS (SELECT id FROM picked),"""
@@ -330,7 +337,7 @@ def _statement(export: Export) -> str:
         picked = f"""
         scanned AS (
             SELECT d.member_id AS id FROM pg_temp.audience_delta d
-            WHERE d.member_id > $3::uuid
+            WHERE {after_sql(after, "$3").replace("m.id", "d.member_id")}
             ORDER BY d.member_id LIMIT $4::int
         ),
         looked AS (
@@ -416,7 +423,6 @@ async def lines(
 ) -> AsyncGenerator[bytes, None]:
     """The export's bytes: the header, then each batch's lines once its events have committed."""
     yield export.take(header(export.purpose, export.format))
-    statement = _statement(export)
     columns = columns_of(export.purpose)
     fields = [c.name for c in columns]
     details = orjson.dumps({"export": str(export.id)}).decode()
@@ -434,14 +440,14 @@ async def lines(
             if export.policy_changed:
                 await driver.execute(_DELTA_ALL, export.purpose.key)
     try:
-        after = FIRST_ID
+        after: uuid.UUID | None = None
         while True:
             async with connection.locked() as driver, driver.transaction():
                 row = await driver.fetchrow(
-                    statement,
+                    _statement(export, after),
                     clock(),
                     export.purpose.key,
-                    after,
+                    after or FIRST_ID,
                     BATCH,
                     export.actor.request_id,
                     export.actor.kind.value,

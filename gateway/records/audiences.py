@@ -39,9 +39,17 @@ from gateway.records.members import (
 from gateway.store.db import Raw
 
 MAX_LIST = 100  # values in one filter list
-# Below every member id: a keyset starts after it (a condition the index serves, where
-# `$n IS NULL OR id > $n` under a generic plan would read every member).
+# The lowest member id: a keyset's first page starts at it (`id >= FIRST_ID`), the next ones after
+# their last id (`id > $n`): conditions the index serves, where `$n IS NULL OR id > $n` under a
+# generic plan would read every member.
 FIRST_ID = uuid.UUID(int=0)
+
+
+def after_sql(after: uuid.UUID | None, parameter: str) -> str:
+    """The keyset condition on `m.id` for a page after `after` (None: the first page)."""
+    return f"m.id {'>=' if after is None else '>'} {parameter}::uuid"
+
+
 MAX_TEXT = 64  # characters in one filter value
 
 
@@ -363,7 +371,7 @@ async def audience_page(
         CROSS JOIN members m
         {state_joins(purpose, "p.purpose")}
         {ENRICHED_VALUES}
-        WHERE m.id > $3::uuid AND ({failed}) IS NULL AND {where}
+        WHERE {after_sql(after, "$3")} AND ({failed}) IS NULL AND {where}
         ORDER BY m.id
         LIMIT $4::int
     """

@@ -7,13 +7,13 @@ array of them). The document is prepared once (parse, validation, operation limi
 operation's writes (the access events among them) before a byte of the response is sent; if the
 commit fails, no member data leaves (fail closed).
 
-Operations that only read profiles (`member`, `members`, `purposes`) write nothing but their
-access events, so they run on the raw pool without an explicit transaction; their events are then
-written with those of the other reads finishing at the same time, in one INSERT that commits on its
-own (gateway.audit.group_commit), and the data is sent only after it has. The consent changes run
-on the raw pool in one transaction, every other operation in one SQLAlchemy transaction. Reads and
-the consent changes go through the direct executors (gateway.web.fastpath, gateway.web.fastwrite)
-where they have a plan, else through graphql-core.
+Operations that only read profiles (`member`, `members`, `audience`, `purposes`) write nothing but
+their access events, so they run on the raw pool without an explicit transaction; their events are
+then written with those of the other reads finishing at the same time, in one INSERT that commits
+on its own (gateway.audit.group_commit), and the data is sent only after it has. The consent
+changes run on the raw pool in one transaction, every other operation in one SQLAlchemy
+transaction. Reads and the consent changes go through the direct executors (gateway.web.fastpath,
+gateway.web.fastwrite) where they have a plan, else through graphql-core.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from schema.types import Member
 log = structlog.get_logger("tillit.graphql")
 
 # Root fields that only read and write nothing but their access events.
-READ_ONLY_ROOTS = frozenset({"member", "members", "purposes", "__typename"})
+READ_ONLY_ROOTS = frozenset({"member", "members", "audience", "purposes", "__typename"})
 # Mutations whose every statement is raw SQL (gateway.records.consents, and enrichment's purge).
 RAW_WRITE_ROOTS = frozenset({"grantConsent", "withdrawConsent", "__typename"})
 

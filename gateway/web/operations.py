@@ -158,7 +158,7 @@ class _Measurer:
                 if name.startswith("__"):
                     continue  # __typename is free; introspection has its own depth rule
                 definition = parent.fields.get(name) if parent is not None else None
-                bound = self.argument_bound(selection)
+                bound = self.argument_bound(selection, definition)
                 is_list = definition is not None and _is_object_list(definition.type, selection)
                 size = (bound or page or UNBOUNDED_LIST_ESTIMATE) if is_list else 1
                 cost += size
@@ -206,10 +206,15 @@ class _Measurer:
         self._fragment_summaries[key] = summary
         return summary
 
-    def argument_bound(self, node: FieldNode) -> int | None:
+    def argument_bound(self, node: FieldNode, definition: Any = None) -> int | None:
         for argument in node.arguments or ():
             if argument.name.value in ("ids", "first"):
                 return max(1, self.bounded(argument.value))
+        # Not written: the argument's default bounds the list (`first: Int! = 100`).
+        declared = getattr(definition, "args", {}).get("first")
+        default = getattr(declared, "default_value", None)
+        if isinstance(default, int) and not isinstance(default, bool):
+            return max(1, min(default, self.limits.max_list_size))
         return None
 
     def bounded(self, value: ValueNode) -> int:

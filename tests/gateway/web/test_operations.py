@@ -120,6 +120,18 @@ def test_depth_and_cost_are_measured_through_fragments() -> None:
     assert found.cost == 1 + 1 + 2 + 2 + 2
 
 
+def test_a_connection_without_first_is_costed_at_its_default_page() -> None:
+    written = 'query { audience(purpose: "p", first: 100) { edges { node { id tier } } } }'
+    left_out = 'query { audience(purpose: "p") { edges { node { id tier } } } }'
+
+    [with_first] = measure(schema._schema, parse(written), Limits()).values()
+    [by_default] = measure(schema._schema, parse(left_out), Limits()).values()
+
+    assert by_default.cost == with_first.cost
+    # audience 1, its edges 100, each edge's node 100 and its two fields 2 x 100
+    assert by_default.cost == 1 + 100 + 100 + 200
+
+
 def test_a_too_deep_document_is_refused() -> None:
     preparer = Preparer(schema._schema, Limits(max_depth=4))
 
