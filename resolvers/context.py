@@ -43,6 +43,11 @@ class Context:
     policy: TtlCache[str, dict[str, Purpose]] | None = field(default=None, repr=False)
     # Errors for fields the access decision withheld, reported beside the data.
     field_errors: list[dict[str, Any]] = field(default_factory=list)
+    # The `extensions` of a withheld field's error, by the decision's Withheld (shared by the
+    # members decided alike) and purpose: made once an operation, not once a member.
+    withheld_extensions: dict[tuple[int, str], tuple[Any, dict[str, Any]]] = field(
+        default_factory=dict, repr=False
+    )
     _sql: AsyncConnection | None = field(default=None, repr=False)
     _purposes: dict[str, Purpose] | None = field(default=None, repr=False)
     _loaders: Loaders | None = field(default=None, repr=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated
 
 import strawberry
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
@@ -141,17 +141,18 @@ def member_field_errors(
     """One error per withheld field at its path, reported beside the data (not raised: no
     per-field resolver, no exception per field)."""
     append = context.field_errors.append
-    # One extensions object per reason: the decision shares a Withheld between the fields a
-    # failed legal basis withholds, and the response may share it too (it is only serialised).
-    extensions_of: dict[int, dict[str, Any]] = {}
+    # One extensions object per reason and purpose in the whole operation: the decision shares a
+    # Withheld between the fields a failed legal basis withholds and between the members decided
+    # alike, and the response may share it too (it is only serialised). The Withheld is kept
+    # beside its extensions, so its id is not reused while the entry lives.
+    known = context.withheld_extensions
     for name, withheld in view.withheld.items():
-        extensions = extensions_of.get(id(withheld))
-        if extensions is None:
-            extensions = extensions_of[id(withheld)] = {
-                "code": withheld.code.value,
-                "purpose": view.purpose,
-                **withheld.hints,
-            }
+        found = known.get((id(withheld), view.purpose))
+        if found is None:
+            extensions = {"code": withheld.code.value, "purpose": view.purpose, **withheld.hints}
+            known[(id(withheld), view.purpose)] = (withheld, extensions)
+        else:
+            extensions = found[1]
         for key in keys.get(name, ()):
             append({"message": withheld.message, "path": [*path, key], "extensions": extensions})
 
