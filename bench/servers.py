@@ -5,9 +5,10 @@
 - bare: a plain Strawberry schema with the same Member fields, parse and validation caching on,
         no consent, no audit.
 - tillit-unaudited: Tillit itself, deciding and recording each read's access events as always,
-        but dropping them where the group commit would write them: no INSERT, no hash, nothing
-        to seal. What Tillit would cost without its audit trail's writes, so that a run shows
-        their price beside the rest (tillit/tillit-unaudited). Never a way to serve: a read it
+        but dropping them where they would be written (the group commit; the set-based read's
+        statement, made without its INSERT): no INSERT, nothing to seal. What Tillit would cost
+        without its audit trail's writes, so that a run shows their price beside the rest
+        (tillit/tillit-unaudited). Never a way to serve: a read it
         answers is not audited, which the fail-closed rule forbids.
 
 raw and bare read the member and its enriched values in one statement and answer the same JSON
@@ -17,6 +18,7 @@ shape as Tillit, so a test can check that all three give the same data for a con
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -34,6 +36,9 @@ from strawberry.extensions import ParserCache, ValidationCache
 
 from gateway.audit.group_commit import GroupCommit
 from gateway.audit.trail import AuditTrail
+from gateway.records import set_reads
+
+_with_events = set_reads.statement
 
 # One statement: the member's base fields and its enriched values pivoted into columns.
 MEMBER_SQL = """
@@ -163,14 +168,21 @@ class _Dropping(GroupCommit):
 
 
 def unaudited(app: Starlette) -> Starlette:
-    """Tillit's app with its reads' access events dropped instead of written (see above)."""
+    """Tillit's app with its reads' access events dropped instead of written (see above): the
+    group commit drops what it is handed, and the set-based read's statement is made without its
+    INSERT (gateway.records.set_reads) while the app runs: in this process, so never beside a
+    Tillit that serves (the benchmark runs it in a process of its own)."""
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Any]:
         async with inner(app) as state:
             assert state is not None  # gateway.app's lifespan yields its State
-            yield {**state, "group_commit": _Dropping(state["raw_pool"])}
+            set_reads.statement = functools.partial(_with_events, audited=False)
+            try:
+                yield {**state, "group_commit": _Dropping(state["raw_pool"])}
+            finally:
+                set_reads.statement = _with_events
 
     app.router.lifespan_context = lifespan
     return app

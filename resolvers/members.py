@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import uuid
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 from strawberry.dataloader import DataLoader
 
 from gateway.access.policy import Decision, Decisions, Withheld, consent_problem, purpose_for
-from gateway.audit.trail import AccessRecord, outcome_of
+from gateway.audit.trail import AccessRecord, actor_columns, outcome_of
 from gateway.domain import (
     AccessOutcome,
     Category,
@@ -24,7 +25,14 @@ from gateway.domain import (
     MemberState,
     Purpose,
 )
-from gateway.errors import BadUserInput, NotFound, TillitError
+from gateway.errors import (
+    AuditUnavailable,
+    BadUserInput,
+    DatabaseUnavailable,
+    NotFound,
+    TillitError,
+)
+from gateway.records import set_reads
 from gateway.records.members import (
     Address,
     Correction,
@@ -34,6 +42,7 @@ from gateway.records.members import (
     fetch_bundles,
     fetch_objections,
 )
+from gateway.store import db
 from gateway.store.db import Raw
 from resolvers.actors import parse_uuid
 from resolvers.context import Context
@@ -332,3 +341,64 @@ async def read_member(
     if isinstance(result, TillitError):
         raise result
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class SetRead:
+    """A set-based read's answer (gateway.records.set_reads): the purpose it ran under and, in
+    the order asked, each id's row."""
+
+    purpose: Purpose
+    rows: Sequence[set_reads.Row]
+
+
+async def read_set(
+    context: Context,
+    *,
+    member_ids: Sequence[str],
+    purpose: str,
+    fields: Mapping[str, Category],
+    leaves: Sequence[set_reads.Leaf],
+    operation: str,
+) -> SetRead:
+    """`read_members` as one statement: decided, audited and shaped by PostgreSQL. The same
+    refusals, raised and recorded the same way, before the statement runs."""
+    ids = parse_member_ids(member_ids)
+    purposes = await context.purposes()
+    try:
+        declared = purpose_for(context.principal, purpose, purposes)
+    except TillitError as refused:
+        context.audit.denied(
+            operation=operation, member_ids=ids, purpose=purpose, code=refused.code, fields=fields
+        )
+        raise
+    actor = actor_columns(context.principal)
+    try:
+        rows = await set_reads.read_set(
+            context.db,
+            purpose=declared,
+            fields=fields,
+            leaves=leaves,
+            ids=ids,
+            now=context.now,
+            actor=set_reads.Actor(
+                occurred_at=context.audit.now,
+                request_id=context.audit.request_id,
+                operation=operation,
+                actor_kind=actor["actor_kind"],
+                client_id=actor.get("client_id"),
+                actor_member_id=actor.get("actor_member_id"),
+            ),
+        )
+    except (TillitError, asyncio.CancelledError):
+        raise
+    except Exception as failed:
+        # The statement writes the access events: whatever stopped it (the database gone, a
+        # refused insert, a failed commit) left nothing written, and nothing may be answered.
+        if db.unavailable(failed):
+            raise DatabaseUnavailable() from failed
+        raise AuditUnavailable() from failed
+    written = context.audit.written
+    for row in rows:
+        written[(declared.key, set_reads.outcome_of_row(declared, fields, row))] += 1
+    return SetRead(declared, rows)

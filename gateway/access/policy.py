@@ -93,6 +93,49 @@ def require_audience_client(caller: Principal) -> ClientPrincipal:
     return caller
 
 
+_MESSAGES = {
+    ErrorCode.MEMBERSHIP_INACTIVE: "The membership is not active.",
+    ErrorCode.OBJECTED: "The member objected to this purpose.",
+    ErrorCode.CONSENT_REQUIRED: "The member has not consented to this purpose.",
+    ErrorCode.CONSENT_WITHDRAWN: "The member withdrew consent.",
+    ErrorCode.CONSENT_EXPIRED: "The member's consent has expired.",
+    ErrorCode.NOTICE_OUTDATED: (
+        "The consent was given on a privacy notice this purpose no longer accepts."
+    ),
+}
+# The reasons a consent purpose's basis fails for; their errors say what consent would do.
+CONSENT_CODES = (
+    ErrorCode.CONSENT_REQUIRED,
+    ErrorCode.CONSENT_WITHDRAWN,
+    ErrorCode.CONSENT_EXPIRED,
+    ErrorCode.CONSENT_METHOD_INSUFFICIENT,
+    ErrorCode.NOTICE_OUTDATED,
+)
+
+
+def basis_codes(purpose: Purpose) -> tuple[ErrorCode, ...]:
+    """Every reason the purpose's legal basis can fail for a member."""
+    basis = purpose.legal_basis
+    if basis is LegalBasis.CONTRACT:
+        return (ErrorCode.MEMBERSHIP_INACTIVE,)
+    if basis is LegalBasis.LEGITIMATE_INTEREST:
+        return (ErrorCode.OBJECTED,)
+    if basis is LegalBasis.LEGAL_OBLIGATION:
+        return ()
+    return CONSENT_CODES
+
+
+def withheld_for(purpose: Purpose, code: ErrorCode) -> Withheld:
+    """The reason `code` as the decision gives it for this purpose: message and hints."""
+    if code not in CONSENT_CODES:
+        return Withheld(code, _MESSAGES[code])
+    required = purpose.required_consent_method or ConsentMethod.EXPLICIT
+    hints = {"requiredMethod": required.value, "noticeVersion": purpose.notice_version}
+    if code is ErrorCode.CONSENT_METHOD_INSUFFICIENT:
+        return Withheld(code, f"This purpose needs {required.value.lower()} consent.", hints)
+    return Withheld(code, _MESSAGES[code], hints)
+
+
 def _legal_basis_failure(
     purpose: Purpose, state: MemberState, now: dt.datetime
 ) -> tuple[Withheld | None, uuid.UUID | None]:
@@ -100,11 +143,11 @@ def _legal_basis_failure(
     basis = purpose.legal_basis
     if basis is LegalBasis.CONTRACT:
         if not state.membership_active:
-            return Withheld(ErrorCode.MEMBERSHIP_INACTIVE, "The membership is not active."), None
+            return withheld_for(purpose, ErrorCode.MEMBERSHIP_INACTIVE), None
         return None, None
     if basis is LegalBasis.LEGITIMATE_INTEREST:
         if purpose.key in state.objections:
-            return Withheld(ErrorCode.OBJECTED, "The member objected to this purpose."), None
+            return withheld_for(purpose, ErrorCode.OBJECTED), None
         return None, None
     if basis is LegalBasis.LEGAL_OBLIGATION:
         return None, None
@@ -115,28 +158,19 @@ def _consent_failure(
     purpose: Purpose, consent: ConsentState | None, now: dt.datetime
 ) -> tuple[Withheld | None, uuid.UUID | None]:
     required = purpose.required_consent_method or ConsentMethod.EXPLICIT
-    hints = {"requiredMethod": required.value, "noticeVersion": purpose.notice_version}
-
-    def withheld(code: ErrorCode, message: str) -> tuple[Withheld, None]:
-        return Withheld(code, message, hints), None
-
     if consent is None:
-        return withheld(ErrorCode.CONSENT_REQUIRED, "The member has not consented to this purpose.")
-    if consent.kind is ConsentEventKind.WITHDRAWN:
-        return withheld(ErrorCode.CONSENT_WITHDRAWN, "The member withdrew consent.")
-    if consent.state_at(now) is ConsentEventKind.EXPIRED:
-        return withheld(ErrorCode.CONSENT_EXPIRED, "The member's consent has expired.")
-    if consent.method is None or not consent.method.satisfies(required):
-        return withheld(
-            ErrorCode.CONSENT_METHOD_INSUFFICIENT,
-            f"This purpose needs {required.value.lower()} consent.",
-        )
-    if consent.notice_version not in purpose.accepted_notice_versions:
-        return withheld(
-            ErrorCode.NOTICE_OUTDATED,
-            "The consent was given on a privacy notice this purpose no longer accepts.",
-        )
-    return None, consent.grant_id
+        code = ErrorCode.CONSENT_REQUIRED
+    elif consent.kind is ConsentEventKind.WITHDRAWN:
+        code = ErrorCode.CONSENT_WITHDRAWN
+    elif consent.state_at(now) is ConsentEventKind.EXPIRED:
+        code = ErrorCode.CONSENT_EXPIRED
+    elif consent.method is None or not consent.method.satisfies(required):
+        code = ErrorCode.CONSENT_METHOD_INSUFFICIENT
+    elif consent.notice_version not in purpose.accepted_notice_versions:
+        code = ErrorCode.NOTICE_OUTDATED
+    else:
+        return None, consent.grant_id
+    return withheld_for(purpose, code), None
 
 
 def consent_problem(
@@ -157,6 +191,22 @@ def decide(
 
     The caller's right to act under the purpose is settled first, by `purpose_for`.
     """
+    if any(c in purpose.categories for c in fields.values()):
+        failure, consent_id = _legal_basis_failure(purpose, state, now)
+    else:
+        failure, consent_id = None, None  # nothing asked in the purpose: its basis is not read
+    return decided(purpose, fields, failure, consent_id)
+
+
+def decided(
+    purpose: Purpose,
+    fields: Mapping[str, Category],
+    failure: Withheld | None,
+    consent_id: uuid.UUID | None = None,
+) -> Decision:
+    """The decision once the legal basis is settled: `failure` why it does not hold (None: it
+    holds, relying on `consent_id`). Fields outside the purpose's categories are withheld first,
+    in the order asked, then those in it (`decide`; the set-based read reports the same)."""
     withheld: dict[str, Withheld] = {}
     released: set[str] = set()
     in_purpose = {name: c for name, c in fields.items() if c in purpose.categories}
@@ -168,7 +218,6 @@ def decide(
             )
     consent_ids: tuple[uuid.UUID, ...] = ()
     if in_purpose:
-        failure, consent_id = _legal_basis_failure(purpose, state, now)
         if failure is not None:
             withheld.update(dict.fromkeys(in_purpose, failure))
         else:

@@ -7,6 +7,7 @@ fails, the endpoint answers AUDIT_UNAVAILABLE and sends no member data (fail clo
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -54,7 +55,8 @@ def outcome_of(released: Iterable[str], withheld: Mapping[str, Any]) -> AccessOu
     return AccessOutcome.PARTIAL if any(True for _ in released) else AccessOutcome.DENIED
 
 
-def _actor(principal: Principal) -> dict[str, Any]:
+def actor_columns(principal: Principal) -> dict[str, Any]:
+    """The actor columns of an event made by `principal`."""
     if isinstance(principal, ClientPrincipal):
         return {"actor_kind": ActorKind.CLIENT.value, "client_id": principal.id}
     if isinstance(principal, MemberPrincipal):
@@ -73,6 +75,9 @@ class AuditTrail:
         self.principal = principal
         self.now = now
         self.records: list[AccessRecord] = []
+        # Events of this operation already written by the statement that read the data
+        # (gateway.records.set_reads), by (purpose, outcome): for the metrics, not to write.
+        self.written: collections.Counter[tuple[str | None, str]] = collections.Counter()
 
     def record(self, record: AccessRecord) -> None:
         self.records.append(record)
@@ -190,7 +195,7 @@ class _Batch:
         self.templates: list[tuple[bytes, bytes, bytes, bytes] | None] = []
 
     def add(self, trail: AuditTrail) -> None:
-        actor = _actor(trail.principal)
+        actor = actor_columns(trail.principal)
         operation = (
             trail.now,
             trail.request_id,

@@ -213,20 +213,24 @@ class Boundary:
     @staticmethod
     async def _flush_together(group_commit: GroupCommit, context: Context) -> None:
         """A read's events, durable before any of the data they describe is sent."""
-        metrics.observe_decisions(context.audit.records, context.known_purposes)
+        metrics.observe_decisions(
+            context.audit.records, context.known_purposes, context.audit.written
+        )
         began = time.perf_counter()
         written = await group_commit.write(context.audit)
-        metrics.observe_audit_write(began, written)
+        metrics.observe_audit_write(began, written + sum(context.audit.written.values()))
 
     @staticmethod
     async def _flush(context: Context) -> None:
         """The access events go in with the operation's other writes; the commit (or, for a
         read, the INSERT itself) makes them durable before any of the data they describe is
         sent."""
-        metrics.observe_decisions(context.audit.records, context.known_purposes)
+        metrics.observe_decisions(
+            context.audit.records, context.known_purposes, context.audit.written
+        )
         began = time.perf_counter()
         written = await context.audit.flush(context.db)
-        metrics.observe_audit_write(began, written)
+        metrics.observe_audit_write(began, written + sum(context.audit.written.values()))
 
 
 def _cause(exc: BaseException) -> dict[str, Any]:

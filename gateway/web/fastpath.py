@@ -6,10 +6,13 @@ selection, wraps every resolver and completes every value. For a prepared docume
 shape, the plan (which fields, under which response keys, serialised how) is made once, and a
 request coerces its variables and arguments with graphql-core's own functions, runs the same
 resolver code (`resolvers.members.read_members`: decision and audit are untouched) and serialises
-each value with the field's own GraphQL type. The result and its errors are what graphql-core
-would produce; `tests/schema/test_fastpath.py` runs generated operations through both and
-compares them. Anything else (fragments, directives, nested objects, several root fields,
-variables that do not coerce) returns None and takes the general path.
+each value with the field's own GraphQL type. A `members` read goes further: one statement
+decides, audits and writes each member's answer as JSON text (`resolvers.members.read_set`,
+gateway.records.set_reads), spliced into the response as it is. The result and its errors are
+what graphql-core would produce, and so are the access events; `tests/gateway/web/
+test_fastpath.py` runs generated operations through both and compares them. Anything else
+(fragments, directives, nested objects, several root fields, variables that do not coerce)
+returns None and takes the general path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+import orjson
 from graphql import (
     DocumentNode,
     ExecutionResult,
@@ -52,10 +56,12 @@ from graphql.type.scalars import (
     serialize_string,
 )
 
-from gateway.domain import Category
-from gateway.errors import TillitError
+from gateway.access.policy import basis_codes, decided, withheld_for
+from gateway.domain import Category, Purpose
+from gateway.errors import AuditUnavailable, NotFound, TillitError
+from gateway.records import set_reads
 from resolvers.context import Context
-from resolvers.members import MemberView, read_member, read_members
+from resolvers.members import MemberView, read_member, read_members, read_set
 from schema.by_nodes import ByNodes
 from schema.query import MEMBER_FIELD_CATEGORIES, member_field_errors
 
@@ -83,6 +89,8 @@ class MemberPlan:
     fields: Mapping[str, Category]
     keys: Mapping[str, list[str]]
     text_variables: tuple[tuple[str, bool], ...] | None
+    # The leaves as the set-based read answers them (gateway.records.set_reads), when it can.
+    set_leaves: tuple[set_reads.Leaf, ...] | None = None
 
 
 def leaf(
@@ -327,6 +335,15 @@ class FastPath:
             fields=fields,
             keys=keys,
             text_variables=text_variables(operation.variable_definitions),
+            # `members` only: a one-member read's commit goes in with other reads' (the group
+            # commit), which measured cheaper than a statement of its own (S1: 0.57 + 0.31 against
+            # 0.71 + 0.50 ms of CPU a read, server + PostgreSQL).
+            set_leaves=(
+                tuple(set_reads.Leaf(one.key, one.attribute) for one in leaves)
+                if node.name.value == "members"
+                and all(set_reads.answers(one.attribute) for one in leaves)
+                else None
+            ),
         )
 
     async def run(
@@ -341,6 +358,8 @@ class FastPath:
         if arguments is None:
             return None  # the general path reports what does not coerce
         errors: list[GraphQLError] = []
+        if plan.set_leaves is not None:
+            return await self._run_set(plan, plan.set_leaves, context, arguments)
         try:
             if plan.many:
                 views = await read_members(
@@ -377,6 +396,51 @@ class FastPath:
             )
         return ExecutionResult({plan.key: value}, errors or None)
 
+    async def _run_set(
+        self,
+        plan: MemberPlan,
+        leaves: tuple[set_reads.Leaf, ...],
+        context: Context,
+        arguments: dict[str, Any],
+    ) -> ExecutionResult:
+        """A `members` read as one statement (gateway.records.set_reads): each member's answer
+        is JSON text PostgreSQL wrote, spliced in as it is; withheld fields reported as
+        `_member` reports them, an unknown id as `run` does."""
+        try:
+            found = await read_set(
+                context,
+                member_ids=arguments["ids"],
+                purpose=arguments["purpose"],
+                fields=plan.fields,
+                leaves=leaves,
+                operation="members",
+            )
+        except AuditUnavailable:
+            raise  # the operation fails whole, as the boundary answers it (fail closed)
+        except TillitError as refused:
+            return ExecutionResult(
+                {plan.key: None}, [located_error(refused, [plan.node], [plan.key])]
+            )
+        except Exception as failed:
+            return ExecutionResult(
+                {plan.key: None}, [located_error(failed, [plan.node], [plan.key])]
+            )
+        errors: list[GraphQLError] = []
+        withheld = _withheld_errors(plan, found.purpose)
+        append = context.field_errors.append
+        value: list[Any] = []
+        for row in found.rows:
+            path: list[str | int] = [plan.key, row.position]
+            if row.data is None:
+                missing = NotFound("No member has this id.", argument="id")
+                errors.append(located_error(missing, [plan.node], path))
+                value.append(None)
+                continue
+            value.append(orjson.Fragment(row.data))
+            for message, key, extensions in withheld[row.code]:
+                append({"message": message, "path": [*path, key], "extensions": extensions})
+        return ExecutionResult({plan.key: value}, errors or None)
+
     @staticmethod
     def _member(
         plan: MemberPlan, context: Context, view: MemberView, path: list[str | int]
@@ -405,3 +469,28 @@ class FastPath:
             else:
                 result[leaf.key] = leaf.serialize(raw)
         return result
+
+
+def _withheld_errors(
+    plan: MemberPlan, purpose: Purpose
+) -> dict[str | None, list[tuple[str, str, dict[str, Any]]]]:
+    """For each reason a member's basis can fail (None: it holds), the errors of the fields it
+    withholds, in the order `member_field_errors` reports a view's: (message, response key,
+    extensions), the extensions shared as the decision shares its reasons."""
+    by_code: dict[str | None, list[tuple[str, str, dict[str, Any]]]] = {}
+    for code in (None, *basis_codes(purpose)):
+        failure = None if code is None else withheld_for(purpose, code)
+        decision = decided(purpose, plan.fields, failure)
+        extensions_of: dict[int, dict[str, Any]] = {}
+        entries: list[tuple[str, str, dict[str, Any]]] = []
+        for name, reason in decision.withheld.items():
+            extensions = extensions_of.get(id(reason))
+            if extensions is None:
+                extensions = extensions_of[id(reason)] = {
+                    "code": reason.code.value,
+                    "purpose": purpose.key,
+                    **reason.hints,
+                }
+            entries.extend((reason.message, key, extensions) for key in plan.keys.get(name, ()))
+        by_code[None if code is None else code.value] = entries
+    return by_code

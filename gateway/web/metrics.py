@@ -114,12 +114,20 @@ def observe_audit_write(started: float, written: int) -> None:
     AUDIT_EVENTS.inc(written)
 
 
-def observe_decisions(records: Iterable[Any], known: Mapping[str, Any]) -> None:
+def observe_decisions(
+    records: Iterable[Any],
+    known: Mapping[str, Any],
+    written: Mapping[tuple[str | None, str], int] | None = None,
+) -> None:
+    """Count an operation's decisions: its held records, and `written` (events its reads wrote
+    themselves, by purpose and outcome)."""
     counts: collections.Counter[tuple[str, str]] = collections.Counter(
         # The outcome is a StrEnum: its own label value (`.value` is a slow descriptor).
         (record.purpose if record.purpose in known else "other", record.outcome)
         for record in records
     )
+    for (purpose, outcome), count in (written or {}).items():
+        counts[(purpose if purpose is not None and purpose in known else "other", outcome)] += count
     for (purpose, outcome), count in counts.items():
         DECISIONS.labels(purpose, outcome).inc(count)
 

@@ -167,6 +167,8 @@ async def test_cells_that_a_spreadsheet_would_run_are_defused_and_quoted(
 
     assert line["firstName"] == '\'=HYPERLINK("http://x","a, b")'
     assert line["lastName"] == "Ola"
+    # An E.164 number cannot run as a formula: the campaign tool gets it as it is.
+    assert line["phone"] == "+4791234567"
 
 
 async def test_a_page_of_batches_streams_every_member_once_in_id_order(
