@@ -1,5 +1,6 @@
 """The benchmark's data: members with base, address and enriched values (half consenting to
-personalized_offers), and a million sealed access events for the export. Idempotent."""
+personalized_offers), and a million sealed access events for the export; and, in a database of its
+own, S5's audience: a million members, half of them consenting to email_marketing. Idempotent."""
 
 from __future__ import annotations
 
@@ -117,3 +118,102 @@ async def seed_events(
                 {"missing": missing, "spacing": spacing_seconds},
             )
     await seal_until_current(engine, signer)
+
+
+AUDIENCE_PURPOSE = "email_marketing"
+
+
+async def prepare_audience_database(engine: AsyncEngine, *, name: str) -> str:
+    """S5's database (bench.audience): migrated, with the policy and the gateway's login, and an
+    app client `<name>-audience` that may export audiences under email_marketing; its key."""
+    await migrate.upgrade(engine)
+    await migrate.ensure_gateway_login(engine)
+    async with engine.begin() as connection:
+        await load_purposes(connection, read_policy_file())
+        client = await ensure_client(
+            connection,
+            name=f"{name}-audience",
+            role=Role.APP,
+            purposes=[AUDIENCE_PURPOSE],
+            capabilities=[Capability.AUDIENCE],
+        )
+    return client.key
+
+
+# Where each member stands with email_marketing, by its number g (1..count) modulo 100: the
+# newest event by seq is the state (the view consent_states), so the history matters, not only
+# the last kind written. 50 in 100 hold: 46 granted once, 4 granted, withdrawn and granted again.
+# The other 50: withdrawn after a grant (4), a grant past its expiry (4), expired by the expiry
+# job after a grant (2), a CONDITIONAL grant (2: email_marketing asks EXPLICIT), a grant on an
+# older notice (2: 2025-01), a consent to another purpose only (16: personalized_offers), no
+# consent event at all (20).
+_AUDIENCE_GRANTS = """
+INSERT INTO consent_events (member_id, purpose_key, kind, method, notice_version, channel,
+    actor_kind, occurred_at, expires_at)
+SELECT id, CASE WHEN r BETWEEN 64 AND 79 THEN 'personalized_offers' ELSE 'email_marketing' END,
+    'GRANTED', CASE WHEN r BETWEEN 60 AND 61 THEN 'CONDITIONAL' ELSE 'EXPLICIT' END,
+    CASE WHEN r BETWEEN 62 AND 63 THEN '2025-01' ELSE '2026-01' END, 'bench-audience', 'MEMBER',
+    CASE WHEN r BETWEEN 54 AND 57 THEN now() - interval '800 days'
+         WHEN r BETWEEN 46 AND 53 THEN now() - interval '30 days' ELSE now() END,
+    CASE WHEN r BETWEEN 54 AND 57 THEN now() - interval '70 days'
+         ELSE now() + interval '365 days' END
+FROM (SELECT id, substr(email, 9, 7)::int % 100 AS r FROM members
+      WHERE email LIKE 'audience%') AS m
+WHERE r < 80
+"""
+_AUDIENCE_SECOND = """
+INSERT INTO consent_events (member_id, purpose_key, kind, channel, actor_kind, occurred_at)
+SELECT id, 'email_marketing', CASE WHEN r < 54 THEN 'WITHDRAWN' ELSE 'EXPIRED' END,
+    'bench-audience', CASE WHEN r < 54 THEN 'MEMBER' ELSE 'SYSTEM' END,
+    now() - interval '10 days'
+FROM (SELECT id, substr(email, 9, 7)::int % 100 AS r FROM members
+      WHERE email LIKE 'audience%') AS m
+WHERE r BETWEEN 46 AND 53 OR r BETWEEN 58 AND 59
+"""
+_AUDIENCE_REGRANT = """
+INSERT INTO consent_events (member_id, purpose_key, kind, method, notice_version, channel,
+    actor_kind, expires_at)
+SELECT id, 'email_marketing', 'GRANTED', 'EXPLICIT', '2026-01', 'bench-audience', 'MEMBER',
+    now() + interval '365 days'
+FROM (SELECT id, substr(email, 9, 7)::int % 100 AS r FROM members
+      WHERE email LIKE 'audience%') AS m
+WHERE r BETWEEN 46 AND 49
+"""
+
+
+async def seed_audience(engine: AsyncEngine, *, count: int) -> bool:
+    """`count` members `audience0000001@example.org` ... and their consent histories
+    (_AUDIENCE_GRANTS), in one transaction of set-based statements; nothing when they are there
+    already. Then VACUUM ANALYZE, so plans and the visibility map are a settled database's.
+    Returns whether it seeded."""
+    async with engine.begin() as connection:
+        present = await connection.scalar(
+            text("SELECT count(*) FROM members WHERE email LIKE 'audience%'")
+        )
+        if present >= count:
+            return False
+        if present:
+            raise RuntimeError(
+                f"the audience database holds {present} of {count} members: drop it to reseed"
+            )
+        await connection.execute(
+            text(
+                "INSERT INTO members (first_name, last_name, email, phone, street, postal_code, "
+                "city, country, tier, points, member_since) "
+                "SELECT 'Audience', 'Member ' || g, "
+                "'audience' || lpad(g::text, 7, '0') || '@example.org', "
+                "'+47' || (40000000 + g)::text, 'Storgata ' || (g % 120 + 1), "
+                "lpad((g % 9000 + 1000)::text, 4, '0'), 'Oslo', 'NO', "
+                "(ARRAY['BASIC','SILVER','GOLD','PLATINUM'])[1 + g % 4], g % 25000, "
+                "current_date - (g % 3000) "
+                "FROM generate_series(1, CAST(:count AS int)) AS g"
+            ),
+            {"count": count},
+        )
+        for statement in (_AUDIENCE_GRANTS, _AUDIENCE_SECOND, _AUDIENCE_REGRANT):
+            await connection.execute(text(statement))
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        for table in ("members", "consent_events", "member_changes"):
+            await autocommit.execute(text(f"VACUUM ANALYZE {table}"))
+    return True
