@@ -203,6 +203,27 @@ def released_values(
     return values
 
 
+async def _declared(
+    context: Context,
+    member_ids: Sequence[str],
+    purpose: str,
+    fields: Mapping[str, Category],
+    operation: str,
+) -> tuple[list[uuid.UUID], dict[str, Purpose], Purpose]:
+    """A read's ids, the purposes in force and the one declared, once the caller may act under
+    it; a refusal is recorded on each targeted member and raised (every read path alike)."""
+    ids = parse_member_ids(member_ids)
+    purposes = await context.purposes()
+    try:
+        declared = purpose_for(context.principal, purpose, purposes)
+    except TillitError as refused:
+        context.audit.denied(
+            operation=operation, member_ids=ids, purpose=purpose, code=refused.code, fields=fields
+        )
+        raise
+    return ids, purposes, declared
+
+
 async def read_members(
     context: Context,
     *,
@@ -219,15 +240,7 @@ async def read_members(
     `direct` reads without the per-request DataLoaders, for an operation with no other field
     to batch with (the direct executor in gateway/web/fastpath.py).
     """
-    ids = parse_member_ids(member_ids)
-    purposes = await context.purposes()
-    try:
-        declared = purpose_for(context.principal, purpose, purposes)
-    except TillitError as refused:
-        context.audit.denied(
-            operation=operation, member_ids=ids, purpose=purpose, code=refused.code, fields=fields
-        )
-        raise
+    ids, purposes, declared = await _declared(context, member_ids, purpose, fields, operation)
     # One statement for the members, their consent states and their enriched values. Read
     # directly, only the declared purpose's consent is needed (all of them for `consents`).
     needed = None if "consents" in fields else declared.key
@@ -363,15 +376,7 @@ async def read_set(
 ) -> SetRead:
     """`read_members` as one statement: decided, audited and shaped by PostgreSQL. The same
     refusals, raised and recorded the same way, before the statement runs."""
-    ids = parse_member_ids(member_ids)
-    purposes = await context.purposes()
-    try:
-        declared = purpose_for(context.principal, purpose, purposes)
-    except TillitError as refused:
-        context.audit.denied(
-            operation=operation, member_ids=ids, purpose=purpose, code=refused.code, fields=fields
-        )
-        raise
+    ids, _, declared = await _declared(context, member_ids, purpose, fields, operation)
     actor = actor_columns(context.principal)
     try:
         rows = await set_reads.read_set(

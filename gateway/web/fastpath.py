@@ -58,7 +58,7 @@ from graphql.type.scalars import (
 
 from gateway.access.policy import basis_codes, decided, withheld_for
 from gateway.domain import Category, Purpose
-from gateway.errors import AuditUnavailable, NotFound, TillitError
+from gateway.errors import AuditUnavailable, NotFound
 from gateway.records import set_reads
 from resolvers.context import Context
 from resolvers.members import MemberView, read_member, read_members, read_set
@@ -386,14 +386,8 @@ class FastPath:
                     direct=True,
                 )
                 value = self._member(plan, context, view, [plan.key])
-        except TillitError as refused:
-            return ExecutionResult(
-                {plan.key: None}, [located_error(refused, [plan.node], [plan.key])]
-            )
         except Exception as failed:
-            return ExecutionResult(
-                {plan.key: None}, [located_error(failed, [plan.node], [plan.key])]
-            )
+            return _failed(plan, failed)
         return ExecutionResult({plan.key: value}, errors or None)
 
     async def _run_set(
@@ -417,14 +411,8 @@ class FastPath:
             )
         except AuditUnavailable:
             raise  # the operation fails whole, as the boundary answers it (fail closed)
-        except TillitError as refused:
-            return ExecutionResult(
-                {plan.key: None}, [located_error(refused, [plan.node], [plan.key])]
-            )
         except Exception as failed:
-            return ExecutionResult(
-                {plan.key: None}, [located_error(failed, [plan.node], [plan.key])]
-            )
+            return _failed(plan, failed)
         errors: list[GraphQLError] = []
         withheld = _withheld_errors(plan, found.purpose)
         append = context.field_errors.append
@@ -469,6 +457,12 @@ class FastPath:
             else:
                 result[leaf.key] = leaf.serialize(raw)
         return result
+
+
+def _failed(plan: MemberPlan, failed: Exception) -> ExecutionResult:
+    """The field null, with its error: a refusal as its code says, anything else as
+    graphql-core locates an unexpected error (the endpoint then decides what it means)."""
+    return ExecutionResult({plan.key: None}, [located_error(failed, [plan.node], [plan.key])])
 
 
 def _withheld_errors(
