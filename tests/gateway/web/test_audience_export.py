@@ -484,3 +484,33 @@ async def test_a_legitimate_interest_purpose_suppresses_an_objection(
     [line] = rows(await export(api, key, purpose="data_quality", since=cursor))
 
     assert (line["id"], line["action"], line["reason"]) == (str(member), "suppress", "OBJECTED")
+
+
+async def test_a_change_of_the_purpose_itself_re_decides_everyone_it_concerns(
+    api: Api, db: AsyncEngine, settings: Settings, gateway_url: str
+) -> None:
+    key = await marketer(db)
+    members = [await add_member(db) for _ in range(2)]
+    for member in members:
+        await grant(db, member, PURPOSE)
+    first = await export(api, key)
+    cursor = (await manifest_of(api, key, first))["cursor"]
+    # A new privacy notice no longer accepts the consents given on the old one; no member's
+    # row changes.
+    async with db.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE purposes SET notice_version = '2027-01', "
+                "accepted_notice_versions = '{2027-01}', updated_at = now() WHERE key = :p"
+            ),
+            {"p": PURPOSE},
+        )
+
+    async with serving(settings, gateway_url) as fresh:  # not the old policy from a cache
+        delta = await export(fresh, key, since=cursor)
+        document = await manifest_of(fresh, key, delta)
+
+    assert sorted((line["id"], line["action"], line["reason"]) for line in rows(delta)) == sorted(
+        (str(member), "suppress", "NOTICE_OUTDATED") for member in members
+    )
+    assert document["policy_changed"] is True
