@@ -405,5 +405,5 @@ async def read_set(
         raise AuditUnavailable() from failed
     written = context.audit.written
     for row in rows:
-        written[(declared.key, set_reads.outcome_of_row(declared, fields, row))] += 1
+        written[(declared.key, row.outcome)] += 1
     return SetRead(declared, rows)

@@ -99,25 +99,13 @@ class Actor:
 @dataclass(frozen=True, slots=True)
 class Row:
     """One asked id's answer: its position, whether it exists, why its basis failed (None: it
-    holds), and its JSON text (None when it does not exist)."""
+    holds), its JSON text (None when it does not exist), and its event's outcome."""
 
     position: int
     found: bool
     code: str | None
     data: str | None
-
-
-def outcome_of_row(purpose: Purpose, fields: Mapping[str, Category], row: Row) -> str:
-    """The outcome of the event written for `row` (for the metrics)."""
-    if not row.found:
-        return NOT_FOUND
-    in_purpose = any(c in purpose.categories for c in fields.values())
-    outside = any(c not in purpose.categories for c in fields.values())
-    if not in_purpose:
-        return "DENIED" if outside else "RELEASED"
-    if row.code is not None:
-        return "DENIED"
-    return "PARTIAL" if outside else "RELEASED"
+    outcome: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +302,7 @@ def _statement(
                   FROM looked l JOIN classes k ON k.code = coalesce(l.failed, '{RELEASED}')
                   ORDER BY l.n) AS o
         ),
-{audit}        SELECT l.n, l.failed,
+{audit}        SELECT l.n, l.failed, l.outcome,
                CASE WHEN l.failed = '{NOT_FOUND}' THEN NULL ELSE {data} END AS data
         FROM events l JOIN audited a ON a.id = l.event_id
         ORDER BY l.n
@@ -362,6 +350,7 @@ async def read_set(
             row["failed"] != NOT_FOUND,
             None if row["failed"] is None or row["failed"] == NOT_FOUND else row["failed"],
             row["data"],
+            row["outcome"],
         )
         for row in rows
     ]

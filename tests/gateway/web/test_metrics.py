@@ -57,6 +57,31 @@ async def test_metrics_count_requests_decisions_and_audit_writes(
     assert str(consenting) not in after  # labels never carry ids
 
 
+async def test_a_set_read_counts_the_decisions_and_events_it_wrote_itself(
+    db: AsyncEngine, gateway_url: str
+) -> None:
+    client = await add_client(db, purposes=("personalized_offers",))
+    consenting, other = await add_member(db), await add_member(db)
+    await grant(db, consenting, "personalized_offers")
+    ids = [str(consenting), str(other), "00000000-0000-4000-8000-000000000000"]
+    many = 'query($ids: [ID!]!) { members(ids: $ids, purpose: "personalized_offers") { tier } }'
+    settings = make_settings(gateway_url, metrics_token=METRICS_TOKEN)
+    auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    async with serving(settings, gateway_url) as api:
+        before = (await api.http.get("/metrics", headers=auth)).text
+        await api.graphql(many, {"ids": ids}, token=client.key)
+        after = (await api.http.get("/metrics", headers=auth)).text
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    purpose = "personalized_offers"
+    assert grew("tillit_access_decisions_total", purpose=purpose, outcome="RELEASED") == 1
+    assert grew("tillit_access_decisions_total", purpose=purpose, outcome="DENIED") == 1
+    assert grew("tillit_access_decisions_total", purpose=purpose, outcome="NOT_FOUND") == 1
+    assert grew("tillit_audit_events_written_total") == 3
+
+
 async def test_a_purpose_outside_the_policy_is_not_a_label(
     db: AsyncEngine, gateway_url: str
 ) -> None:
