@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         description="Days an erased member's consent evidence is kept (to prove past consents, "
         "GDPR Art. 7(1) and 17(3)(e)); then `tillit members purge-erased` deletes it.",
     )
+    audience_sync_days: int = Field(
+        default=35,
+        ge=1,
+        le=3650,
+        description="How old an export may be and still start a sync (`since=`); "
+        "`tillit audience prune` keeps what changed within it and forgets the rest.",
+    )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per worker.")
     db_statement_timeout_ms: int = Field(
         default=5000, ge=100, description="PostgreSQL statement_timeout for request connections."

@@ -84,6 +84,7 @@ def export(
                 actor=exports.Actor(ActorKind.SYSTEM, None, request_id),
                 since=cursor,
                 now=_now(),
+                window=dt.timedelta(days=settings.audience_sync_days),
             )
             trail = AuditTrail(
                 request_id=request_id, principal=SystemPrincipal("cli"), now=started.started_at
@@ -112,3 +113,23 @@ def export(
         highlight=False,
     )
     err.print("Every member written is in the access log under operation audienceExport.")
+
+
+@audience_app.command("prune")
+def prune() -> None:
+    """Forget the member changes no sync can ask for any more: those older than every export
+    begun within TILLIT_AUDIENCE_SYNC_DAYS (a sync from an older export is refused). Run it
+    daily."""
+    settings = settings_or_exit()
+    window = dt.timedelta(days=settings.audience_sync_days)
+
+    async def work(engine: AsyncEngine) -> int:
+        async with engine.begin() as connection:
+            return await exports.prune_changes(await raw_of(connection), window=window, now=_now())
+
+    gone = run_with_database(work, settings=settings)
+    out.print(
+        f"forgot {gone} member changes older than every export of the last "
+        f"{settings.audience_sync_days} days",
+        highlight=False,
+    )

@@ -248,9 +248,11 @@ async def begin(
     actor: Actor,
     since: uuid.UUID | None,
     now: dt.datetime,
+    window: dt.timedelta = dt.timedelta(days=35),
 ) -> Export:
     """Record the export and its snapshot (the next sync's starting point); for a sync, check
-    that `since` is a finished export of the same actor, purpose and selection."""
+    that `since` is a finished export of the same actor, purpose and selection, begun within
+    `window` (what changed before it may have been pruned: see `prune_changes`)."""
     document = selection.document()
     export = Export(uuid.UUID(int=0), purpose, selection, fmt, actor, now)
     if since is not None:
@@ -267,6 +269,12 @@ async def begin(
             raise BadUserInput(
                 "`since` is not a finished export of this client under this purpose and "
                 "selection; export in full to start again.",
+                argument="since",
+            )
+        if row["started_at"] < now - window:
+            raise BadUserInput(
+                f"`since` is an export older than {window.days} days, the changes kept for a "
+                "sync; export in full to start again.",
                 argument="since",
             )
         export.since = since
@@ -563,3 +571,24 @@ def reason_codes() -> list[str]:
             NOT_SELECTED,
         }
     )
+
+
+# The oldest snapshot a sync may still start from: the earliest of the finished exports begun
+# within the window, or now when there is none. Everything committed before it is visible to
+# every such snapshot, so no sync can ask for it.
+_PRUNE = """
+WITH horizon AS (
+    SELECT coalesce(min(pg_snapshot_xmin(snapshot::pg_snapshot)),
+                    pg_snapshot_xmin(pg_current_snapshot())) AS xmin
+    FROM audience_exports WHERE manifest IS NOT NULL AND started_at >= $1
+)
+DELETE FROM member_changes WHERE txid < (SELECT xmin FROM horizon)
+"""
+
+
+async def prune_changes(connection: Raw, *, window: dt.timedelta, now: dt.datetime) -> int:
+    """Forget the member changes no sync can ask for any more (a sync starts only from an
+    export begun within `window`); returns how many rows went."""
+    async with connection.locked() as driver:
+        status = await driver.execute(_PRUNE, now - window)
+    return int(status.split()[-1])

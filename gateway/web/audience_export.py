@@ -77,6 +77,7 @@ async def export(request: Request) -> Response:
                 actor=exports.Actor(ActorKind.CLIENT, ctx.principal.id, ctx.request_id),
                 since=since,
                 now=ctx.now,
+                window=dt.timedelta(days=ctx.settings.audience_sync_days),
             )
             ctx.audit.record(exports.start_record(started))
     except Refused as refused:

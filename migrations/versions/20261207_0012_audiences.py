@@ -101,7 +101,9 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_clients_capabilities"), "clients", f"capabilities <@ {CAPABILITIES}"
     )
-    op.execute(f"GRANT SELECT ON member_changes TO {GATEWAY_ROLE}")
+    # DELETE: `tillit audience prune` forgets changes no sync can ask for (bookkeeping, not
+    # evidence; the triggers alone write them).
+    op.execute(f"GRANT SELECT, DELETE ON member_changes TO {GATEWAY_ROLE}")
     op.execute(f"GRANT SELECT, INSERT, UPDATE ON audience_exports TO {GATEWAY_ROLE}")
 
 

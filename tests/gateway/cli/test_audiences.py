@@ -83,3 +83,64 @@ async def test_bad_arguments_are_refused_before_anything_is_written(
     assert not out.exists()
     async with db.connect() as connection:
         assert await connection.scalar(text("SELECT count(*) FROM audience_exports")) == 0
+
+
+async def test_prune_forgets_only_changes_no_sync_can_ask_for(
+    db: AsyncEngine, cli_env: object, tmp_path: Path
+) -> None:
+    member = await add_member(db)
+    await grant(db, member, PURPOSE)
+    full = tmp_path / "audience.csv"
+    assert (
+        await tillit("audience", "export", "--purpose", PURPOSE, "--out", str(full))
+    ).exit_code == 0
+    cursor = json.loads((tmp_path / "audience.csv.manifest.json").read_text())["cursor"]
+    await withdraw(db, member, PURPOSE)
+    async with db.connect() as connection:
+        before = await connection.scalar(text("SELECT count(*) FROM member_changes"))
+
+    pruned = await tillit("audience", "prune")
+
+    assert pruned.exit_code == 0, pruned.output
+    async with db.connect() as connection:
+        after = await connection.scalar(text("SELECT count(*) FROM member_changes"))
+    # The member's joining and grant came before the export and are gone; the withdrawal after
+    # it is kept, and the sync still finds it.
+    assert isinstance(before, int)
+    assert isinstance(after, int)
+    assert 0 < after < before
+    delta = tmp_path / "delta.csv"
+    synced = await tillit(
+        "audience", "export", "--purpose", PURPOSE, "--out", str(delta), "--since", cursor
+    )
+    assert synced.exit_code == 0, synced.output
+    assert [(line["id"], line["action"]) for line in lines_of(delta)] == [(str(member), "suppress")]
+
+
+async def test_a_sync_from_an_export_older_than_the_window_is_refused(
+    db: AsyncEngine, cli_env: object, tmp_path: Path
+) -> None:
+    await grant(db, await add_member(db), PURPOSE)
+    full = tmp_path / "audience.csv"
+    assert (
+        await tillit("audience", "export", "--purpose", PURPOSE, "--out", str(full))
+    ).exit_code == 0
+    cursor = json.loads((tmp_path / "audience.csv.manifest.json").read_text())["cursor"]
+    async with db.begin() as connection:
+        await connection.execute(
+            text("UPDATE audience_exports SET started_at = started_at - interval '36 days'")
+        )
+
+    result = await tillit(
+        "audience",
+        "export",
+        "--purpose",
+        PURPOSE,
+        "--out",
+        str(tmp_path / "d.csv"),
+        "--since",
+        cursor,
+    )
+
+    assert result.exit_code != 0
+    assert "older than 35 days" in result.output

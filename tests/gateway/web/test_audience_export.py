@@ -454,6 +454,14 @@ async def test_a_cursor_is_only_its_clients_and_survives_a_restart(
     async with serving(settings, gateway_url) as restarted:
         [line] = rows(await export(restarted, key, since=cursor))
     assert (line["id"], line["action"]) == (str(member), "suppress")
+    # Older than TILLIT_AUDIENCE_SYNC_DAYS (35): its changes may be pruned; export in full.
+    async with db.begin() as connection:
+        await connection.execute(
+            text("UPDATE audience_exports SET started_at = started_at - interval '36 days'")
+        )
+    too_old = await export(api, key, since=cursor)
+    assert too_old.status_code == 400
+    assert "older than 35 days" in too_old.json()["errors"][0]["message"]
 
 
 async def test_an_export_changes_nothing_but_the_log_and_its_own_record(
