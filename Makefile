@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SOURCES := gateway schema resolvers migrations tests bench
 
-.PHONY: run test hatest lint schema bench bench-seal bench-audit-rows loadtest clean
+.PHONY: run test hatest lint docs schema bench bench-seal bench-audit-rows loadtest clean
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tillit needs Python 3.11 or newer")'
@@ -46,6 +46,11 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --quiet
+
+# The documentation (docs/, MkDocs) into site/; strict: a broken link or page fails it.
+docs: $(INSTALLED)
+	$(BIN)/mkdocs build --strict
 
 bench: $(INSTALLED)
 	@command -v wrk >/dev/null || (echo "make bench needs wrk: apt-get install wrk" && exit 1)

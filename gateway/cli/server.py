@@ -230,7 +230,8 @@ def serve(
     if settings.database_url is None:
         # The embedded default serves as production does: migrated by the owner (above), served
         # by a login in the restricted role, which cannot rewrite the audit trail or lift its
-        # guards. With DATABASE_URL the operator chooses the login (README).
+        # guards. With DATABASE_URL the operator chooses the login (docs/audit.md: the
+        # restricted role).
         try:
             run_with_database(migrations.ensure_gateway_login, settings=settings, url=url)
         except RuntimeError as exc:

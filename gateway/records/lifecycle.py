@@ -7,8 +7,8 @@ Joining records the membership terms accepted and each consent chosen at sign-up
 wording shown. Leaving closes the membership, withdraws every consent and purges the enriched
 values. Erasure (GDPR Art. 17) deletes what identifies the person; what must be kept (the
 consent evidence for a stated period, the access log for accountability) stays under the member
-id, a random pseudonym whose link to the person is exactly the rows deleted here (see README,
-"Erasure").
+id, a random pseudonym whose link to the person is exactly the rows deleted here (see
+docs/members.md, "Erasure").
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ async def ensure_gateway_login(engine: AsyncEngine, login: str = GATEWAY_LOGIN) 
     """Make `login` (no password, no superuser, no right to create anything) a member of the
     role the migrations made for the gateway, which may only insert and read audit rows. For a
     server that trusts its local socket, as the embedded one does; elsewhere the operator makes
-    the login with a password (README: the restricted role)."""
+    the login with a password (docs/audit.md: the restricted role)."""
     async with engine.begin() as connection:
         exists = await connection.scalar(
             text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": GATEWAY_ROLE}

@@ -272,7 +272,7 @@ class ConsentEvent(Base):
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
-    # No foreign key: the evidence outlives an erased member's row for the period the README
+    # No foreign key: the evidence outlives an erased member's row for the period docs/members.md
     # states (see Erasure). A trigger (migration 0005) refuses events for members that do not exist.
     member_id: Mapped[uuid.UUID]
     purpose_key: Mapped[str] = mapped_column(ForeignKey("purposes.key"))
