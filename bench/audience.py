@@ -29,7 +29,6 @@ import re
 import resource
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +38,7 @@ import httpx
 import psutil
 
 from bench.seed import AUDIENCE_PURPOSE, prepare_audience_database, seed_audience
+from bench.serving import RssSampler
 from gateway.settings import Settings
 from gateway.store import db as gateway_db
 from gateway.store.embedded import ensure_database, with_database
@@ -168,27 +168,6 @@ def _process_cpu(pid: int) -> float:
     return total
 
 
-class RssPeak(threading.Thread):
-    """Samples a process's resident memory every 50 ms and keeps the first sample and the peak."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.first = self.process.memory_info().rss
-        self.peak = self.first
-        self._stop_sampling = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_sampling.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._stop_sampling.set()
-        self.join()
-
-
 def _per_thousand(seconds: float | None, rows: int) -> float | None:
     return None if seconds is None or rows == 0 else seconds / rows * 1000
 
@@ -212,7 +191,7 @@ def tillit_round(
     # (seconds, lines so far) about once a second: where in the export the time goes.
     progress: list[tuple[float, int]] = []
     try:
-        sampler = RssPeak(server.process.pid)
+        sampler = RssSampler(server.process.pid)
         server_cpu, sealer_cpu = _process_cpu(server.process.pid), _process_cpu(server.sealer.pid)
         pg_cpu = cpu.read()
         sampler.start()

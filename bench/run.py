@@ -42,7 +42,7 @@ from bench import audience, peer
 from bench.anonymous import anonymous_scenario
 from bench.hostile import refusal_cost
 from bench.seed import prepare_database, seed_events, seed_members
-from bench.serving import cpu_delta, free_port, postgres_cpu, uvicorn_command
+from bench.serving import RssSampler, cpu_delta, free_port, postgres_cpu, uvicorn_command
 from gateway.audit.sealer import seal_until_current
 from gateway.audit.sealing import EVENT_COLUMNS
 from gateway.settings import Settings
@@ -354,26 +354,6 @@ def seal(url: str) -> int:
         return sum(checkpoint.event_count for checkpoint in checkpoints)
 
     return asyncio.run(run())
-
-
-class RssSampler(threading.Thread):
-    """Samples a process's resident memory every 50 ms and keeps the peak."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self._stop_sampling = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_sampling.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._stop_sampling.set()
-        self.join()
 
 
 HOLD_SAMPLE_SECONDS = 5.0

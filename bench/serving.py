@@ -3,9 +3,12 @@ databases of their own, and how they count PostgreSQL's CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -80,3 +83,25 @@ async def scratch_database(prefix: str, data_dir: Path) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's resident memory every 50 ms and keeps the first sample and the peak
+    (S4's and S5's peak RSS)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.first = self.process.memory_info().rss
+        self.peak = self.first
+        self._stop_sampling = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_sampling.is_set():
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop_sampling.set()
+        self.join()
