@@ -35,7 +35,7 @@ from gateway.access import sql as decision_sql
 from gateway.audit.export import csv_cell_sql
 from gateway.audit.trail import AccessRecord
 from gateway.audit.verify import manifest_content
-from gateway.domain import AccessOutcome, ActorKind, Category, ErrorCode, Purpose
+from gateway.domain import AccessOutcome, ActorKind, Category, Purpose
 from gateway.errors import BadUserInput
 from gateway.records.audiences import (
     FIRST_ID,
@@ -281,16 +281,10 @@ async def begin(
         export.since_started_at = row["started_at"]
         export.since_snapshot = row["snapshot"]
         export.policy_changed = row["purpose_updated_at"] > row["started_at"]
-    export.id = await _one(
-        connection,
-        _BEGIN,
-        actor.client_id,
-        purpose.key,
-        orjson.dumps(document).decode(),
-        fmt,
-        since,
-        now,
+    row = await connection.fetchrow(
+        _BEGIN, actor.client_id, purpose.key, orjson.dumps(document).decode(), fmt, since, now
     )
+    export.id = row["id"]
     return export
 
 
@@ -309,11 +303,6 @@ def start_record(export: Export) -> AccessRecord:
             "since": str(export.since) if export.since else None,
         },
     )
-
-
-async def _one(connection: Raw, statement: str, *args: Any) -> Any:
-    row = await connection.fetchrow(statement, *args)
-    return row[0]
 
 
 def _audit_columns() -> str:
@@ -554,23 +543,6 @@ def parse_format(raw: str | None) -> Format:
         if chosen == known:
             return known
     raise BadUserInput("`format` is csv or jsonl.", argument="format")
-
-
-def reason_codes() -> list[str]:
-    """Every reason a sync's `suppress` line may give."""
-    return sorted(
-        {
-            ErrorCode.CONSENT_REQUIRED.value,
-            ErrorCode.CONSENT_WITHDRAWN.value,
-            ErrorCode.CONSENT_EXPIRED.value,
-            ErrorCode.CONSENT_METHOD_INSUFFICIENT.value,
-            ErrorCode.NOTICE_OUTDATED.value,
-            ErrorCode.OBJECTED.value,
-            ErrorCode.MEMBERSHIP_INACTIVE.value,
-            ERASED,
-            NOT_SELECTED,
-        }
-    )
 
 
 # The oldest snapshot a sync may still start from: the earliest of the finished exports begun
